@@ -1,0 +1,7 @@
+"""clip_trl: contrastive and reinforcement-learning fine-tuning of CLIP-style dual encoders."""
+
+from .trainer import ClipBaseConfig, ClipContrastiveConfig, ClipContrastiveTrainer
+
+__version__ = "0.1.0.dev0"
+
+__all__ = ["ClipBaseConfig", "ClipContrastiveConfig", "ClipContrastiveTrainer", "__version__"]

@@ -1,0 +1,110 @@
+"""Fields shared by every clip_trl config: columns, towers, evaluation, model loading."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class ClipBaseConfig(TrainingArguments):
+    r"""
+    Configuration shared by [`ClipContrastiveConfig`] and [`ClipRLConfig`].
+
+    Only the fields specific to CLIP training are listed here; every [`~transformers.TrainingArguments`]
+    field works as usual. Defaults that differ from `TrainingArguments`: `logging_steps=10`,
+    `learning_rate=1e-5`, `remove_unused_columns=False` (extra columns reach reward functions).
+
+    Parameters:
+        image_column (`str`, defaults to `"image"`):
+            Column holding images: `datasets.Image` / PIL images, file paths, or bytes.
+        caption_column (`str`, defaults to `"caption"`):
+            Column holding captions: a string, or a list of strings per image (COCO style; one is sampled
+            per training step and all count as positives in evaluation).
+        skip_bad_rows (`bool`, defaults to `False`):
+            Skip rows whose image cannot be decoded or whose caption is missing/empty (counted and logged as
+            `skipped_rows`) instead of raising an error naming the row.
+        max_length (`int` or `None`, defaults to `None`):
+            Token limit for captions; `None` uses the tokenizer's `model_max_length` (77 for CLIP).
+        freeze_vision (`bool`, defaults to `False`):
+            Freeze the vision tower (encoder and projection).
+        freeze_text (`bool`, defaults to `False`):
+            Freeze the text tower (encoder and projection).
+        max_logit_scale (`float`, defaults to `100.0`):
+            After each optimizer step `logit_scale` is clamped to `ln(max_logit_scale)`, as in CLIP and open_clip.
+        logit_scale_learning_rate (`float` or `None`, defaults to `None`):
+            Learning rate of `logit_scale` (and `logit_bias`), which never get weight decay; `None` uses
+            `learning_rate`.
+        model_init_kwargs (`dict` or `None`, defaults to `None`):
+            Keyword arguments for `AutoModel.from_pretrained` when `model` is a string (e.g. `{"dtype": "bfloat16"}`).
+        eval_ks (`list[int]`, defaults to `[1, 5, 10]`):
+            The k of the `image_to_text_recall@k` / `text_to_image_recall@k` evaluation metrics.
+        eval_in_batch_size (`int`, defaults to `32`):
+            Batch size of the `in_batch_accuracy` metric (the original project's test accuracy).
+        candidate_labels (`list[str]` or `None`, defaults to `None`):
+            Class names; when set, evaluation also reports `zero_shot_accuracy` from `label_column`.
+        label_template (`str`, defaults to `"a photo of a {}."`):
+            Prompt template that turns a label name into a caption.
+        label_column (`str`, defaults to `"label"`):
+            Column with each row's true label (a label name or an index into `candidate_labels`).
+    """
+
+    image_column: str = field(default="image", metadata={"help": "Column holding images (PIL, path or bytes)."})
+    caption_column: str = field(
+        default="caption", metadata={"help": "Column holding a caption, or a list of captions, per image."}
+    )
+    skip_bad_rows: bool = field(
+        default=False,
+        metadata={"help": "Skip undecodable images / empty captions (counted and logged) instead of raising."},
+    )
+    max_length: int | None = field(
+        default=None, metadata={"help": "Caption token limit; default: the tokenizer's model_max_length."}
+    )
+    freeze_vision: bool = field(default=False, metadata={"help": "Freeze the vision tower and its projection."})
+    freeze_text: bool = field(default=False, metadata={"help": "Freeze the text tower and its projection."})
+    max_logit_scale: float = field(
+        default=100.0, metadata={"help": "Clamp exp(logit_scale) to this value after each step (CLIP uses 100)."}
+    )
+    logit_scale_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate for logit_scale/logit_bias; default: learning_rate."}
+    )
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments for AutoModel.from_pretrained when `model` is a string."},
+    )
+    eval_ks: list[int] = field(
+        default_factory=lambda: [1, 5, 10], metadata={"help": "k values for recall@k evaluation metrics."}
+    )
+    eval_in_batch_size: int = field(
+        default=32, metadata={"help": "Batch size of the in_batch_accuracy evaluation metric."}
+    )
+    candidate_labels: list[str] | None = field(
+        default=None, metadata={"help": "Class names for zero-shot evaluation (and RL candidate sets)."}
+    )
+    label_template: str = field(
+        default="a photo of a {}.", metadata={"help": "Template turning a label name into a caption."}
+    )
+    label_column: str = field(default="label", metadata={"help": "Column holding each row's true label."})
+
+    # Defaults that differ from TrainingArguments.
+    learning_rate: float = field(default=1e-5, metadata={"help": "The initial learning rate for AdamW."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every X update steps (or ratio if < 1)."})
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Keep False: the collator (and reward functions) read columns by name."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.model_init_kwargs, str):  # from the command line: a JSON string
+            import json
+
+            self.model_init_kwargs = json.loads(self.model_init_kwargs)
+        if self.max_logit_scale <= 0:
+            raise ValueError(f"`max_logit_scale` must be positive, got {self.max_logit_scale}.")
+        if not self.eval_ks or any(k < 1 for k in self.eval_ks):
+            raise ValueError(f"`eval_ks` must be positive integers, got {self.eval_ks}.")
+        if self.eval_in_batch_size < 2:
+            raise ValueError(f"`eval_in_batch_size` must be at least 2, got {self.eval_in_batch_size}.")
