@@ -292,6 +292,8 @@ class ClipDataCollator:
         self.skip_bad_rows = skip_bad_rows
         self.max_length = max_length or min(getattr(self.tokenizer, "model_max_length", 77), 512)
         self.keep_rows = keep_rows
+        # The RL trainer's label / column candidate sets do not need a caption on every row.
+        self.require_caption = True
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         encoded = self.tokenizer(
@@ -302,12 +304,16 @@ class ClipDataCollator:
     def parse_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """Decode one row; raises [`BadRowError`] on bad input."""
         index = row.get(ROW_INDEX_KEY)
-        for column in (self.image_column, self.caption_column):
+        required = (self.image_column, self.caption_column) if self.require_caption else (self.image_column,)
+        for column in required:
             if column not in row:
                 raise BadRowError(index, column, f"the column is missing; the row has {sorted(set(row) - {ROW_INDEX_KEY})}")
         image = load_image(row[self.image_column], row=index, column=self.image_column)
-        captions = caption_choices(row[self.caption_column], row=index, column=self.caption_column)
-        parsed = {"image": image, "captions": captions, "caption": random.choice(captions), "index": index}
+        captions: list[str] = []
+        if self.require_caption or row.get(self.caption_column) is not None:
+            captions = caption_choices(row[self.caption_column], row=index, column=self.caption_column)
+        caption = random.choice(captions) if captions else None
+        parsed = {"image": image, "captions": captions, "caption": caption, "index": index}
         if self.negative_column is not None:
             value = row.get(self.negative_column)
             negatives = [value] if isinstance(value, str) else list(value or [])
@@ -330,7 +336,10 @@ class ClipDataCollator:
         return parsed, kept, skipped
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        parsed, kept, skipped = self.parse_rows(rows)
+        return self.collate(*self.parse_rows(rows))
+
+    def collate(self, parsed: list[dict[str, Any]], kept: list[Mapping[str, Any]], skipped: int) -> dict[str, Any]:
+        """Tensors from parsed rows (see [`parse_row`]); `kept` are the raw rows, `skipped` the bad-row count."""
         batch: dict[str, Any] = {"num_skipped_rows": torch.tensor(skipped)}
         if not parsed:
             batch["row_index"] = torch.zeros(0, dtype=torch.long)

@@ -1,0 +1,117 @@
+"""Configuration of [`ClipRLTrainer`]."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..policy import ADVANTAGES
+from .base_config import ClipBaseConfig
+
+CANDIDATE_SETS = ("in_batch", "column", "labels")
+DIRECTIONS = ("image_to_text", "text_to_image")
+
+
+@dataclass
+class ClipRLConfig(ClipBaseConfig):
+    r"""
+    Configuration for [`ClipRLTrainer`]: policy-gradient fine-tuning of a dual encoder.
+
+    The policy is `π(c|x) = softmax_c(s(x, c) / policy_temperature)` over a candidate set `C(x)`; each step
+    samples `num_samples` actions per query (or enumerates all of them with `advantage="exact"`), scores
+    them with the reward functions and minimises `-mean(A·log π(a|x)) + beta·KL(π‖π_ref) - entropy_coef·H(π)`
+    (+ `contrastive_coef` × the contrastive loss).
+
+    Parameters:
+        candidates (`str` or `None`, defaults to `None`):
+            `"in_batch"` (the batch's captions, or images for `text_to_image`), `"column"` (a list of strings
+            per row in `candidate_column`) or `"labels"` (`candidate_labels` through `label_template`). `None`
+            picks `"column"` when `candidate_column` is set, `"labels"` when `candidate_labels` is, else `"in_batch"`.
+        candidate_column (`str` or `None`, defaults to `None`):
+            Column holding each row's candidate captions (e.g. several captions from a captioner).
+        direction (`str`, defaults to `"image_to_text"`):
+            `"image_to_text"`: an image picks a caption. `"text_to_image"`: a caption picks an image (in-batch only).
+        num_samples (`int`, defaults to `8`):
+            Actions sampled per query (with replacement). At least 2 for `"grpo"`/`"rloo"`.
+        policy_temperature (`float`, defaults to `1.0`):
+            τ: the policy divides CLIP logits by it. Higher explores more.
+        advantage (`str`, defaults to `"grpo"`):
+            `"grpo"`: `(r - group mean) / (group std + eps)`; `"rloo"`: leave-one-out baseline; `"exact"`: no
+            sampling, every candidate is scored and the loss is the exact policy gradient of the expected reward.
+        scale_rewards (`bool`, defaults to `True`):
+            GRPO only: divide by the group's standard deviation.
+        beta (`float`, defaults to `0.04`):
+            Weight of the exact `KL(π ‖ π_ref)` over the candidates. `0.0` creates no reference model.
+        entropy_coef (`float`, defaults to `0.0`):
+            Weight of the entropy bonus `H(π)`.
+        contrastive_coef (`float`, defaults to `0.0`):
+            Weight of the supervised contrastive loss on the batch (keeps the representation anchored).
+        reward_weights (`list[float]` or `None`, defaults to `None`):
+            One weight per reward function; `None` weighs them all 1.
+
+    Example:
+
+    ```python
+    >>> from clip_trl import ClipRLConfig
+    >>> args = ClipRLConfig(output_dir="clip-rl", num_samples=8, advantage="grpo", beta=0.04)
+    >>> args.policy_temperature
+    1.0
+    ```
+    """
+
+    candidates: str | None = field(
+        default=None, metadata={"help": "Candidate set: in_batch, column or labels (default: inferred)."}
+    )
+    candidate_column: str | None = field(
+        default=None, metadata={"help": "Column holding a list of candidate captions per row."}
+    )
+    direction: str = field(
+        default="image_to_text", metadata={"help": "Which side chooses.", "choices": list(DIRECTIONS)}
+    )
+    num_samples: int = field(default=8, metadata={"help": "Actions sampled per query (with replacement)."})
+    policy_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the policy."})
+    advantage: str = field(default="grpo", metadata={"help": "Advantage estimator.", "choices": list(ADVANTAGES)})
+    scale_rewards: bool = field(default=True, metadata={"help": "GRPO: divide advantages by the group std."})
+    beta: float = field(default=0.04, metadata={"help": "KL(π‖π_ref) weight; 0 loads no reference model."})
+    entropy_coef: float = field(default=0.0, metadata={"help": "Entropy bonus weight."})
+    contrastive_coef: float = field(default=0.0, metadata={"help": "Weight of the contrastive loss mixed in."})
+    reward_weights: list[float] | None = field(
+        default=None, metadata={"help": "One weight per reward function (default: all 1)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.candidates is None:
+            if self.candidate_column is not None:
+                self.candidates = "column"
+            elif self.candidate_labels:
+                self.candidates = "labels"
+            else:
+                self.candidates = "in_batch"
+        if self.candidates not in CANDIDATE_SETS:
+            raise ValueError(f"`candidates` must be one of {CANDIDATE_SETS}, got {self.candidates!r}.")
+        if self.candidates == "column" and not self.candidate_column:
+            raise ValueError("`candidates='column'` needs `candidate_column`, the column holding candidate lists.")
+        if self.candidates == "labels" and (not self.candidate_labels or len(set(self.candidate_labels)) < 2):
+            raise ValueError("`candidates='labels'` needs `candidate_labels` with at least 2 distinct labels.")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"`direction` must be one of {DIRECTIONS}, got {self.direction!r}.")
+        if self.direction == "text_to_image" and self.candidates != "in_batch":
+            raise ValueError(
+                "`direction='text_to_image'` chooses among the batch's images; set `candidates='in_batch'`."
+            )
+        if self.advantage not in ADVANTAGES:
+            raise ValueError(f"`advantage` must be one of {ADVANTAGES}, got {self.advantage!r}.")
+        if self.advantage != "exact" and self.num_samples < 2:
+            raise ValueError(
+                f"`num_samples={self.num_samples}` gives advantage='{self.advantage}' no group to compare against; "
+                "set `num_samples` to 2 or more, or use `advantage='exact'`."
+            )
+        if self.policy_temperature <= 0:
+            raise ValueError(f"`policy_temperature` must be positive, got {self.policy_temperature}.")
+        if self.beta < 0 or self.entropy_coef < 0 or self.contrastive_coef < 0:
+            raise ValueError("`beta`, `entropy_coef` and `contrastive_coef` must be non-negative.")
+        if self.candidates == "in_batch" and self.per_device_train_batch_size < 2:
+            raise ValueError(
+                "In-batch candidates need `per_device_train_batch_size` of at least 2 (the batch is the "
+                "candidate set); raise it or use `candidate_column` / `candidate_labels`."
+            )

@@ -1,0 +1,376 @@
+"""Reinforcement-learning fine-tuning of CLIP-style dual encoders: a real policy gradient."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from .. import modeling
+from ..losses import contrastive_loss
+from ..policy import group_advantages, policy_log_probs, rl_loss, sample_actions
+from ..rewards import get_reward_function, reward_name
+from .base import ClipTrainerBase
+from .rl_config import ClipRLConfig
+from .rl_data import RLDataCollator
+
+RewardFunc = Callable[..., list]
+
+
+class ClipRLTrainer(ClipTrainerBase):
+    r"""
+    Fine-tune a CLIP-style dual encoder as a policy that picks a caption for an image (or an image for a
+    caption), with pluggable reward functions and a policy-gradient update.
+
+    Each step embeds the batch's images and its distinct candidate texts once, forms
+    `π(c|x) = softmax(s(x, c) / τ)`, samples `num_samples` actions per query (or scores every candidate for
+    `advantage="exact"`), calls the reward functions on them, and minimises
+    `-mean(A · log π(a|x)) + β · KL(π ‖ π_ref) - entropy_coef · H(π)`. See [`ClipRLConfig`].
+
+    Args:
+        model (`str` or `PreTrainedModel`): a hub id, a local folder (e.g. a contrastive checkpoint) or a model.
+        reward_funcs (callable, `str`, or a list of them): reward functions
+            `f(completions, **kwargs) -> list[float | None]`, or names of built-ins in [`clip_trl.rewards`].
+        args ([`ClipRLConfig`], *optional*): training configuration.
+        train_dataset / eval_dataset: rows with an image column and (depending on the candidate set) a caption,
+            a candidate list or a label column; extra columns are passed to the reward functions.
+        processing_class (*optional*): a CLIP processor; loaded from `model` when it is a string/path.
+        peft_config (`peft.PeftConfig`, *optional*): train adapters; the reference policy is then the same model
+            with its adapters disabled (no second copy of the weights).
+
+    Example:
+
+    ```python
+    >>> from clip_trl import ClipRLConfig, ClipRLTrainer
+    >>> from clip_trl.offline import build_clip, load_emoji_dataset
+    >>> data = load_emoji_dataset(max_examples=64)
+    >>> model, processor = build_clip("tiny")
+    >>> args = ClipRLConfig(output_dir="/tmp/clip-rl", max_steps=2, per_device_train_batch_size=8, num_samples=4,
+    ...                     report_to="none", save_strategy="no")
+    >>> trainer = ClipRLTrainer(model=model, reward_funcs="correctness", args=args,
+    ...                         train_dataset=data["train"], processing_class=processor)
+    >>> _ = trainer.train()
+    >>> "rewards/correctness/mean" in trainer.state.log_history[-2] or "reward" in trainer.state.log_history[0]
+    True
+    ```
+    """
+
+    _method_name = "rl"
+    _config_class = ClipRLConfig
+    _tag_names = ["clip_trl", "rl"]
+
+    args: ClipRLConfig
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel | nn.Module,
+        reward_funcs: RewardFunc | str | list[RewardFunc | str],
+        args: ClipRLConfig | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        peft_config: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        self.reward_funcs, self.reward_names = _resolve_rewards(reward_funcs)
+        self._peft_config = peft_config
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            peft_config=peft_config,
+            **kwargs,
+        )
+        weights = self.args.reward_weights
+        if weights is not None and len(weights) != len(self.reward_funcs):
+            raise ValueError(
+                f"`reward_weights` has {len(weights)} entries but there are {len(self.reward_funcs)} reward "
+                f"functions ({', '.join(self.reward_names)}); give one weight per function."
+            )
+        self.reward_weights = torch.tensor(weights if weights is not None else [1.0] * len(self.reward_funcs))
+        self.ref_model = None
+        if self.args.beta > 0 and not self._uses_adapters:
+            # A frozen copy of the starting policy; with peft, disabling the adapters gives it for free.
+            self.ref_model = copy.deepcopy(modeling.unwrap(self.model)).eval().requires_grad_(False)
+            self.ref_model.to(self.args.device)
+        self._micro_step = (-1, 0)
+
+    @property
+    def _uses_adapters(self) -> bool:
+        return hasattr(modeling.unwrap(self.model), "disable_adapter")
+
+    def _required_columns(self, args: ClipRLConfig) -> dict[str, str | None]:
+        columns: dict[str, str | None] = {"image_column": args.image_column}
+        if args.candidates == "in_batch" or args.contrastive_coef > 0:
+            columns["caption_column"] = args.caption_column
+        if args.candidates == "column":
+            columns["candidate_column"] = args.candidate_column
+        return columns
+
+    def _make_collator(self, processing_class: Any, args: ClipRLConfig) -> RLDataCollator:
+        return RLDataCollator(
+            processing_class,
+            candidates=args.candidates,
+            direction=args.direction,
+            candidate_column=args.candidate_column,
+            candidate_labels=args.candidate_labels,
+            label_template=args.label_template,
+            label_column=args.label_column,
+            include_captions=args.contrastive_coef > 0,
+            image_column=args.image_column,
+            caption_column=args.caption_column,
+            skip_bad_rows=args.skip_bad_rows,
+            max_length=args.max_length,
+            image_transform=self._image_transform(processing_class),
+        )
+
+    # --------------------------------------------------------------------------------------------- policy
+
+    def _policy_log_probs(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: torch.Tensor,
+                          inputs: dict[str, Any]) -> torch.Tensor:
+        """`log π(c|x)` `[B, K]` for every query over its (padded) candidate list."""
+        if self.args.direction == "image_to_text":
+            queries, keys = image_embeds, text_embeds
+        else:
+            queries, keys = text_embeds[inputs["caption_index"]], image_embeds
+            # Candidates are the batch's distinct images: their first rows' embeddings.
+            first_rows = torch.zeros(int(inputs["image_index"].max()) + 1, dtype=torch.long, device=keys.device)
+            first_rows.scatter_reduce_(0, inputs["image_index"], torch.arange(len(keys), device=keys.device),
+                                       reduce="amin", include_self=False)
+            keys = keys[first_rows]
+        candidate_index = inputs["candidate_index"]
+        mask = candidate_index >= 0
+        logits = scale.exp() * queries @ keys.T
+        logits = logits.gather(1, candidate_index.clamp(min=0))
+        return policy_log_probs(logits.float(), mask, self.args.policy_temperature)
+
+    @contextlib.contextmanager
+    def _reference(self, model: nn.Module) -> Iterator[nn.Module]:
+        if self.ref_model is not None:
+            yield self.ref_model
+        else:
+            inner = modeling.unwrap(model)
+            with inner.disable_adapter():
+                yield inner
+
+    def _generator(self) -> torch.Generator:
+        """Seeded by (seed, step, micro-step, rank): sampling replays exactly after a resume, with no state."""
+        step = self.state.global_step
+        micro = self._micro_step[1] + 1 if self._micro_step[0] == step else 0
+        self._micro_step = (step, micro)
+        seed = np.random.SeedSequence([self.args.seed, step, micro, self.args.process_index]).generate_state(1)[0]
+        return torch.Generator().manual_seed(int(seed))
+
+    # --------------------------------------------------------------------------------------------- loss
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+        self._pop_bookkeeping(inputs)
+        if "pixel_values" not in inputs:  # every row of this batch was a skipped bad row
+            loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+            return (loss, {}) if return_outputs else loss
+        args = self.args
+        image_embeds, text_embeds = modeling.encode_pair(
+            model, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
+        )
+        scale = modeling.logit_scale(model)
+        log_probs = self._policy_log_probs(image_embeds, text_embeds, scale, inputs)
+
+        ref_log_probs = None
+        if args.beta > 0:
+            with torch.no_grad(), self._reference(model) as reference:
+                ref_images, ref_texts = modeling.encode_pair(
+                    reference, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
+                )
+                ref_log_probs = self._policy_log_probs(ref_images, ref_texts, modeling.logit_scale(reference), inputs)
+
+        if args.advantage == "exact":
+            sizes = (inputs["candidate_index"] >= 0).sum(dim=1).tolist()
+            actions = None
+            entries = [(b, k) for b, size in enumerate(sizes) for k in range(size)]
+        else:
+            actions = sample_actions(log_probs, args.num_samples, self._generator())
+            entries = [(b, int(a)) for b, row in enumerate(actions.tolist()) for a in row]
+        rewards = self._score(entries, inputs, log_probs)  # [len(entries)], NaN = no reward applies
+        if actions is None:
+            reward_matrix = torch.full(log_probs.shape, float("nan"), device=log_probs.device)
+            rows, cols = zip(*entries)
+            reward_matrix[list(rows), list(cols)] = rewards
+            advantages = None
+        else:
+            reward_matrix = rewards.view(actions.shape)
+            advantages = group_advantages(reward_matrix, args.advantage, args.scale_rewards)
+        out = rl_loss(
+            log_probs,
+            actions=actions,
+            advantages=advantages,
+            rewards=reward_matrix,
+            ref_log_probs=ref_log_probs,
+            beta=args.beta,
+            entropy_coef=args.entropy_coef,
+        )
+        loss = out.loss
+        if args.contrastive_coef > 0:
+            captions = text_embeds[inputs["caption_index"]]
+            supervised = contrastive_loss(image_embeds, captions, scale, image_keys=inputs.get("image_keys"),
+                                          caption_keys=inputs.get("caption_keys"))
+            loss = loss + args.contrastive_coef * supervised
+            self._record(contrastive_loss=supervised.detach())
+        if model.training:
+            self._record_step(log_probs, actions, reward_matrix, inputs["target_index"], out)
+        return (loss, {"log_probs": log_probs.detach()}) if return_outputs else loss
+
+    def _record_step(self, log_probs: torch.Tensor, actions: torch.Tensor | None, rewards: torch.Tensor,
+                     targets: torch.Tensor, out: Any) -> None:
+        probs = log_probs.detach().exp()
+        known = targets >= 0
+        if actions is None:
+            # Exact mode: expectations under π instead of sample averages.
+            valid = ~torch.isnan(rewards)
+            filled = torch.where(valid, rewards, torch.zeros_like(rewards))
+            mass = (probs * valid).sum(dim=1).clamp(min=1e-12)
+            expected = (probs * filled).sum(dim=1) / mass
+            self._record(reward=expected.mean(), reward_std=expected.std(unbiased=False))
+            if known.any():
+                self._record(accuracy=probs[known].gather(1, targets[known, None]).mean())
+            group_std = _nan_std(rewards)
+        else:
+            valid_rewards = rewards[~torch.isnan(rewards)]
+            if valid_rewards.numel():
+                self._record(reward=valid_rewards.mean(), reward_std=valid_rewards.std(unbiased=False))
+            if known.any():
+                self._record(accuracy=(actions[known] == targets[known, None]).float().mean())
+            group_std = _nan_std(rewards)
+        self._record(
+            kl=out.kl,
+            entropy=out.entropy,
+            policy_loss=out.policy_loss,
+            frac_reward_zero_std=(group_std == 0).float().mean(),
+        )
+
+    # -------------------------------------------------------------------------------------------- rewards
+
+    def _reward_kwargs(self, entries: list[tuple[int, int]], inputs: dict[str, Any], log_probs: torch.Tensor
+                       ) -> tuple[list[str], dict[str, Any]]:
+        rows, candidates, truth = inputs["rows"], inputs["candidates"], inputs["ground_truth"]
+        probs = log_probs.detach().exp()
+        completions = [candidates[b][k] for b, k in entries]
+        kwargs: dict[str, Any] = {
+            "candidates": [candidates[b] for b, _ in entries],
+            "chosen": [k for _, k in entries],
+            "probs": [float(probs[b, k]) for b, k in entries],
+            "ground_truth": [truth[b] for b, _ in entries],
+        }
+        image_column = self.args.image_column
+        if self.args.direction == "image_to_text":
+            kwargs["images"] = [rows[b][image_column] for b, _ in entries]
+        else:
+            first_row = {}
+            for row, position in enumerate(inputs["image_index"].tolist()):
+                first_row.setdefault(position, row)
+            kwargs["images"] = [rows[first_row[k]][image_column] for _, k in entries]
+            kwargs["queries"] = [truth[b] for b, _ in entries]
+        for column in rows[0]:
+            if column != image_column and column not in kwargs:
+                kwargs[column] = [rows[b].get(column) for b, _ in entries]
+        kwargs["trainer_state"] = self.state
+        return completions, kwargs
+
+    def _score(self, entries: list[tuple[int, int]], inputs: dict[str, Any], log_probs: torch.Tensor) -> torch.Tensor:
+        """Weighted sum of every reward function's output per entry; NaN where all of them said `None`."""
+        completions, kwargs = self._reward_kwargs(entries, inputs, log_probs)
+        columns = []
+        for func, name in zip(self.reward_funcs, self.reward_names):
+            values = _call_reward(func, name, completions, kwargs)
+            column = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
+            valid = column[~torch.isnan(column)]
+            if valid.numel():
+                self._record(**{f"rewards/{name}/mean": valid.mean(), f"rewards/{name}/std": valid.std(unbiased=False)})
+            columns.append(column)
+        matrix = torch.stack(columns, dim=1)  # [N, num_funcs]
+        weighted = matrix * self.reward_weights[None, :]
+        total = torch.nansum(weighted, dim=1)
+        total[torch.isnan(matrix).all(dim=1)] = math.nan
+        return total.to(log_probs.device)
+
+
+def _nan_std(rewards: torch.Tensor) -> torch.Tensor:
+    """Per-row population std over non-NaN entries (NaN-free rows of one value give 0)."""
+    valid = ~torch.isnan(rewards)
+    count = valid.sum(dim=1).clamp(min=1)
+    filled = torch.where(valid, rewards, torch.zeros_like(rewards))
+    mean = filled.sum(dim=1, keepdim=True) / count[:, None]
+    return ((torch.where(valid, rewards - mean, torch.zeros_like(rewards)) ** 2).sum(dim=1) / count).sqrt()
+
+
+def _resolve_rewards(reward_funcs: Any) -> tuple[list[RewardFunc], list[str]]:
+    funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+    if not funcs:
+        raise ValueError("`reward_funcs` is empty; pass at least one reward, e.g. `reward_funcs='correctness'`.")
+    resolved, names = [], []
+    for func in funcs:
+        if isinstance(func, str):
+            func = get_reward_function(func)
+        elif not callable(func):
+            raise TypeError(
+                f"Each reward must be a callable or a built-in's name, got {type(func).__name__} {func!r}."
+            )
+        name = reward_name(func)
+        while name in names:  # two rewards of the same name must not share a logged metric
+            name = f"{name}_{names.count(name) + 1}" if not name[-1].isdigit() else name + "_"
+        resolved.append(func)
+        names.append(name)
+    return resolved, names
+
+
+def _call_reward(func: RewardFunc, name: str, completions: list[str], kwargs: dict[str, Any]) -> list:
+    """Call one reward function and check what it returned: one finite number or None per completion."""
+    try:
+        values = func(completions, **kwargs)
+    except Exception as error:
+        raise RuntimeError(
+            f"Reward function '{name}' raised {type(error).__name__}: {error} "
+            f"(while scoring {len(completions)} completions; the first is {completions[0]!r} for "
+            f"ground truth {kwargs['ground_truth'][0]!r}). Fix the reward, or return None for completions it "
+            "cannot score."
+        ) from error
+    if isinstance(values, (torch.Tensor, np.ndarray)):
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        raise ValueError(
+            f"Reward function '{name}' returned a {type(values).__name__}; it must return a list with one float "
+            f"(or None) per completion ({len(completions)} here)."
+        )
+    if len(values) != len(completions):
+        raise ValueError(
+            f"Reward function '{name}' returned {len(values)} rewards for {len(completions)} completions; it must "
+            "return one float (or None) per completion."
+        )
+    for index, value in enumerate(values):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            raise ValueError(
+                f"Reward function '{name}' returned {value!r} ({type(value).__name__}) at index {index}; "
+                "rewards must be numbers, or None for completions the reward does not apply to."
+            )
+        if not math.isfinite(float(value)):
+            raise ValueError(
+                f"Reward function '{name}' returned {value} at index {index} (completion {completions[index]!r}); "
+                "rewards must be finite. Return None for completions the reward does not apply to."
+            )
+    return list(values)
