@@ -4,5 +4,14 @@ from .base import ClipTrainerBase
 from .base_config import ClipBaseConfig
 from .contrastive_config import ClipContrastiveConfig
 from .contrastive_trainer import ClipContrastiveTrainer
+from .rl_config import ClipRLConfig
+from .rl_trainer import ClipRLTrainer
 
-__all__ = ["ClipBaseConfig", "ClipContrastiveConfig", "ClipContrastiveTrainer", "ClipTrainerBase"]
+__all__ = [
+    "ClipBaseConfig",
+    "ClipContrastiveConfig",
+    "ClipContrastiveTrainer",
+    "ClipRLConfig",
+    "ClipRLTrainer",
+    "ClipTrainerBase",
+]

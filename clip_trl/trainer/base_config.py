@@ -97,6 +97,10 @@ class ClipBaseConfig(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        if self.accelerator_config is None:
+            # Batches carry Python lists (candidates, rows for rewards); accelerate's dispatching of
+            # IterableDataset batches from the main process can only concatenate tensors.
+            self.accelerator_config = {"dispatch_batches": False}
         super().__post_init__()
         if isinstance(self.model_init_kwargs, str):  # from the command line: a JSON string
             import json

@@ -329,9 +329,10 @@ def _resolve_rewards(reward_funcs: Any) -> tuple[list[RewardFunc], list[str]]:
             raise TypeError(
                 f"Each reward must be a callable or a built-in's name, got {type(func).__name__} {func!r}."
             )
-        name = reward_name(func)
+        name = base = reward_name(func)
+        suffix = 2
         while name in names:  # two rewards of the same name must not share a logged metric
-            name = f"{name}_{names.count(name) + 1}" if not name[-1].isdigit() else name + "_"
+            name, suffix = f"{base}_{suffix}", suffix + 1
         resolved.append(func)
         names.append(name)
     return resolved, names
