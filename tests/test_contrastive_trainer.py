@@ -2,13 +2,12 @@ import math
 
 import pytest
 import torch
+from clip_test_utils import colour_dataset, png_bytes
 
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer
 from clip_trl.data import ClipDataCollator, with_row_index
 from clip_trl.losses import contrastive_loss
 from clip_trl.modeling import encode_pair
-
-from clip_test_utils import colour_dataset, png_bytes
 
 
 def make_args(tmp_path, **overrides):

@@ -128,5 +128,5 @@ class ClipContrastiveTrainer(ClipTrainerBase):
                 loss = clip_loss(image_embeds[rows], text_embeds[rows], scale, chunk_positives)
             losses.append(float(loss))
             weights.append(chunk_positives.shape[0])
-        return sum(l * w for l, w in zip(losses, weights)) / max(sum(weights), 1)
+        return sum(loss * n for loss, n in zip(losses, weights)) / max(sum(weights), 1)
 
