@@ -224,7 +224,9 @@ def bad_inf(completions, **kwargs):
 
 
 def bad_raise(completions, **kwargs):
-    raise KeyError("score")
+    if "the joker" in kwargs["difficulty"]:
+        raise KeyError("score")
+    return [0.0] * len(completions)
 
 
 def bad_scalar(completions, **kwargs):
@@ -238,13 +240,14 @@ def bad_scalar(completions, **kwargs):
         (bad_type, ValueError, "Reward function 'bad_type' returned 'good' (str) at index 0"),
         (bad_nan, ValueError, "Reward function 'bad_nan' returned nan at index 2"),
         (bad_inf, ValueError, "Reward function 'bad_inf' returned inf at index 5"),
-        (bad_raise, RuntimeError, "Reward function 'bad_raise' raised KeyError: 'score'"),
+        (bad_raise, RuntimeError, "Reward function 'bad_raise' raised KeyError: 'score' at index "),
         (bad_scalar, ValueError, "Reward function 'bad_scalar' returned a float; it must return a list"),
     ],
 )
 def test_reward_errors_name_the_function_and_index(tmp_path, tiny, emoji, func, error, message):
     model, processor = tiny
-    trainer = ClipRLTrainer(model=model, reward_funcs=func, train_dataset=emoji["train"], processing_class=processor,
+    train = emoji["train"].add_column("difficulty", ["easy"] + ["the joker"] * (len(emoji["train"]) - 1))
+    trainer = ClipRLTrainer(model=model, reward_funcs=func, train_dataset=train, processing_class=processor,
                             args=make_args(tmp_path, max_steps=1))
     with pytest.raises(error) as info:
         trainer.train()
@@ -304,3 +307,17 @@ def test_iterable_dataset_trains(tmp_path, tiny, emoji):
 
 def test_datasets_is_real(emoji):
     assert isinstance(emoji["train"], datasets.Dataset)
+
+
+def test_first_failing_index_finds_the_completion_that_raises():
+    from clip_trl.trainer.rl_trainer import _first_failing_index
+
+    def picky(completions, **kwargs):
+        if "bad" in completions:
+            raise ValueError("no")
+        return [0.0] * len(completions)
+
+    state = object()
+    kwargs = {"ground_truth": ["a", "b", "c"], "trainer_state": state}
+    assert _first_failing_index(picky, ["ok", "fine", "bad"], kwargs) == 2
+    assert _first_failing_index(picky, ["ok", "fine", "good"], kwargs) is None

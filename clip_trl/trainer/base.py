@@ -274,7 +274,9 @@ class ClipTrainerBase(Trainer):
                     image_embeds=embeddings.image_embeds,
                 )
             )
-        results["loss"] = self._eval_loss(model, embeddings)
+        loss = self._eval_loss(model, embeddings)
+        if loss is not None:
+            results["loss"] = loss
         metrics = {f"{metric_key_prefix}_{name}": float(value) for name, value in results.items()}
         metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 4)
         metrics[f"{metric_key_prefix}_samples"] = int(embeddings.image_embeds.shape[0])
@@ -283,6 +285,7 @@ class ClipTrainerBase(Trainer):
         self._memory_tracker.stop_and_update_metrics(metrics)
         return metrics
 
-    def _eval_loss(self, model: nn.Module, embeddings: Any) -> float:
-        """The method's loss on the eval set, in consecutive batches of `per_device_eval_batch_size`."""
-        return float("nan")
+    def _eval_loss(self, model: nn.Module, embeddings: Any) -> float | None:
+        """The method's loss on the eval set, in consecutive batches of `per_device_eval_batch_size`
+        (`None`: the method has no sampling-free loss to report)."""
+        return None

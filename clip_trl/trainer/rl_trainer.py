@@ -343,11 +343,11 @@ def _call_reward(func: RewardFunc, name: str, completions: list[str], kwargs: di
     try:
         values = func(completions, **kwargs)
     except Exception as error:
+        index = _first_failing_index(func, completions, kwargs)
+        where = f"at index {index} (completion {completions[index]!r})" if index is not None else "on the batch"
         raise RuntimeError(
-            f"Reward function '{name}' raised {type(error).__name__}: {error} "
-            f"(while scoring {len(completions)} completions; the first is {completions[0]!r} for "
-            f"ground truth {kwargs['ground_truth'][0]!r}). Fix the reward, or return None for completions it "
-            "cannot score."
+            f"Reward function '{name}' raised {type(error).__name__}: {error} {where}, while scoring "
+            f"{len(completions)} completions. Fix the reward, or return None for completions it cannot score."
         ) from error
     if isinstance(values, (torch.Tensor, np.ndarray)):
         values = values.tolist()
@@ -375,3 +375,14 @@ def _call_reward(func: RewardFunc, name: str, completions: list[str], kwargs: di
                 "rewards must be finite. Return None for completions the reward does not apply to."
             )
     return list(values)
+
+
+def _first_failing_index(func: RewardFunc, completions: list[str], kwargs: dict[str, Any]) -> int | None:
+    """Re-score one completion at a time to say which one made the reward raise (error path only)."""
+    for index in range(len(completions)):
+        single = {k: (v if k == "trainer_state" else v[index : index + 1]) for k, v in kwargs.items()}
+        try:
+            func(completions[index : index + 1], **single)
+        except Exception:
+            return index
+    return None
