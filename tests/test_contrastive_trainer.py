@@ -188,3 +188,28 @@ def test_evaluate_reports_retrieval_metrics(tmp_path, tiny, emoji):
                  "in_batch_accuracy", "loss"]:
         assert 0.0 <= metrics[f"eval_{name}"] <= (1.0 if name != "loss" else 100.0), name
     assert metrics["eval_samples"] == 32
+
+
+def test_non_finite_steps_are_skipped_and_then_stop_training(tmp_path, tiny, emoji):
+    model, processor = tiny
+
+    class Poisoned(ClipContrastiveTrainer):
+        poison_steps = {1, 2}
+
+        def compute_loss(self, model, inputs, **kwargs):
+            loss = super().compute_loss(model, inputs, **kwargs)
+            return loss * float("nan") if self.state.global_step in self.poison_steps else loss
+
+    args = make_args(tmp_path, max_steps=4, logging_steps=1)
+    trainer = Poisoned(model=model, args=args, train_dataset=emoji["train"], processing_class=processor)
+    trainer.train()
+    for name, param in model.named_parameters():
+        assert torch.isfinite(param).all(), name
+    assert trainer.state.log_history[-2]["nonfinite_steps_skipped"] == 2
+
+    model2, _ = tiny
+    Poisoned.poison_steps = set(range(100))
+    trainer = Poisoned(model=model2, args=make_args(tmp_path, max_steps=10, max_nonfinite_steps=3),
+                       train_dataset=emoji["train"], processing_class=processor)
+    with pytest.raises(FloatingPointError, match="3 optimizer steps in a row had a non-finite loss or gradient"):
+        trainer.train()

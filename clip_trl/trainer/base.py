@@ -20,6 +20,7 @@ from transformers.utils import logging
 
 from .. import modeling
 from ..data import ClipDataCollator, ProcessorImageTransform, check_columns, split_processor, with_row_index
+from ..plotting import TRAINING_CURVES_FILENAME, TrainingCurvesCallback
 from .base_config import ClipBaseConfig
 
 logger = logging.get_logger(__name__)
@@ -38,9 +39,10 @@ class LogitScaleClampCallback(TrainerCallback):
 
 
 def _prepare_peft_model(model: nn.Module, peft_config: Any) -> nn.Module:
+    """Wrap `model` with `get_peft_model(model, peft_config)` after checking the combination makes sense."""
     try:
         from peft import PeftConfig, PeftModel, get_peft_model
-    except ImportError as error:  # pragma: no cover - peft is a dependency
+    except ImportError as error:
         raise ImportError("`peft_config` needs the peft library: `pip install peft`.") from error
     if not isinstance(peft_config, PeftConfig):
         raise TypeError(
@@ -94,10 +96,11 @@ class ClipTrainerBase(Trainer):
             processing_class = self._load_processor(model, model_id)
         split_processor(processing_class)  # fail early with a clear message
 
-        self._freeze_towers(model, args)
         self._add_parameters(model, args)
         if peft_config is not None:
             model = _prepare_peft_model(model, peft_config)
+        # After wrapping, so that a frozen tower's LoRA layers are frozen too.
+        self._freeze_towers(model, args)
 
         check_columns(train_dataset, self._required_columns(args), "train_dataset")
         if isinstance(eval_dataset, dict):
@@ -114,6 +117,8 @@ class ClipTrainerBase(Trainer):
             data_collator = self._make_collator(processing_class, args)
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._skipped_rows = 0
+        self._nonfinite_steps = 0
+        self._nonfinite_in_a_row = 0
 
         super().__init__(
             model=model,
@@ -129,6 +134,12 @@ class ClipTrainerBase(Trainer):
         # Our losses are means over the batch; let the Trainer divide by the accumulation steps.
         self.model_accepts_loss_kwargs = False
         self.add_callback(LogitScaleClampCallback(args.max_logit_scale))
+        # Model card support: the curves picture at the end of training, and tags that `push_to_hub` (and a
+        # user's own `model.push_to_hub`) put on the repository.
+        self._curves_callback = TrainingCurvesCallback()
+        self.add_callback(self._curves_callback)
+        if hasattr(self.model, "add_model_tags"):
+            self.model.add_model_tags(self._tag_names)
         with torch.no_grad():  # a checkpoint above the clamp would otherwise train one step unclamped
             modeling.logit_scale(self.model).clamp_(max=math.log(args.max_logit_scale))
 
@@ -181,6 +192,7 @@ class ClipTrainerBase(Trainer):
         """The Trainer's optimizer, with `logit_scale`/`logit_bias` in their own group: no weight decay,
         and `logit_scale_learning_rate` when set (temperature wants a different step size than weights)."""
         optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
+        self._guard_optimizer(optimizer)
         inner = modeling.unwrap(self.model)
         special = [p for p in (getattr(inner, "logit_scale", None), getattr(inner, "logit_bias", None))
                    if isinstance(p, nn.Parameter) and p.requires_grad]
@@ -194,6 +206,40 @@ class ClipTrainerBase(Trainer):
         )
         optimizer._clip_trl_grouped = True
         return optimizer
+
+    def _guard_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip any optimizer step whose gradients are not all finite, so no NaN reaches the weights.
+
+        Zeroing the gradients would not be enough: Adam would still move the weights with its momentum.
+        After `max_nonfinite_steps` skipped steps in a row training stops with an error.
+        """
+        if getattr(optimizer, "_clip_trl_guarded", False):
+            return
+        step = optimizer.step
+
+        def guarded_step(*args: Any, **kwargs: Any) -> Any:
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            finite = all(torch.isfinite(g).all() for g in grads)
+            if finite:
+                self._nonfinite_in_a_row = 0
+                return step(*args, **kwargs)
+            self._nonfinite_steps += 1
+            self._nonfinite_in_a_row += 1
+            logger.warning(
+                f"Step {self.state.global_step + 1}: non-finite loss or gradient; the optimizer step is skipped "
+                f"({self._nonfinite_steps} skipped so far)."
+            )
+            optimizer.zero_grad(set_to_none=True)
+            if self._nonfinite_in_a_row >= self.args.max_nonfinite_steps:
+                raise FloatingPointError(
+                    f"{self._nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or gradient. Check "
+                    "the learning rate (lower it, or add warmup), the logit scale (`max_logit_scale`, "
+                    "`logit_scale_learning_rate`), the reward scale of your reward functions, and the input data."
+                )
+            return None
+
+        optimizer.step = guarded_step
+        optimizer._clip_trl_guarded = True
 
     # ------------------------------------------------------------------------------------------ logging
 
@@ -218,6 +264,8 @@ class ClipTrainerBase(Trainer):
                 logs.update({n: round(float(v), 6) for n, v in zip(names, values.tolist())})
             if self.args.skip_bad_rows:
                 logs["skipped_rows"] = self._skipped_rows
+            if self._nonfinite_steps:
+                logs["nonfinite_steps_skipped"] = self._nonfinite_steps
             self._metrics.clear()
         super().log(logs, start_time)
 
@@ -289,3 +337,111 @@ class ClipTrainerBase(Trainer):
         """The method's loss on the eval set, in consecutive batches of `per_device_eval_batch_size`
         (`None`: the method has no sampling-free loss to report)."""
         return None
+
+    # --- model card, saving and the Hub -----------------------------------------------------------------
+    # Every save writes a model card next to the weights, and `push_to_hub` (the Trainer's own: it saves,
+    # calls `create_model_card`, then uploads `output_dir`) publishes it with the training-curves picture.
+
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | list[str] | None = None,
+        tags: str | list[str] | None = None,
+        language: str | list[str] | None = None,
+        license: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        r"""
+        Write `output_dir/README.md`: the model card of this run (main process only).
+
+        The card has front matter for the Hub (`base_model`, `datasets`, `library_name` — `transformers`, or
+        `peft` for an adapter —, `pipeline_tag: zero-shot-image-classification`, tags with `clip_trl` and the
+        method, and a `model-index` with the final `eval_*` metrics of `state.log_history`), then what was
+        trained and how, a quick-start snippet, the training curves (redrawn if evaluations were logged
+        since training ended), framework versions and citations. See [`clip_trl.model_card.build_model_card`].
+
+        The signature accepts both TRL's arguments (`model_name`, `dataset_name`, `tags`) and those of
+        [`~transformers.Trainer.create_model_card`], so `push_to_hub(dataset_name=..., license=...)` works.
+
+        Args:
+            model_name (`str`, *optional*): the card's title; defaults to the output folder's name.
+            dataset_name (`str` or `list[str]`, *optional*): Hub dataset id(s) trained on.
+            tags (`str` or `list[str]`, *optional*): tags added to `clip_trl`, the method and the model type.
+            language (`str` or `list[str]`, *optional*): front-matter `language`.
+            license (`str`, *optional*): front-matter `license`.
+            finetuned_from (`str`, *optional*): the base model's Hub id, when the model itself does not know it
+                (e.g. it was loaded from a local folder).
+            tasks, dataset_tags, dataset_args (*optional*): accepted for compatibility; the task is always
+                zero-shot image classification, and `dataset_tags` / `dataset` add to `dataset_name`.
+
+        Example:
+
+        ```python
+        >>> import os, tempfile
+        >>> from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer
+        >>> from clip_trl.offline import build_clip, load_emoji_dataset
+        >>> model, processor = build_clip("tiny")
+        >>> args = ClipContrastiveConfig(output_dir=tempfile.mkdtemp(), report_to="none")
+        >>> trainer = ClipContrastiveTrainer(model=model, args=args, processing_class=processor,
+        ...                                  train_dataset=load_emoji_dataset(max_examples=16)["train"])
+        >>> trainer.create_model_card(dataset_name="my-org/emoji", tags="emoji")
+        >>> os.path.isfile(os.path.join(args.output_dir, "README.md"))
+        True
+        ```
+        """
+        if not self.is_world_process_zero():
+            return
+        names: list[str] = []
+        for value in (dataset_name, dataset_tags, dataset):
+            for name in [value] if isinstance(value, str) else (value or []):
+                if name not in names:
+                    names.append(name)
+        # Remembered, so that the cards of later saves (checkpoints, `save_model()`) keep what was said here.
+        given = {"model_name": model_name, "dataset_name": names or None, "tags": tags, "language": language,
+                 "license": license, "finetuned_from": finetuned_from}
+        self._model_card_kwargs = {**getattr(self, "_model_card_kwargs", {}),
+                                   **{key: value for key, value in given.items() if value is not None}}
+        self._refresh_training_curves()
+        self._write_model_card(self.args.output_dir)
+
+    def _write_model_card(self, folder: str) -> None:
+        from ..model_card import build_model_card
+
+        os.makedirs(folder, exist_ok=True)
+        card = build_model_card(self, folder=folder, **getattr(self, "_model_card_kwargs", {}))
+        card.save(os.path.join(folder, "README.md"))
+
+    def _refresh_training_curves(self) -> None:
+        """Redraw `output_dir/training_curves.png` when the log grew since it was drawn (e.g. by a final
+        `evaluate()` after training), so the card's picture shows the last evaluation too."""
+        callback = getattr(self, "_curves_callback", None)
+        picture = os.path.join(self.args.output_dir, TRAINING_CURVES_FILENAME)
+        if callback is None or callback.plotted_entries is None:
+            return  # not trained in this session: keep whatever picture is there
+        if callback.plotted_entries != len(self.state.log_history) or not os.path.isfile(picture):
+            callback.plot(self.args, self.state)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the model (the adapter only, for a peft model), its processor and a model card (`README.md`).
+
+        Checkpoints get a card too, so any `checkpoint-*` folder is a self-describing, loadable model.
+        """
+        super().save_model(output_dir, _internal_call=True)  # the push, if any, comes after the card
+        folder = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            if os.path.abspath(folder) == os.path.abspath(self.args.output_dir):
+                self._refresh_training_curves()
+            self._write_model_card(folder)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        # With `hub_strategy` pushing during training, the Trainer uploads `output_dir` (not the checkpoint
+        # folder), so that is where the card must be for the Hub repository to have one.
+        if self.args.push_to_hub and self.args.should_save:
+            self._write_model_card(self.args.output_dir)
+        super()._save_checkpoint(model, trial)

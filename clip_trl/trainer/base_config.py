@@ -49,6 +49,9 @@ class ClipBaseConfig(TrainingArguments):
             Prompt template that turns a label name into a caption.
         label_column (`str`, defaults to `"label"`):
             Column with each row's true label (a label name or an index into `candidate_labels`).
+        max_nonfinite_steps (`int`, defaults to `5`):
+            An optimizer step whose gradients are not all finite is skipped (logged as
+            `nonfinite_steps_skipped`); this many skipped steps in a row stop training with an error.
     """
 
     image_column: str = field(default="image", metadata={"help": "Column holding images (PIL, path or bytes)."})
@@ -87,6 +90,10 @@ class ClipBaseConfig(TrainingArguments):
         default="a photo of a {}.", metadata={"help": "Template turning a label name into a caption."}
     )
     label_column: str = field(default="label", metadata={"help": "Column holding each row's true label."})
+    max_nonfinite_steps: int = field(
+        default=5,
+        metadata={"help": "Steps with a non-finite loss/gradient are skipped; this many in a row stop training."},
+    )
 
     # Defaults that differ from TrainingArguments.
     learning_rate: float = field(default=1e-5, metadata={"help": "The initial learning rate for AdamW."})
