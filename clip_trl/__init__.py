@@ -1,6 +1,7 @@
 """clip_trl: contrastive and reinforcement-learning fine-tuning of CLIP-style dual encoders."""
 
-from . import evaluation, rewards
+from . import evaluation, hub, rewards
+from .hub import default_lora_config, load_model
 from .trainer import (
     ClipBaseConfig,
     ClipContrastiveConfig,
@@ -18,6 +19,9 @@ __all__ = [
     "ClipRLConfig",
     "ClipRLTrainer",
     "__version__",
+    "default_lora_config",
     "evaluation",
+    "hub",
+    "load_model",
     "rewards",
 ]

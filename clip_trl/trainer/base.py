@@ -391,6 +391,7 @@ class ClipTrainerBase(Trainer):
         >>> trainer.create_model_card(dataset_name="my-org/emoji", tags="emoji")
         >>> os.path.isfile(os.path.join(args.output_dir, "README.md"))
         True
+
         ```
         """
         if not self.is_world_process_zero():
@@ -408,12 +409,18 @@ class ClipTrainerBase(Trainer):
         self._refresh_training_curves()
         self._write_model_card(self.args.output_dir)
 
-    def _write_model_card(self, folder: str) -> None:
+    def _write_model_card(self, folder: str, strict: bool = True) -> None:
         from ..model_card import build_model_card
 
-        os.makedirs(folder, exist_ok=True)
-        card = build_model_card(self, folder=folder, **getattr(self, "_model_card_kwargs", {}))
-        card.save(os.path.join(folder, "README.md"))
+        try:
+            os.makedirs(folder, exist_ok=True)
+            card = build_model_card(self, folder=folder, **getattr(self, "_model_card_kwargs", {}))
+            card.save(os.path.join(folder, "README.md"))
+        except Exception as error:
+            if strict:
+                raise
+            # On the save path the weights are already written: a card problem must not end a long run.
+            logger.warning(f"Could not write the model card in {folder}: {type(error).__name__}: {error}")
 
     def _refresh_training_curves(self) -> None:
         """Redraw `output_dir/training_curves.png` when the log grew since it was drawn (e.g. by a final
@@ -435,7 +442,7 @@ class ClipTrainerBase(Trainer):
         if self.args.should_save:
             if os.path.abspath(folder) == os.path.abspath(self.args.output_dir):
                 self._refresh_training_curves()
-            self._write_model_card(folder)
+            self._write_model_card(folder, strict=False)
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
@@ -443,5 +450,5 @@ class ClipTrainerBase(Trainer):
         # With `hub_strategy` pushing during training, the Trainer uploads `output_dir` (not the checkpoint
         # folder), so that is where the card must be for the Hub repository to have one.
         if self.args.push_to_hub and self.args.should_save:
-            self._write_model_card(self.args.output_dir)
+            self._write_model_card(self.args.output_dir, strict=False)
         super()._save_checkpoint(model, trial)

@@ -1,0 +1,227 @@
+"""Share and reuse fine-tuned CLIP models: a LoRA preset, and one loader for full models and adapters.
+
+A clip_trl run saves one of two things:
+
+- a **full model** (no `peft_config`): a plain transformers folder (`config.json`, `model.safetensors`)
+  that `AutoModel.from_pretrained` loads;
+- an **adapter** (with `peft_config`): `adapter_config.json` and `adapter_model.safetensors`, a few
+  percent of the model's size, which peft puts back onto the base model named in the adapter config.
+
+Both also hold the processor files, the model card (`README.md`) and, after training, `training_curves.png`.
+[`load_model`] tells the two apart and returns a ready `(model, processor)` pair either way, from a local
+folder or a Hub repository (through the Hub cache, so `HF_HUB_OFFLINE=1` works once the files are cached).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from transformers import AutoModel, AutoProcessor
+from transformers.utils import cached_file, find_adapter_config_file
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
+    from torch import nn
+
+__all__ = ["DEFAULT_LORA_TARGET_MODULES", "default_lora_config", "load_model"]
+
+#: The attention query and value projections. In transformers' CLIP and SigLIP both towers name them
+#: this way, so the one list puts adapters in the image and the text encoder alike.
+DEFAULT_LORA_TARGET_MODULES: tuple[str, ...] = ("q_proj", "v_proj")
+
+_PEFT_HINT = "This needs the peft library: `pip install peft`."
+
+# Keyword arguments that say *where* files are. They describe the repository being loaded, so for an
+# adapter they apply to the adapter and not to its base model (whose location is in the adapter config).
+_LOCATION_KWARGS = ("revision", "subfolder")
+# Keyword arguments about *how* to reach the Hub; they apply to every download.
+_HUB_KWARGS = ("cache_dir", "token", "local_files_only", "force_download", "proxies")
+# Files whose presence means a processor (or at least its tokenizer) was saved next to the weights.
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+
+
+def _import_peft() -> Any:
+    try:
+        import peft
+    except ImportError as error:
+        raise ImportError(_PEFT_HINT) from error
+    return peft
+
+
+def default_lora_config(
+    r: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.05,
+    target_modules: Iterable[str] = DEFAULT_LORA_TARGET_MODULES,
+    **kwargs: Any,
+) -> LoraConfig:
+    r"""
+    A LoRA configuration that suits CLIP-style dual encoders: adapters on the attention query and value
+    projections (`q_proj`, `v_proj`) of both the vision and the text tower.
+
+    Only the adapters train. `logit_scale` (and a SigLIP `logit_bias`) are parameters, not modules, so they
+    stay at the base model's values; the trainers' `freeze_vision` / `freeze_text` also freeze the adapters
+    placed in that tower.
+
+    Args:
+        r (`int`, *optional*, defaults to 16):
+            Rank of the low-rank update.
+        alpha (`int`, *optional*, defaults to 32):
+            LoRA scaling numerator (`lora_alpha`); the update is scaled by `alpha / r`.
+        dropout (`float`, *optional*, defaults to 0.05):
+            Dropout on the adapter input (`lora_dropout`), active in training mode only.
+        target_modules (iterable of `str`, *optional*, defaults to `("q_proj", "v_proj")`):
+            Names of the linear layers that get adapters; add `"k_proj"`, `"out_proj"`, `"fc1"`, `"fc2"` for
+            more capacity.
+        **kwargs:
+            Any other [`peft.LoraConfig`] field (e.g. `use_dora=True`, `bias="lora_only"`).
+
+    Returns:
+        [`peft.LoraConfig`]: pass it as `peft_config=` to [`ClipContrastiveTrainer`] or [`ClipRLTrainer`].
+
+    Raises:
+        ImportError: peft is not installed.
+
+    Example:
+
+    ```python
+    >>> from clip_trl.hub import default_lora_config
+    >>> config = default_lora_config(r=8)
+    >>> sorted(config.target_modules), config.r, config.lora_alpha
+    (['q_proj', 'v_proj'], 8, 32)
+
+    ```
+    """
+    peft = _import_peft()
+    options: dict[str, Any] = {"bias": "none", **kwargs}
+    return peft.LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), **options
+    )
+
+
+def load_model(
+    id_or_path: str | os.PathLike[str],
+    merge: bool = False,
+    *,
+    base_model: str | os.PathLike[str] | None = None,
+    **kwargs: Any,
+) -> tuple[nn.Module, Any]:
+    r"""
+    Load what a clip_trl run saved or pushed, full model or LoRA adapter, together with its processor.
+
+    - A **full model** folder/repository is loaded with `AutoModel.from_pretrained` and
+      `AutoProcessor.from_pretrained`.
+    - An **adapter** folder/repository (it has `adapter_config.json`) is put onto its base model: the base
+      is loaded from the adapter config's `base_model_name_or_path` (or `base_model=`), then
+      `peft.PeftModel.from_pretrained` adds the adapter. The processor comes from the adapter folder when
+      one was saved there (clip_trl saves it), otherwise from the base model.
+
+    Hub ids go through the Hub cache, so with `HF_HUB_OFFLINE=1` everything loads from files downloaded
+    earlier, and nothing is fetched.
+
+    Args:
+        id_or_path (`str` or `os.PathLike`):
+            A local folder or a Hub repository id (`"org/name"`).
+        merge (`bool`, *optional*, defaults to `False`):
+            For an adapter, fold the LoRA weights into the base weights (`merge_and_unload()`) and return the
+            plain transformers model: no peft needed at inference and no adapter overhead per forward, but no
+            way back to the base model either. Ignored for a full model (there is nothing to merge).
+        base_model (`str` or `os.PathLike`, *optional*):
+            For an adapter, the base model to load instead of the one its config names — e.g. a local copy,
+            or when the adapter was trained on a model built in memory and so names none.
+        **kwargs:
+            `revision` and `subfolder` locate `id_or_path` (for an adapter, the adapter itself);
+            `cache_dir`, `token`, `local_files_only`, `force_download` and `proxies` apply to every file
+            fetched; anything else (`dtype`, `device_map`, `attn_implementation`, ...) goes to the model's
+            `from_pretrained` (the base model's, for an adapter).
+
+    Returns:
+        `tuple[model, processor]`: the model in evaluation mode (a `peft.PeftModel` for an unmerged adapter,
+        the transformers model class otherwise, e.g. `CLIPModel`) and its processor.
+
+    Raises:
+        ValueError: an adapter whose config names no base model, and no `base_model=` given.
+        ImportError: an adapter, and peft is not installed.
+
+    Example:
+
+    ```python
+    >>> import tempfile, torch
+    >>> from clip_trl.hub import load_model
+    >>> from clip_trl.offline import build_clip
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = build_clip("tiny", output_dir=folder)
+    >>> model, processor = load_model(folder)
+    >>> type(model).__name__, type(processor).__name__
+    ('CLIPModel', 'CLIPProcessor')
+
+    ```
+
+    With the Hub: `load_model("your-name/clip-emoji-lora", merge=True)`.
+    """
+    id_or_path = os.fspath(id_or_path)
+    location = {key: kwargs.pop(key) for key in _LOCATION_KWARGS if key in kwargs}
+    hub = {key: kwargs.pop(key) for key in _HUB_KWARGS if key in kwargs}
+    model_kwargs = kwargs
+
+    adapter_config_file = find_adapter_config_file(id_or_path, **location, **hub)
+    if adapter_config_file is None:
+        model = AutoModel.from_pretrained(id_or_path, **location, **hub, **model_kwargs)
+        processor = AutoProcessor.from_pretrained(id_or_path, **location, **hub)
+        return model.eval(), processor
+
+    peft = _import_peft()
+    with open(adapter_config_file, encoding="utf-8") as file:
+        named_base = json.load(file).get("base_model_name_or_path")
+    base = os.fspath(base_model) if base_model is not None else named_base
+    if not base:
+        raise ValueError(
+            f"The adapter at {id_or_path!r} does not say which base model it was trained on (its "
+            "adapter_config.json has no `base_model_name_or_path`, as happens when the base model was built in "
+            "memory). Pass it: `load_model(..., base_model=<base model id or folder>)`."
+        )
+    model = AutoModel.from_pretrained(base, **hub, **model_kwargs)
+    model = peft.PeftModel.from_pretrained(model, id_or_path, **location, **hub)
+    if merge:
+        model = model.merge_and_unload()
+    # A processor saved with the adapter reflects what training used (e.g. a changed `model_max_length`).
+    processor_class = _saved_processor_class(id_or_path, location, hub)
+    if processor_class is not None:
+        # An adapter repository has no config.json, and transformers' tokenizer loader looks one up: offline,
+        # from a cache that does not record the file as missing, that lookup fails. The base model's config
+        # is the right answer to it anyway.
+        processor = processor_class.from_pretrained(id_or_path, config=model.config, **location, **hub)
+    else:
+        processor = AutoProcessor.from_pretrained(base, **hub)
+    return model.eval(), processor
+
+
+def _find(repo: str, filename: str, location: dict[str, Any], hub: dict[str, Any]) -> str | None:
+    """Path of `filename` in a local folder or (cached or remote) Hub repository, or `None` if it has none."""
+    return cached_file(
+        repo,
+        filename,
+        **location,
+        **hub,
+        _raise_exceptions_for_gated_repo=False,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
+
+
+def _saved_processor_class(repo: str, location: dict[str, Any], hub: dict[str, Any]) -> type | None:
+    """The processor class saved in `repo` (from its processor, image-processor or tokenizer config), if any."""
+    from transformers.models.auto.processing_auto import processor_class_from_name
+
+    for filename in _PROCESSOR_FILES:
+        path = _find(repo, filename, location, hub)
+        if path is None:
+            continue
+        with open(path, encoding="utf-8") as file:
+            name = json.load(file).get("processor_class")
+        if name and (processor_class := processor_class_from_name(name)) is not None:
+            return processor_class
+    return None
