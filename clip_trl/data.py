@@ -31,11 +31,17 @@ SKIP_HINT = "Fix or remove the row, or pass `skip_bad_rows=True` to skip such ro
 class BadRowError(ValueError):
     """A dataset row that cannot be turned into a training example (bad image or caption)."""
 
-    def __init__(self, row: int | None, column: str, problem: str) -> None:
+    def __init__(self, row: int | str | None, column: str | None = None, problem: str | None = None) -> None:
+        if column is None and isinstance(row, str):
+            # A DataLoader worker's error is re-raised in the main process as `type(message)`; keep the type.
+            super().__init__(row)
+            self.row, self.column, self.problem = None, None, row
+            return
         where = f"Row {row}" if row is not None else "A row"
         super().__init__(f"{where}, column '{column}': {problem}. {SKIP_HINT}")
         self.row = row
         self.column = column
+        self.problem = problem
 
 
 def check_columns(dataset: Any, required: Mapping[str, str | None], dataset_name: str) -> None:

@@ -16,4 +16,4 @@ if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q torch==2.13.0
 fi
 python -m pip install -q --no-deps open-clip-torch==3.3.0
-python -m pip install -q -e ".[dev]"
+python -m pip install -q -e ".[dev,docs]"

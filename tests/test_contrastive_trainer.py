@@ -5,7 +5,7 @@ import torch
 from clip_test_utils import colour_dataset, png_bytes
 
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer
-from clip_trl.data import ClipDataCollator, with_row_index
+from clip_trl.data import BadRowError, ClipDataCollator, with_row_index
 from clip_trl.losses import contrastive_loss
 from clip_trl.modeling import encode_pair
 
@@ -212,4 +212,14 @@ def test_non_finite_steps_are_skipped_and_then_stop_training(tmp_path, tiny, emo
     trainer = Poisoned(model=model2, args=make_args(tmp_path, max_steps=10, max_nonfinite_steps=3),
                        train_dataset=emoji["train"], processing_class=processor)
     with pytest.raises(FloatingPointError, match="3 optimizer steps in a row had a non-finite loss or gradient"):
+        trainer.train()
+
+
+def test_bad_row_error_keeps_its_type_from_dataloader_workers(tmp_path, tiny):
+    model, processor = tiny
+    good = {"bytes": png_bytes((1, 2, 3)), "path": None}
+    data = colour_dataset(["a", "b", "c", "d"], [good, {"bytes": b"junk", "path": None}, good, good])
+    args = make_args(tmp_path, per_device_train_batch_size=4, max_steps=1, dataloader_num_workers=1)
+    trainer = ClipContrastiveTrainer(model=model, args=args, train_dataset=data, processing_class=processor)
+    with pytest.raises(BadRowError, match="Row 1, column 'image': cannot decode the image"):
         trainer.train()
