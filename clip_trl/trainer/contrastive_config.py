@@ -27,6 +27,14 @@ class ClipContrastiveConfig(ClipBaseConfig):
         negative_column (`str` or `None`, defaults to `None`):
             Column of hard-negative captions (a string or a list of strings per row), added as extra
             image-to-text negatives.
+        contrastive_chunk_size (`int` or `None`, defaults to `None`):
+            Compute the loss of each per-device batch exactly, but encode it in chunks of at most this many
+            images (GradCache, Gao et al. 2021): a no-grad pass caches the embeddings, the full-batch loss gives
+            their gradients, and each chunk is encoded again with autograd to backpropagate them. Loss and
+            gradients equal the unchunked batch's, while activation memory is that of one chunk, for about one
+            extra forward pass. Combines with gradient accumulation, gradient checkpointing, hard negatives,
+            both loss types and several processes (not with DeepSpeed). `None`: no chunking; a batch that fits
+            in one chunk is trained as usual.
 
     Example:
 
@@ -47,8 +55,25 @@ class ClipContrastiveConfig(ClipBaseConfig):
     negative_column: str | None = field(
         default=None, metadata={"help": "Column of hard-negative captions (string or list per row)."}
     )
+    contrastive_chunk_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Encode each batch in chunks of at most this many images, with the exact full-batch loss and "
+            "gradients (GradCache): big batches at a chunk's activation memory. Default: no chunking."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"`loss_type` must be one of {LOSS_TYPES}, got {self.loss_type!r}.")
+        chunk_size = self.contrastive_chunk_size
+        if chunk_size is not None:
+            if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+                raise ValueError(
+                    f"`contrastive_chunk_size` must be a positive integer or None, got {chunk_size!r}."
+                )
+            if self.deepspeed:
+                # DeepSpeed's engine counts one backward per micro-batch and reduces gradients in it; the chunked
+                # step runs one backward per chunk.
+                raise ValueError("`contrastive_chunk_size` does not work with DeepSpeed; use DDP or FSDP instead.")

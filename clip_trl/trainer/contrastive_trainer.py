@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
+from accelerate.utils import DistributedType
 from torch import nn
 
 from .. import modeling
 from ..data import ClipDataCollator
+from ..gradcache import cached_backward, split_into_chunks
 from ..losses import contrastive_loss
 from .base import ClipTrainerBase
 from .contrastive_config import ClipContrastiveConfig
@@ -21,6 +24,8 @@ class ClipContrastiveTrainer(ClipTrainerBase):
     The loss is symmetric InfoNCE over the image–text similarity matrix (or the SigLIP sigmoid loss),
     where rows sharing a caption or an image count as positives. Under several processes the
     features are gathered with gradient, so negatives span the global batch.
+    With `args.contrastive_chunk_size`, batches larger than that are encoded in chunks with cached
+    embeddings (GradCache): the same loss and gradients as the whole batch, at one chunk's activation memory.
 
     Args:
         model (`str` or `PreTrainedModel`):
@@ -87,11 +92,22 @@ class ClipContrastiveTrainer(ClipTrainerBase):
         image_embeds, text_embeds = modeling.encode_pair(
             model, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
         )
-        scale = modeling.logit_scale(model)
-        loss = contrastive_loss(
+        loss = self._loss_from_embeddings(model, inputs, image_embeds, text_embeds)
+        if model.training:
+            self._record(logit_scale=modeling.logit_scale(model).detach().exp())
+        outputs = {"image_embeds": image_embeds, "text_embeds": text_embeds[:num_captions]}
+        return (loss, outputs) if return_outputs else loss
+
+    def _loss_from_embeddings(
+        self, model: nn.Module, inputs: dict[str, Any], image_embeds: torch.Tensor, text_embeds: torch.Tensor
+    ) -> torch.Tensor:
+        """The batch's loss from its normalised embeddings: `text_embeds` holds the B captions, then the hard
+        negatives. Shared by the ordinary step and the chunked one, so both compute the same function."""
+        num_captions = image_embeds.shape[0]
+        return contrastive_loss(
             image_embeds,
             text_embeds[:num_captions],
-            scale,
+            modeling.logit_scale(model),
             image_keys=inputs.get("image_keys"),
             caption_keys=inputs.get("caption_keys"),
             loss_type=self.args.loss_type,
@@ -99,10 +115,55 @@ class ClipContrastiveTrainer(ClipTrainerBase):
             negative_text_embeds=text_embeds[num_captions:],
             negative_keys=inputs.get("negative_keys"),
         )
-        if model.training:
-            self._record(logit_scale=scale.detach().exp())
-        outputs = {"image_embeds": image_embeds, "text_embeds": text_embeds[:num_captions]}
-        return (loss, outputs) if return_outputs else loss
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
+    ) -> torch.Tensor:
+        r"""
+        One micro-batch: forward, loss and backward. With `contrastive_chunk_size` set and a per-device batch
+        larger than it, the batch is encoded in chunks with cached features (see [`clip_trl.gradcache`]); the
+        loss and the gradients are the same as the ordinary step's.
+
+        Returns:
+            `torch.Tensor`: the detached loss divided by the number of accumulated micro-batches, as
+            [`~transformers.Trainer.training_step`] returns it (the training loop sums these for logging).
+        """
+        chunk_size = self.args.contrastive_chunk_size
+        if chunk_size is None or "pixel_values" not in inputs or inputs["pixel_values"].shape[0] <= chunk_size:
+            return super().training_step(model, inputs, num_items_in_batch)
+        return self._chunked_training_step(model, inputs, chunk_size)
+
+    def _chunked_training_step(self, model: nn.Module, inputs: dict[str, Any], chunk_size: int) -> torch.Tensor:
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise ValueError("`contrastive_chunk_size` does not work with DeepSpeed; use DDP or FSDP instead.")
+        model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()
+        inputs = self._prepare_inputs(inputs)
+        self._pop_bookkeeping(inputs)
+        # As `Trainer.training_step`: our loss is a batch mean, so each micro-batch's share of an accumulated
+        # step is 1 / (number of micro-batches in it). Outside `train()` the attribute is not set yet.
+        accumulation = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        scale, bias = modeling.logit_scale(model), modeling.logit_bias(model)
+
+        def encode(chunk: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+            # Through the (wrapped) model's forward, so that DDP sees each re-forward it must reduce.
+            return modeling.encode_pair(model, chunk["pixel_values"], chunk["input_ids"], chunk.get("attention_mask"))
+
+        def loss_fn(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+            return self._loss_from_embeddings(model, inputs, image_embeds, text_embeds) / accumulation
+
+        output = cached_backward(
+            encode,
+            split_into_chunks(inputs, chunk_size),
+            loss_fn,
+            parameters=[p for p in (scale, bias) if isinstance(p, torch.Tensor)],
+            backward=self.accelerator.backward,
+            no_sync=functools.partial(self.accelerator.no_sync, model),
+            forward_context=self.compute_loss_context_manager,
+        )
+        self._record(logit_scale=scale.detach().exp())
+        return output.loss
 
     def _eval_loss(self, model: nn.Module, embeddings: Any) -> float:
         batch = self.args.per_device_eval_batch_size

@@ -19,6 +19,7 @@ def main() -> None:
     parser.add_argument("--per_device_batch", type=int, required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--chunk_size", type=int, default=None, help="contrastive_chunk_size (GradCache); default off")
     args = parser.parse_args()
     torch.use_deterministic_algorithms(True)
     data = load_emoji_dataset()["train"].select(range(32))
@@ -27,8 +28,8 @@ def main() -> None:
                   learning_rate=0.5, optim="sgd", max_grad_norm=0.0, report_to="none", save_strategy="no",
                   logging_steps=1, seed=0, use_cpu=True, disable_tqdm=True, lr_scheduler_type="constant")
     if args.trainer == "contrastive":
-        trainer = ClipContrastiveTrainer(model=model, args=ClipContrastiveConfig(**common), train_dataset=data,
-                                         processing_class=processor)
+        config = ClipContrastiveConfig(**common, contrastive_chunk_size=args.chunk_size)
+        trainer = ClipContrastiveTrainer(model=model, args=config, train_dataset=data, processing_class=processor)
     else:
         trainer = ClipRLTrainer(model=model, reward_funcs="correctness", train_dataset=data, processing_class=processor,
                                 args=ClipRLConfig(**common, advantage="exact", beta=0.0))
