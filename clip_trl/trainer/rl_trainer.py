@@ -267,12 +267,12 @@ class ClipRLTrainer(ClipTrainerBase):
     def _reward_kwargs(self, entries: list[tuple[int, int]], inputs: dict[str, Any], log_probs: torch.Tensor
                        ) -> tuple[list[str], dict[str, Any]]:
         rows, candidates, truth = inputs["rows"], inputs["candidates"], inputs["ground_truth"]
-        probs = log_probs.detach().exp()
+        probs = log_probs.detach().exp().tolist()  # one transfer, not one per entry
         completions = [candidates[b][k] for b, k in entries]
         kwargs: dict[str, Any] = {
             "candidates": [candidates[b] for b, _ in entries],
             "chosen": [k for _, k in entries],
-            "probs": [float(probs[b, k]) for b, k in entries],
+            "probs": [probs[b][k] for b, k in entries],
             "ground_truth": [truth[b] for b, _ in entries],
         }
         image_column = self.args.image_column

@@ -1,0 +1,443 @@
+"""Contrastive training throughput: `ClipContrastiveTrainer` vs a plain `transformers.Trainer` vs a raw loop.
+
+Three contenders train the same model (`clip_trl.offline.build_clip("small")`: 4 layers x 256 wide per tower,
+64 px images, 8 px patches, the real CLIP BPE tokenizer), same initial weights (seed 0), on the same rows of
+the offline emoji data set in the same order (a fixed seeded permutation, read sequentially), batch 64,
+the same number of torch threads, AdamW (fused, lr 1e-5, no weight decay), gradient clipping at 1.0:
+
+- `ours`:  `ClipContrastiveTrainer` with its default data collator (`clip_trl.data.ClipDataCollator`).
+- `plain`: `transformers.Trainer` on `CLIPModel` with `return_loss=True` and a minimal collator, which is what
+  transformers' `examples/pytorch/contrastive-image-text/run_clip.py` does.
+- `raw`:   a hand-written PyTorch loop: `DataLoader` -> `model(**batch, return_loss=True)` -> backward ->
+  `clip_grad_norm_` -> `AdamW.step()`.
+- opt-in (`--contenders`): `plain_fixed`, the plain Trainer with run_clip.py's own caption padding (every caption
+  padded to `max_length`), and `ours_fused_guard`, ours with the fused finite-gradient check proposed in
+  docs/benchmarks.md monkeypatched in (to measure a proposed library fix without changing the library).
+
+Data (`--data`):
+
+- `decode` (default): every contender decodes the same PNG bytes and runs the same `CLIPProcessor` (image
+  processor + tokenizer, captions padded to the longest in the batch) in its collator, in the main process
+  (`--workers 0`). `ours` uses its own collator (which also hashes images/captions to find duplicate
+  positives and records row indices); `plain` and `raw` use the minimal run_clip-style collator.
+- `tensors`: the rows are pre-processed once into tensors before timing; every contender, ours included
+  (through `data_collator=`), only pads and stacks them. This isolates the training step from data loading.
+
+Each contender runs in its own child process (so peak RSS is per contender) and the children run their
+repetitions in lock-step, one at a time, in rotating order (see `_harness.py`). Prints Markdown tables.
+
+    python benchmarks/contrastive_throughput.py                    # 2-3 min on 2 idle CPU cores
+    python benchmarks/contrastive_throughput.py --data tensors
+    python benchmarks/contrastive_throughput.py --profile ours     # torch.profiler table of a few steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _harness as h  # noqa: E402
+
+CONTENDERS = ("ours", "plain", "raw", "plain_fixed", "ours_fused_guard")
+DEFAULT_CONTENDERS = ("ours", "plain", "raw")
+LABELS = {
+    "ours": "`ClipContrastiveTrainer`",
+    "plain": "plain `Trainer` + `CLIPModel(return_loss=True)`",
+    "raw": "raw PyTorch loop",
+    "plain_fixed": "plain `Trainer`, run_clip padding (`max_length`)",
+    "ours_fused_guard": "`ClipContrastiveTrainer` + proposed fused finite-gradient check",
+}
+LEARNING_RATE = 1e-5
+MAX_GRAD_NORM = 1.0
+TARGETS = {"speed_vs_plain": 1.10, "speed_vs_raw": 0.95, "rss_vs_plain": 1.05}
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+class MinimalCollator:
+    """What run_clip.py's `collate_fn` amounts to: processor on images and captions, plus `return_loss`.
+
+    `padding=True` pads captions to the batch's longest (as `ClipDataCollator` does); run_clip.py itself pads
+    every caption to a fixed `max_length` (`padding="max_length"`, the `plain_fixed` contender).
+    """
+
+    def __init__(self, processor: Any, padding: bool | str = True) -> None:
+        self.processor = processor
+        self.padding = padding
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.processor(
+            images=[row["image"] for row in rows],
+            text=[row["caption"] for row in rows],
+            padding=self.padding,
+            truncation=True,
+            max_length=self.processor.tokenizer.model_max_length,
+            return_tensors="pt",
+        )
+        return {
+            "pixel_values": batch["pixel_values"],
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch["attention_mask"],
+            "return_loss": True,
+        }
+
+
+class TensorRows:
+    """Pre-processed rows (`pixel_values` [3, H, W], unpadded `input_ids`) as a map-style dataset."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.rows[index]
+
+
+class StackCollator:
+    """Pad token ids to the batch's longest and stack: the only data work in `--data tensors`."""
+
+    def __init__(self, pad_token_id: int, return_loss: bool, fixed_length: int | None = None) -> None:
+        self.pad_token_id = pad_token_id
+        self.return_loss = return_loss
+        self.fixed_length = fixed_length
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        width = self.fixed_length or max(len(row["input_ids"]) for row in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            n = len(row["input_ids"])
+            input_ids[i, :n] = row["input_ids"]
+            attention_mask[i, :n] = 1
+        batch = {
+            "pixel_values": torch.stack([row["pixel_values"] for row in rows]),
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+        }
+        if self.return_loss:
+            batch["return_loss"] = True
+        return batch
+
+
+def tensor_rows(dataset: Any, processor: Any, count: int) -> TensorRows:
+    rows = []
+    for start in range(0, count, h.BATCH_SIZE):
+        chunk = dataset.select(range(start, min(start + h.BATCH_SIZE, count)))
+        pixels = processor.image_processor(images=list(chunk["image"]), return_tensors="pt")["pixel_values"]
+        tokens = processor.tokenizer(list(chunk["caption"]), truncation=True,
+                                     max_length=processor.tokenizer.model_max_length)["input_ids"]
+        for pixel_values, ids in zip(pixels, tokens):
+            rows.append({"pixel_values": pixel_values, "input_ids": __import__("torch").tensor(ids)})
+    return TensorRows(rows)
+
+
+# ------------------------------------------------------------------------------------------- child
+
+
+def install_fused_finite_guard() -> None:
+    """The fix proposed in docs/benchmarks.md, monkeypatched for the `ours_fused_guard` contender only.
+
+    `ClipTrainerBase._guard_optimizer` checks `torch.isfinite(g).all()` for every gradient tensor (142 kernels,
+    142 temporary bool tensors and 142 host syncs per step). This version has the same behaviour but tests
+    the per-tensor norms from one fused `torch._foreach_norm` (any NaN/inf gradient gives a non-finite norm)
+    with a single host sync.
+    """
+    import torch
+
+    from clip_trl.trainer import base
+
+    def _guard_optimizer(self: Any, optimizer: Any) -> None:
+        if getattr(optimizer, "_clip_trl_guarded", False):
+            return
+        step = optimizer.step
+
+        def guarded_step(*args: Any, **kwargs: Any) -> Any:
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            finite = not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())
+            if finite:
+                self._nonfinite_in_a_row = 0
+                return step(*args, **kwargs)
+            self._nonfinite_steps += 1
+            self._nonfinite_in_a_row += 1
+            optimizer.zero_grad(set_to_none=True)
+            if self._nonfinite_in_a_row >= self.args.max_nonfinite_steps:
+                raise FloatingPointError("non-finite gradients")
+            return None
+
+        optimizer.step = guarded_step
+        optimizer._clip_trl_guarded = True
+
+    base.ClipTrainerBase._guard_optimizer = _guard_optimizer
+
+
+def run_child(args: argparse.Namespace) -> None:
+    channel = h.child_channel(args.fds)
+    h.set_threads(args.threads)
+    import torch
+    from transformers import Trainer
+
+    from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer
+    from clip_trl.offline import build_clip
+
+    total_steps = args.warmup + args.steps * args.repeats
+    # One spare batch: accelerate's DataLoaderShard collates one batch ahead, so without it the Trainers'
+    # last repetition would time one collate fewer than the raw loop's.
+    total_rows = (total_steps + 1) * args.batch_size
+    dataset = h.emoji_train_rows()
+    if total_rows > len(dataset):
+        raise SystemExit(f"{total_steps} steps x {args.batch_size} rows exceed the {len(dataset)} train rows")
+    dataset = dataset.select(range(total_rows)).flatten_indices()
+    model, processor = build_clip(args.size, seed=0)
+    if args.data == "tensors":
+        dataset = tensor_rows(dataset, processor, total_rows)
+    cuda = torch.cuda.is_available()
+
+    if args.child == "raw":
+        collator = h.TimedCollator(
+            StackCollator(processor.tokenizer.pad_token_id, return_loss=True)
+            if args.data == "tensors" else MinimalCollator(processor)
+        )
+        device = torch.device("cuda" if cuda else "cpu")
+        model.to(device).train()
+        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
+                                             collate_fn=collator, num_workers=args.workers, drop_last=True)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0, fused=True)
+        clock = h.StepClock(channel, args.warmup, args.steps, args.repeats, collator, cuda)
+        channel.send(event="ready", rss=h.current_rss())
+        clock.start()
+        batches = iter(loader)
+        for _ in range(total_steps):
+            batch = next(batches)
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            clock.step_end()
+        h.finish_child(channel)
+        return
+
+    common = dict(
+        output_dir=tempfile.mkdtemp(prefix=f"bench-{args.child}-"),
+        per_device_train_batch_size=args.batch_size,
+        max_steps=total_steps,
+        learning_rate=LEARNING_RATE,
+        weight_decay=0.0,
+        max_grad_norm=MAX_GRAD_NORM,
+        optim="adamw_torch_fused",
+        lr_scheduler_type="constant",
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=args.workers,
+        dataloader_pin_memory=cuda,
+        train_sampling_strategy="sequential",
+        remove_unused_columns=False,
+        seed=0,
+    )
+    if args.child in ("ours", "ours_fused_guard"):
+        if args.child == "ours_fused_guard":
+            install_fused_finite_guard()
+        collator = None
+        if args.data == "tensors":
+            collator = h.TimedCollator(StackCollator(processor.tokenizer.pad_token_id, return_loss=False))
+        config = ClipContrastiveConfig(**common)
+        trainer = ClipContrastiveTrainer(model=model, args=config, train_dataset=dataset,
+                                         processing_class=processor, data_collator=collator)
+        if collator is None:  # time our own default collator in place
+            collator = h.TimedCollator(trainer.data_collator)
+            trainer.data_collator = collator
+    else:
+        from transformers import TrainingArguments
+
+        fixed = args.child == "plain_fixed"
+        max_length = processor.tokenizer.model_max_length
+        collator = h.TimedCollator(
+            StackCollator(processor.tokenizer.pad_token_id, return_loss=True,
+                          fixed_length=max_length if fixed else None)
+            if args.data == "tensors"
+            else MinimalCollator(processor, padding="max_length" if fixed else True)
+        )
+        trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=dataset,
+                          data_collator=collator)
+    clock = h.StepClock(channel, args.warmup, args.steps, args.repeats, collator, cuda)
+    trainer.add_callback(h.trainer_clock_callback(clock))
+    channel.send(event="ready", rss=h.current_rss())
+    trainer.train()
+    h.finish_child(channel)
+
+
+# ------------------------------------------------------------------------------------------ profile
+
+
+def run_profile(args: argparse.Namespace) -> None:
+    """A few steps of one contender under torch.profiler (after 2 warm-up steps); prints the top ops."""
+    h.set_threads(args.threads)
+    from torch.profiler import ProfilerActivity, profile, record_function
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer
+    from clip_trl.offline import build_clip
+
+    steps = 2 + args.steps
+    dataset = h.emoji_train_rows().select(range(steps * args.batch_size)).flatten_indices()
+    model, processor = build_clip(args.size, seed=0)
+    common = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch_size, max_steps=steps,
+                  learning_rate=LEARNING_RATE, optim="adamw_torch_fused", lr_scheduler_type="constant",
+                  logging_steps=10, save_strategy="no", report_to="none", disable_tqdm=True,
+                  train_sampling_strategy="sequential", remove_unused_columns=False, seed=0)
+    if args.profile == "ours":
+        trainer = ClipContrastiveTrainer(model=model, args=ClipContrastiveConfig(**common), train_dataset=dataset,
+                                         processing_class=processor)
+    else:
+        trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=dataset,
+                          data_collator=MinimalCollator(processor))
+    collate = trainer.data_collator
+
+    def labelled_collate(rows: Any) -> Any:
+        with record_function("## collate"):
+            return collate(rows)
+
+    trainer.data_collator = labelled_collate
+    original_compute_loss = trainer.compute_loss
+
+    def labelled_compute_loss(*a: Any, **k: Any) -> Any:
+        with record_function("## compute_loss (forward + loss)"):
+            return original_compute_loss(*a, **k)
+
+    trainer.compute_loss = labelled_compute_loss
+    prof = profile(activities=[ProfilerActivity.CPU], record_shapes=False)
+
+    class Window(TrainerCallback):
+        def on_step_end(self, a: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == 2:
+                prof.__enter__()
+
+    trainer.add_callback(Window())
+    trainer.train()
+    prof.__exit__(None, None, None)
+    print(prof.key_averages().table(sort_by=args.profile_sort, row_limit=args.profile_rows))
+
+
+# ------------------------------------------------------------------------------------------- parent
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def verdict(value: float, target: float, higher_is_better: bool) -> str:
+    ok = value >= target if higher_is_better else value <= target
+    return "met" if ok else "**missed**"
+
+
+def report(results: dict[str, h.Result], args: argparse.Namespace, machine: dict[str, str]) -> str:
+    speed = {name: h.median(r.samples_per_second(args.batch_size)) for name, r in results.items()}
+    rss = {name: r.peak_rss for name, r in results.items()}
+    rows = []
+    for name in CONTENDERS:
+        if name not in results:
+            continue
+        r = results[name]
+        sps = r.samples_per_second(args.batch_size)
+        rows.append([
+            LABELS[name],
+            f"{speed[name]:.1f}",
+            f"{min(sps):.1f}–{max(sps):.1f}",
+            f"{1000 * h.median(r.seconds_per_step()):.0f}",
+            f"{h.median(r.cpu_per_step()):.2f}",
+            f"{min(r.cpu_per_step()):.2f}",
+            f"{1000 * h.median(r.collate_per_step()):.0f}",
+            h.mib(rss[name]),
+            h.mib(rss[name] - r.ready_rss),
+            f"{ratio(speed[name], speed.get('plain', float('nan'))):.3f}",
+            f"{ratio(rss[name], rss.get('plain', 0)):.3f}",
+        ])
+    header = ["contender", "samples/s (median)", "samples/s (min–max)", "ms/step", "CPU s/step", "CPU s/step (best rep)", "collate ms/step",
+              "peak RSS MiB", "RSS growth in training MiB", "speed / plain", "peak RSS / plain"]
+    parts = [
+        f"### Contrastive throughput — data `{args.data}`, batch {args.batch_size}, {args.threads} threads, "
+        f"{args.repeats} × {args.steps} steps after {args.warmup} warm-up",
+        "",
+        h.markdown_table(header, rows),
+    ]
+    if "ours" in results:
+        checks = []
+        if "plain" in results:
+            v = ratio(speed["ours"], speed["plain"])
+            checks.append(["samples/s ours / plain Trainer", f"{v:.3f}", f"≥ {TARGETS['speed_vs_plain']:.2f}",
+                           verdict(v, TARGETS["speed_vs_plain"], True)])
+        if "raw" in results:
+            v = ratio(speed["ours"], speed["raw"])
+            checks.append(["samples/s ours / raw loop", f"{v:.3f}", f"≥ {TARGETS['speed_vs_raw']:.2f}",
+                           verdict(v, TARGETS["speed_vs_raw"], True)])
+        if "plain_fixed" in results:
+            v = ratio(speed["ours"], speed["plain_fixed"])
+            checks.append(["samples/s ours / plain Trainer with run_clip padding", f"{v:.3f}",
+                           f"≥ {TARGETS['speed_vs_plain']:.2f}", verdict(v, TARGETS["speed_vs_plain"], True)])
+        if "plain" in results:
+            v = ratio(rss["ours"], rss["plain"])
+            checks.append(["peak RSS ours / plain Trainer", f"{v:.3f}", f"≤ {TARGETS['rss_vs_plain']:.2f}",
+                           verdict(v, TARGETS["rss_vs_plain"], False)])
+        if "ours_fused_guard" in results:  # the proposed library fix, measured in the same run
+            for other, key, label in (("plain", "speed_vs_plain", "plain Trainer"), ("raw", "speed_vs_raw", "raw loop")):
+                if other in results:
+                    v = ratio(speed["ours_fused_guard"], speed[other])
+                    checks.append([f"samples/s ours with the proposed fix / {label}", f"{v:.3f}",
+                                   f"≥ {TARGETS[key]:.2f}", verdict(v, TARGETS[key], True)])
+        parts += ["", h.markdown_table(["ratio", "measured", "target", "verdict"], checks)]
+    parts += ["", "Machine: " + "; ".join(f"{k}: {v}" for k, v in machine.items())]
+    return "\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    h.common_arguments(parser, steps=2, repeats=6, warmup=2)
+    parser.add_argument("--data", choices=("decode", "tensors"), default="decode")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (all contenders)")
+    parser.add_argument("--json", default=None, help="also write every repetition's raw numbers here")
+    parser.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS),
+                        help=f"comma-separated subset of {', '.join(CONTENDERS)}")
+    parser.add_argument("--profile", choices=("ours", "plain"), default=None)
+    parser.add_argument("--profile-rows", type=int, default=25)
+    parser.add_argument("--profile-sort", default="self_cpu_time_total",
+                        help="torch.profiler key_averages sort key, e.g. cpu_time_total")
+    args = parser.parse_args()
+    if args.child:
+        run_child(args)
+        return
+    if args.profile:
+        run_profile(args)
+        return
+    log_dir = args.log_dir or tempfile.mkdtemp(prefix="clip-trl-bench-")
+    load_at_start = h.load_average()
+    names = [n for n in args.contenders.split(",") if n]
+    script = os.path.abspath(__file__)
+    passthrough = ["--steps", str(args.steps), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+                   "--threads", str(args.threads), "--batch-size", str(args.batch_size), "--size", args.size,
+                   "--data", args.data, "--workers", str(args.workers)]
+    print(f"contenders' logs: {log_dir}", file=sys.stderr)
+    results = h.run_contenders(names, lambda name: [sys.executable, script, "--child", name, *passthrough],
+                               args.repeats, log_dir)
+    if args.json:
+        h.write_json(args.json, results, vars(args))
+    machine = h.machine_description(args.threads)
+    machine["load average at end"] = machine.pop("load average now", "n/a")
+    print(report(results, args, {"command": " ".join(["python", "benchmarks/contrastive_throughput.py", *sys.argv[1:]]),
+                                 "load average at start": load_at_start, **machine}))
+
+
+if __name__ == "__main__":
+    main()
