@@ -2,6 +2,7 @@
 
 from . import evaluation, hub, rewards
 from .hub import default_lora_config, load_model
+from .rerank import generate_candidates, rerank
 from .trainer import (
     ClipBaseConfig,
     ClipContrastiveConfig,
@@ -21,7 +22,9 @@ __all__ = [
     "__version__",
     "default_lora_config",
     "evaluation",
+    "generate_candidates",
     "hub",
     "load_model",
+    "rerank",
     "rewards",
 ]
