@@ -344,21 +344,28 @@ class ClipDataCollator:
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return self.collate(*self.parse_rows(rows))
 
+    def image_batch(self, parsed: list[dict[str, Any]], skipped: int) -> dict[str, Any]:
+        """The part every batch shares: bookkeeping, and `pixel_values` / `image_keys` when rows survived."""
+        batch: dict[str, Any] = {
+            "num_skipped_rows": torch.tensor(skipped),
+            "row_index": torch.tensor([-1 if p["index"] is None else p["index"] for p in parsed], dtype=torch.long),
+        }
+        if parsed:
+            images = [p["image"] for p in parsed]
+            batch["pixel_values"] = self.image_transform(images)
+            batch["image_keys"] = torch.tensor([image_key(im) for im in images], dtype=torch.long)
+        return batch
+
     def collate(self, parsed: list[dict[str, Any]], kept: list[Mapping[str, Any]], skipped: int) -> dict[str, Any]:
         """Tensors from parsed rows (see [`parse_row`]); `kept` are the raw rows, `skipped` the bad-row count."""
-        batch: dict[str, Any] = {"num_skipped_rows": torch.tensor(skipped)}
+        batch = self.image_batch(parsed, skipped)
         if not parsed:
-            batch["row_index"] = torch.zeros(0, dtype=torch.long)
             return batch
-        images = [p["image"] for p in parsed]
         captions = [p["caption"] for p in parsed]
         # Hard negatives ride in the same token batch, after the captions: one text forward for both.
         negatives = [n for p in parsed for n in p.get("negatives", ())]
-        batch["pixel_values"] = self.image_transform(images)
         batch.update(self.tokenize(captions + negatives))
-        batch["image_keys"] = torch.tensor([image_key(im) for im in images], dtype=torch.long)
         batch["caption_keys"] = torch.tensor([content_key(c) for c in captions], dtype=torch.long)
-        batch["row_index"] = torch.tensor([-1 if p["index"] is None else p["index"] for p in parsed])
         if self.negative_column is not None:
             batch["negative_keys"] = torch.tensor([content_key(n) for n in negatives], dtype=torch.long)
         if self.keep_rows:

@@ -184,15 +184,18 @@ class ClipTrainerBase(Trainer):
     def _image_transform(self, processing_class: Any) -> Callable:
         return ProcessorImageTransform(split_processor(processing_class)[0])
 
+    def _collator_kwargs(self, processing_class: Any, args: ClipBaseConfig) -> dict[str, Any]:
+        """The collator settings every method shares."""
+        return {
+            "image_column": args.image_column,
+            "caption_column": args.caption_column,
+            "skip_bad_rows": args.skip_bad_rows,
+            "max_length": args.max_length,
+            "image_transform": self._image_transform(processing_class),
+        }
+
     def _make_collator(self, processing_class: Any, args: ClipBaseConfig) -> Callable:
-        return ClipDataCollator(
-            processing_class,
-            image_column=args.image_column,
-            caption_column=args.caption_column,
-            skip_bad_rows=args.skip_bad_rows,
-            max_length=args.max_length,
-            image_transform=self._image_transform(processing_class),
-        )
+        return ClipDataCollator(processing_class, **self._collator_kwargs(processing_class, args))
 
     # ---------------------------------------------------------------------------------------- optimizer
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..data import ROW_INDEX_KEY, BadRowError, ClipDataCollator, check_caption, content_key, image_key
+from ..data import ROW_INDEX_KEY, BadRowError, ClipDataCollator, check_caption, content_key
 
 
 class _UniqueTexts:
@@ -102,15 +102,10 @@ class RLDataCollator(ClipDataCollator):
         return parsed
 
     def collate(self, parsed: list[dict[str, Any]], kept: list[Mapping[str, Any]], skipped: int) -> dict[str, Any]:
-        batch: dict[str, Any] = {"num_skipped_rows": torch.tensor(skipped)}
+        batch = self.image_batch(parsed, skipped)
         if not parsed:
-            batch["row_index"] = torch.zeros(0, dtype=torch.long)
             return batch
-        images = [p["image"] for p in parsed]
-        batch["pixel_values"] = self.image_transform(images)
-        keys = [image_key(im) for im in images]
-        batch["image_keys"] = torch.tensor(keys, dtype=torch.long)
-        batch["row_index"] = torch.tensor([-1 if p["index"] is None else p["index"] for p in parsed])
+        keys = batch["image_keys"].tolist()
         texts = _UniqueTexts()
         candidate_positions: list[list[int]] = []
         completions: list[list[str]] = []

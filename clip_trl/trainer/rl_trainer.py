@@ -126,11 +126,7 @@ class ClipRLTrainer(ClipTrainerBase):
             label_template=args.label_template,
             label_column=args.label_column,
             include_captions=args.contrastive_coef > 0,
-            image_column=args.image_column,
-            caption_column=args.caption_column,
-            skip_bad_rows=args.skip_bad_rows,
-            max_length=args.max_length,
-            image_transform=self._image_transform(processing_class),
+            **self._collator_kwargs(processing_class, args),
         )
 
     # --------------------------------------------------------------------------------------------- policy
