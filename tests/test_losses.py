@@ -3,6 +3,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clip_trl.losses import (
     clip_loss,
@@ -122,3 +124,25 @@ def test_unknown_loss_type_is_an_error():
     images, texts = _embeddings(2)
     with pytest.raises(ValueError, match="Unknown loss_type 'triplet'; use 'clip' or 'siglip'"):
         contrastive_loss(images, texts, torch.tensor(1.0), loss_type="triplet")
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(2, 7),
+    seed=st.integers(0, 10_000),
+    loss_type=st.sampled_from(["clip", "siglip"]),
+    duplicate=st.booleans(),
+)
+def test_permuting_the_batch_leaves_the_loss_unchanged(n, seed, loss_type, duplicate):
+    images, texts = _embeddings(n, seed=seed)
+    keys = torch.arange(n)
+    if duplicate:  # rows 0 and 1 share a caption
+        texts = texts.clone()
+        texts[1] = texts[0]
+        keys = keys.clone()
+        keys[1] = keys[0]
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    kwargs = dict(loss_type=loss_type, logit_bias=torch.tensor(-1.0))
+    original = contrastive_loss(images, texts, torch.tensor(2.0), caption_keys=keys, **kwargs)
+    permuted = contrastive_loss(images[perm], texts[perm], torch.tensor(2.0), caption_keys=keys[perm], **kwargs)
+    torch.testing.assert_close(permuted, original, atol=1e-5, rtol=1e-5)

@@ -321,3 +321,17 @@ def test_first_failing_index_finds_the_completion_that_raises():
     kwargs = {"ground_truth": ["a", "b", "c"], "trainer_state": state}
     assert _first_failing_index(picky, ["ok", "fine", "bad"], kwargs) == 2
     assert _first_failing_index(picky, ["ok", "fine", "good"], kwargs) is None
+
+
+def test_same_seed_gives_the_same_weights(tmp_path, emoji):
+    from clip_trl.offline import build_clip
+
+    def run(name):
+        model, processor = build_clip("tiny", seed=0)
+        trainer = ClipRLTrainer(model=model, reward_funcs="correctness", train_dataset=emoji["train"],
+                                processing_class=processor, args=make_args(tmp_path / name, max_steps=3, beta=0.1))
+        trainer.train()
+        return model.state_dict()
+
+    first, second = run("a"), run("b")
+    assert all(torch.equal(first[k], second[k]) for k in first)
