@@ -223,3 +223,14 @@ def test_bad_row_error_keeps_its_type_from_dataloader_workers(tmp_path, tiny):
     trainer = ClipContrastiveTrainer(model=model, args=args, train_dataset=data, processing_class=processor)
     with pytest.raises(BadRowError, match="Row 1, column 'image': cannot decode the image"):
         trainer.train()
+
+
+def test_streaming_dataset_trains(tmp_path, tiny, emoji):
+    model, processor = tiny
+    before = model.text_projection.weight.detach().clone()
+    stream = emoji["train"].to_iterable_dataset()
+    trainer = ClipContrastiveTrainer(model=model, args=make_args(tmp_path, max_steps=3), train_dataset=stream,
+                                     processing_class=processor)
+    trainer.train()
+    assert trainer.state.global_step == 3
+    assert not torch.equal(model.text_projection.weight, before)
