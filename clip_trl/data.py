@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -194,10 +194,6 @@ def _open_path(path: str, row: int | None, column: str) -> Image.Image:
     if not os.path.exists(path):
         raise BadRowError(row, column, f"image file '{path}' does not exist")
     return Image.open(path)
-
-
-# Truncated PNG/JPEG files must fail loudly, not decode to a half-grey picture.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 def content_key(data: bytes | str) -> int:

@@ -12,7 +12,7 @@ from torch import nn
 from .. import modeling
 from ..data import ClipDataCollator
 from ..gradcache import cached_backward, split_into_chunks
-from ..losses import contrastive_loss
+from ..losses import clip_loss, contrastive_loss, siglip_loss
 from .base import ClipTrainerBase
 from .contrastive_config import ClipContrastiveConfig
 
@@ -179,13 +179,9 @@ class ClipContrastiveTrainer(ClipTrainerBase):
             chunk_positives = positives[rows][:, embeddings.first_caption[rows]]
             chunk_positives = chunk_positives | chunk_positives.T
             if self.args.loss_type == "siglip":
-                from ..losses import siglip_loss
-
                 loss = siglip_loss(image_embeds[rows], text_embeds[rows], scale, bias if bias is not None else 0.0,
                                    chunk_positives)
             else:
-                from ..losses import clip_loss
-
                 loss = clip_loss(image_embeds[rows], text_embeds[rows], scale, chunk_positives)
             losses.append(float(loss))
             weights.append(chunk_positives.shape[0])

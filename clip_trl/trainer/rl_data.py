@@ -41,7 +41,8 @@ class RLDataCollator(ClipDataCollator):
           (`text_to_image`: in the batch's distinct images), padded with -1;
         - `target_index` `[B]`: the ground truth's position in the query's candidate list, -1 if unknown;
         - `caption_index` `[B]`: each row's caption among the texts (-1 when captions are not needed);
-        - `image_index` `[B]` (`text_to_image`): each row's image among the distinct images;
+        - `distinct_image_rows` `[M]` (`text_to_image`): the row holding each of the batch's distinct images
+          (candidate `k` is the image of row `distinct_image_rows[k]`);
         - `candidates` (list of lists of str), `ground_truth` (list), `rows` (decoded rows for rewards).
     """
 
@@ -118,7 +119,7 @@ class RLDataCollator(ClipDataCollator):
                 first_row_of_image.setdefault(key, i)
             distinct = list(first_row_of_image.values())  # rows holding each distinct image
             image_position = {keys[row]: pos for pos, row in enumerate(distinct)}
-            batch["image_index"] = torch.tensor([image_position[k] for k in keys])
+            batch["distinct_image_rows"] = torch.tensor(distinct)
             names = [parsed[row]["caption"] for row in distinct]  # an image is named by its caption
             for p, key in zip(parsed, keys):
                 candidate_positions.append(list(range(len(distinct))))

@@ -80,7 +80,6 @@ class ClipRLTrainer(ClipTrainerBase):
         **kwargs: Any,
     ) -> None:
         self.reward_funcs, self.reward_names = _resolve_rewards(reward_funcs)
-        self._peft_config = peft_config
         super().__init__(
             model=model,
             args=args,
@@ -137,12 +136,8 @@ class ClipRLTrainer(ClipTrainerBase):
         if self.args.direction == "image_to_text":
             queries, keys = image_embeds, text_embeds
         else:
-            queries, keys = text_embeds[inputs["caption_index"]], image_embeds
-            # Candidates are the batch's distinct images: their first rows' embeddings.
-            first_rows = torch.zeros(int(inputs["image_index"].max()) + 1, dtype=torch.long, device=keys.device)
-            first_rows.scatter_reduce_(0, inputs["image_index"], torch.arange(len(keys), device=keys.device),
-                                       reduce="amin", include_self=False)
-            keys = keys[first_rows]
+            # Candidates are the batch's distinct images, embedded from the first row holding each.
+            queries, keys = text_embeds[inputs["caption_index"]], image_embeds[inputs["distinct_image_rows"]]
         candidate_index = inputs["candidate_index"]
         mask = candidate_index >= 0
         logits = scale.exp() * queries @ keys.T
@@ -243,19 +238,17 @@ class ClipRLTrainer(ClipTrainerBase):
             self._record(reward=expected.mean(), reward_std=expected.std(unbiased=False))
             if known.any():
                 self._record(accuracy=probs[known].gather(1, targets[known, None]).mean())
-            group_std = _nan_std(rewards)
         else:
             valid_rewards = rewards[~torch.isnan(rewards)]
             if valid_rewards.numel():
                 self._record(reward=valid_rewards.mean(), reward_std=valid_rewards.std(unbiased=False))
             if known.any():
                 self._record(accuracy=(actions[known] == targets[known, None]).float().mean())
-            group_std = _nan_std(rewards)
         self._record(
             kl=out.kl,
             entropy=out.entropy,
             policy_loss=out.policy_loss,
-            frac_reward_zero_std=(group_std == 0).float().mean(),
+            frac_reward_zero_std=(_nan_std(rewards) == 0).float().mean(),
         )
 
     # -------------------------------------------------------------------------------------------- rewards
@@ -275,10 +268,8 @@ class ClipRLTrainer(ClipTrainerBase):
         if self.args.direction == "image_to_text":
             kwargs["images"] = [rows[b][image_column] for b, _ in entries]
         else:
-            first_row = {}
-            for row, position in enumerate(inputs["image_index"].tolist()):
-                first_row.setdefault(position, row)
-            kwargs["images"] = [rows[first_row[k]][image_column] for _, k in entries]
+            image_rows = inputs["distinct_image_rows"].tolist()
+            kwargs["images"] = [rows[image_rows[k]][image_column] for _, k in entries]
             kwargs["queries"] = [truth[b] for b, _ in entries]
         for column in rows[0]:
             if column != image_column and column not in kwargs:
