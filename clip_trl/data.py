@@ -26,22 +26,40 @@ logger = logging.getLogger(__name__)
 ROW_INDEX_KEY = "__row_index__"
 
 SKIP_HINT = "Fix or remove the row, or pass `skip_bad_rows=True` to skip such rows (they are counted and logged)."
+# Evaluation scores every row, so `skip_bad_rows` (a training option) does not apply there.
+EVAL_HINT = (
+    "Evaluation does not skip bad rows (`skip_bad_rows` applies to training only): fix the row, or remove it from "
+    "the evaluation set (e.g. with `dataset.filter`) before evaluating."
+)
 
 
 class BadRowError(ValueError):
-    """A dataset row that cannot be turned into a training example (bad image or caption)."""
+    """A dataset row that cannot be turned into a training example (bad image or caption).
 
-    def __init__(self, row: int | str | None, column: str | None = None, problem: str | None = None) -> None:
+    The message is `Row <index>, column '<name>': <problem>. <hint>`; `hint` says what to do about it.
+    """
+
+    def __init__(
+        self, row: int | str | None, column: str | None = None, problem: str | None = None, hint: str = SKIP_HINT
+    ) -> None:
         if column is None and isinstance(row, str):
             # A DataLoader worker's error is re-raised in the main process as `type(message)`; keep the type.
             super().__init__(row)
             self.row, self.column, self.problem = None, None, row
             return
         where = f"Row {row}" if row is not None else "A row"
-        super().__init__(f"{where}, column '{column}': {problem}. {SKIP_HINT}")
+        super().__init__(f"{where}, column '{column}': {problem}. {hint}")
         self.row = row
         self.column = column
         self.problem = problem
+
+    def with_hint(self, hint: str) -> BadRowError:
+        """The same error with another hint (e.g. [`EVAL_HINT`] where rows cannot be skipped)."""
+        if self.column is None:  # a message re-raised from a DataLoader worker: keep it as it is
+            return self
+        error = BadRowError(self.row, self.column, self.problem, hint=hint)
+        error.__cause__ = self.__cause__
+        return error
 
 
 def check_columns(dataset: Any, required: Mapping[str, str | None], dataset_name: str) -> None:
@@ -271,7 +289,8 @@ class ClipDataCollator:
         negative_column: optional column of hard-negative captions (a string or list per row).
         skip_bad_rows: drop undecodable / caption-less rows (counted) instead of raising.
         max_length: token limit (defaults to the tokenizer's `model_max_length`).
-        image_transform: images -> pixel_values; defaults to the processor's image processor.
+        image_transform: images -> pixel_values; defaults to a [`~clip_trl.image_processing.FastImageTransform`]
+            of the processor's image processor (bitwise-equal output, faster).
         keep_rows: also return the decoded rows under `"rows"` (the RL trainer's rewards need them).
     """
 
@@ -287,7 +306,11 @@ class ClipDataCollator:
         keep_rows: bool = False,
     ) -> None:
         image_processor, self.tokenizer = split_processor(processing_class)
-        self.image_transform = image_transform or ProcessorImageTransform(image_processor)
+        if image_transform is None:
+            from .image_processing import FastImageTransform  # imports this module
+
+            image_transform = FastImageTransform(image_processor)
+        self.image_transform = image_transform
         self.image_column = image_column
         self.caption_column = caption_column
         self.negative_column = negative_column

@@ -36,14 +36,15 @@ from PIL import Image
 from torch import nn
 
 from .data import (
+    EVAL_HINT,
     BadRowError,
-    ProcessorImageTransform,
     _undecoded,
     caption_choices,
     check_columns,
     load_image,
     split_processor,
 )
+from .image_processing import FastImageTransform
 from .modeling import image_features, text_features, unwrap
 
 logger = logging.getLogger(__name__)
@@ -309,7 +310,7 @@ def _rows(dataset: Any, image_column: str | None) -> Iterator[tuple[int, Mapping
 
 def _cell(row: Mapping[str, Any], index: int, column: str) -> Any:
     if column not in row:
-        raise BadRowError(index, column, f"the column is missing; the row has {sorted(row)}")
+        raise BadRowError(index, column, f"the column is missing; the row has {sorted(row)}", hint=EVAL_HINT)
     return row[column]
 
 
@@ -339,7 +340,7 @@ def _encode_rows(
         "dataset",
     )
     image_processor, _ = split_processor(processor)
-    transform = image_transform or ProcessorImageTransform(image_processor)
+    transform = image_transform or FastImageTransform(image_processor)
     device, dtype = _device_and_dtype(model)
     chunks: list[torch.Tensor] = []
     pending: list[Image.Image] = []
@@ -347,14 +348,17 @@ def _encode_rows(
     row_labels: list[Any] | None = [] if label_column is not None else None
     with _eval_mode(model), torch.no_grad():
         for index, row in _rows(dataset, image_column):
-            # Captions and labels are checked before the image is decoded: a bad row fails fast and cheaply.
-            if row_captions is not None:
-                row_captions.append(
-                    caption_choices(_cell(row, index, caption_column), row=index, column=caption_column)
-                )
-            if row_labels is not None:
-                row_labels.append(_cell(row, index, label_column))
-            pending.append(load_image(_cell(row, index, image_column), row=index, column=image_column))
+            try:
+                # Captions and labels are checked before the image is decoded: a bad row fails fast and cheaply.
+                if row_captions is not None:
+                    row_captions.append(
+                        caption_choices(_cell(row, index, caption_column), row=index, column=caption_column)
+                    )
+                if row_labels is not None:
+                    row_labels.append(_cell(row, index, label_column))
+                pending.append(load_image(_cell(row, index, image_column), row=index, column=image_column))
+            except BadRowError as error:
+                raise error.with_hint(EVAL_HINT) from error.__cause__
             if len(pending) == batch_size:
                 chunks.append(_embed_images(model, transform, pending, device, dtype))
                 pending = []

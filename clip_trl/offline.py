@@ -637,6 +637,28 @@ OFFLINE_MODEL_SIZES: dict[str, dict[str, Any]] = {
             "hidden_act": "quick_gelu",
         },
     },
+    # OpenAI's ViT-B/32 architecture (~151M parameters), randomly initialised: for benchmarks on an
+    # accelerator without downloading weights. Too slow to train on a CPU in CI.
+    "vit-b-32": {
+        "projection_dim": 512,
+        "text_config": {
+            "hidden_size": 512,
+            "intermediate_size": 2048,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 8,
+            "max_position_embeddings": 77,
+            "hidden_act": "quick_gelu",
+        },
+        "vision_config": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "image_size": 224,
+            "patch_size": 32,
+            "hidden_act": "quick_gelu",
+        },
+    },
 }
 
 
@@ -686,7 +708,8 @@ def build_clip(
 
     Args:
         size (`str`, *optional*, defaults to `"small"`):
-            A key of [`OFFLINE_MODEL_SIZES`]: `"tiny"` for tests, `"small"` for the offline default.
+            A key of [`OFFLINE_MODEL_SIZES`]: `"tiny"` for tests, `"small"` for the offline default,
+            `"vit-b-32"` (OpenAI ViT-B/32's shapes) for benchmarks.
         image_size (`int`, *optional*):
             Override the preset's input resolution (a multiple of its patch size).
         seed (`int`, *optional*, defaults to 0):

@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 
-from .data import ProcessorImageTransform, load_image, split_processor
+from .data import load_image, split_processor
 from .evaluation import _device_and_dtype, _embed_images, _embed_texts, _eval_mode
+from .image_processing import FastImageTransform
 from .modeling import check_clip_like, logit_scale
 
 __all__ = ["generate_candidates", "rerank"]
@@ -112,7 +113,7 @@ def rerank(
     model, processor = _load_clip(model, processor)
     check_clip_like(model)
     image_processor, tokenizer = split_processor(processor)
-    transform = ProcessorImageTransform(image_processor)
+    transform = FastImageTransform(image_processor)
     device, dtype = _device_and_dtype(model)
     scale = float(logit_scale(model).detach().float().exp())
     ranked: list[list[tuple[str, float]]] = []

@@ -1,0 +1,243 @@
+"""A fast image pipeline: resize, center-crop and normalise, bitwise equal to the model's processor.
+
+transformers' PIL image processor (the one used when torchvision is absent) converts every image from PIL
+to NumPy and back to PIL for resizing, then rescales in float64 and normalises in float32, one array pass
+per step and per image. [`FastImageTransform`] reads the same settings from the processor, resizes straight
+from PIL with the same Pillow call (so the same pixels), crops with a view, and maps the whole uint8 batch to
+normalised float32 through a 256-entry lookup table per channel that is built with the processor's own
+arithmetic. The output is bitwise equal to the processor's `pixel_values`.
+
+Each instance compares itself with the processor on probe images when it is built and falls back to the
+processor, with a warning, if they ever differ; processors whose settings it does not implement (padding,
+longest-edge limits, other steps) are used directly. (Resizing only the cropped region, `resize(box=...)`,
+would save a quarter of the resize on 4:3 photos, but Pillow then computes some rows differently — up to 20
+levels on some sizes — so it is not done.)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data import load_image, to_rgb
+
+logger = logging.getLogger(__name__)
+
+# Processor steps the fast path implements; any other enabled `do_*` step means "use the processor".
+_KNOWN_STEPS = {"do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb"}
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """The preprocessing a CLIP-style image processor applies, in the order it applies it."""
+
+    shortest_edge: int | None  # resize the short side to this, keeping the aspect ratio ...
+    resize_to: tuple[int, int] | None  # ... or resize to exactly (height, width); both None: no resize
+    resample: int
+    crop: tuple[int, int] | None  # center crop (height, width)
+    rescale_factor: float | None
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+
+    @classmethod
+    def from_processor(cls, image_processor: Any) -> ImageSpec | None:
+        """Read the spec from `image_processor`, or return `None` if it does anything we do not implement."""
+        enabled = {name for name in dir(image_processor) if name.startswith("do_") and getattr(image_processor, name, False) is True}
+        if enabled - _KNOWN_STEPS:
+            return None
+        get = lambda mapping, key: mapping.get(key) if isinstance(mapping, dict) else getattr(mapping, key, None)  # noqa: E731
+        shortest_edge = resize_to = crop = None
+        if getattr(image_processor, "do_resize", False):
+            size = image_processor.size
+            if get(size, "longest_edge") or get(size, "max_height"):
+                return None
+            if get(size, "shortest_edge"):
+                shortest_edge = int(get(size, "shortest_edge"))
+            elif get(size, "height") and get(size, "width"):
+                resize_to = (int(get(size, "height")), int(get(size, "width")))
+            else:
+                return None
+        if getattr(image_processor, "do_center_crop", False):
+            crop_size = image_processor.crop_size
+            if not (get(crop_size, "height") and get(crop_size, "width")):
+                return None
+            crop = (int(get(crop_size, "height")), int(get(crop_size, "width")))
+        resample = getattr(image_processor, "resample", None)
+        if resample is None:
+            resample = Image.Resampling.BILINEAR  # the PIL backend's default
+        if not isinstance(resample, int):  # a torchvision InterpolationMode: not ours to translate
+            return None
+        normalize = getattr(image_processor, "do_normalize", False)
+        mean, std = image_processor.image_mean, image_processor.image_std
+        if normalize:
+            mean = (mean,) * 3 if isinstance(mean, (int, float)) else tuple(float(m) for m in mean)
+            std = (std,) * 3 if isinstance(std, (int, float)) else tuple(float(s) for s in std)
+            if len(mean) != 3 or len(std) != 3:
+                return None
+        return cls(
+            shortest_edge=shortest_edge,
+            resize_to=resize_to,
+            resample=int(resample),
+            crop=crop,
+            rescale_factor=float(image_processor.rescale_factor) if getattr(image_processor, "do_rescale", False) else None,
+            mean=mean if normalize else None,
+            std=std if normalize else None,
+        )
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after the resize step, rounded exactly as transformers rounds it."""
+        if self.resize_to is not None:
+            return self.resize_to[1], self.resize_to[0]
+        if self.shortest_edge is None:
+            return width, height
+        short, long = (width, height) if width <= height else (height, width)
+        new_long = int(self.shortest_edge * long / short)
+        return (self.shortest_edge, new_long) if width <= height else (new_long, self.shortest_edge)
+
+
+class FastImageTransform:
+    """Images -> `pixel_values`, bitwise equal to `image_processor(images=...)["pixel_values"]`, about 2x faster.
+
+    Accepts PIL images in any mode, file paths, bytes and `datasets.Image` cells (`{"bytes", "path"}`), so
+    it can be used on its own as well as in the collator (where images arrive already decoded).
+
+    Args:
+        image_processor: the model's image processor (e.g. `processor.image_processor`).
+        verify (`bool`, defaults to `True`): compare with the processor on probe images now, and fall back to
+            it (with a warning) if the outputs are not equal.
+
+    Example:
+
+    ```python
+    >>> from PIL import Image
+    >>> from clip_trl.image_processing import FastImageTransform
+    >>> from clip_trl.offline import build_clip
+    >>> _, processor = build_clip("tiny")
+    >>> transform = FastImageTransform(processor.image_processor)
+    >>> transform.is_fast
+    True
+    >>> transform([Image.new("RGB", (64, 48), "red")]).shape
+    torch.Size([1, 3, 32, 32])
+
+    ```
+    """
+
+    def __init__(self, image_processor: Any, verify: bool = True) -> None:
+        self.image_processor = image_processor
+        self.spec = ImageSpec.from_processor(image_processor)
+        if self.spec is None:
+            logger.info(
+                "%s has settings the fast image pipeline does not implement; using the processor itself.",
+                type(image_processor).__name__,
+            )
+            return
+        self._lookup = _value_lookup_table(self.spec)
+        if verify:
+            difference = self._probe_difference()
+            if difference > 0:
+                logger.warning(
+                    "The fast image pipeline differs from %s by up to %.3g on probe images; using the processor.",
+                    type(image_processor).__name__, difference,
+                )
+                self.spec = None
+
+    @property
+    def is_fast(self) -> bool:
+        """Whether the fast path is in use (`False`: every call goes to the processor)."""
+        return self.spec is not None
+
+    def __call__(self, images: Sequence[Any]) -> torch.Tensor:
+        images = [image if isinstance(image, Image.Image) else load_image(image) for image in images]
+        images = [to_rgb(image) for image in images]
+        if self.spec is None:
+            return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        arrays = [self._resize_and_crop(image) for image in images]
+        if len({a.shape for a in arrays}) > 1:  # no crop, aspect-preserving resize: sizes differ
+            raise ValueError(
+                f"Images of different sizes after preprocessing ({sorted({a.shape[:2] for a in arrays})}) cannot be "
+                "batched; the image processor needs a center crop or a fixed (height, width) resize."
+            )
+        pixels = np.stack(arrays)  # (B, H, W, 3) uint8
+        out = np.empty((pixels.shape[0], 3, pixels.shape[1], pixels.shape[2]), dtype=np.float32)
+        for channel in range(3):  # one gather per channel, straight into the channels-first layout
+            np.take(self._lookup[channel], pixels[..., channel], out=out[:, channel])
+        return torch.from_numpy(out)
+
+    # ------------------------------------------------------------------------------------------- steps
+
+    def _resize_and_crop(self, image: Image.Image) -> np.ndarray:
+        spec = self.spec
+        assert spec is not None
+        width, height = image.size
+        new_width, new_height = spec.resized_size(width, height)
+        resized = (new_width, new_height) != (width, height)
+        if spec.crop is None:
+            return np.asarray(image.resize((new_width, new_height), resample=spec.resample) if resized else image)
+        crop_height, crop_width = spec.crop
+        top, left = (new_height - crop_height) // 2, (new_width - crop_width) // 2
+        full = np.asarray(image.resize((new_width, new_height), resample=spec.resample) if resized else image)
+        if top < 0 or left < 0:
+            return _center_crop_or_pad(full, crop_height, crop_width)
+        return full[top : top + crop_height, left : left + crop_width]
+
+    def _probe_difference(self) -> float:
+        """Max abs difference from the processor on random images of awkward sizes."""
+        generator = np.random.default_rng(0)
+        probes = [
+            Image.fromarray(generator.integers(0, 256, (height, width, 3), dtype=np.uint8))
+            for height, width in ((61, 97), (120, 45), (33, 33))
+        ]
+        expected = self.image_processor(images=probes, return_tensors="pt")["pixel_values"]
+        try:
+            actual = self(probes)
+        except ValueError:  # e.g. sizes that cannot be batched: let the processor decide what it does
+            return float("inf")
+        if actual.shape != expected.shape:
+            return float("inf")
+        return float((actual - expected).abs().max())
+
+
+def _value_lookup_table(spec: ImageSpec) -> np.ndarray:
+    """(3, 256) float32: the normalised value of each 8-bit pixel value per channel, in transformers' arithmetic
+    (rescale in float64 then cast to float32; normalise in float32)."""
+    values = np.arange(256, dtype=np.float64)
+    if spec.rescale_factor is not None:
+        values = values * spec.rescale_factor
+    values = np.broadcast_to(values.astype(np.float32), (3, 256))
+    if spec.mean is not None:
+        mean = np.array(spec.mean, dtype=np.float32)[:, None]
+        std = np.array(spec.std, dtype=np.float32)[:, None]
+        values = (values - mean) / std
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def _center_crop_or_pad(array: np.ndarray, crop_height: int, crop_width: int) -> np.ndarray:
+    """transformers' `center_crop` for an image smaller than the crop: zero-pad around it, then crop."""
+    height, width = array.shape[:2]
+    padded_height, padded_width = max(crop_height, height), max(crop_width, width)
+    canvas = np.zeros((padded_height, padded_width, array.shape[2]), dtype=array.dtype)
+    top_pad, left_pad = -(-(padded_height - height) // 2), -(-(padded_width - width) // 2)
+    canvas[top_pad : top_pad + height, left_pad : left_pad + width] = array
+    top, left = (height - crop_height) // 2 + top_pad, (width - crop_width) // 2 + left_pad
+    return canvas[top : top + crop_height, left : left + crop_width]
+
+
+IMAGE_PROCESSING_MODES = ("fast", "processor")
+
+
+def image_transform_for(image_processor: Any, mode: str = "fast") -> Any:
+    """The image transform for `ClipBaseConfig.image_processing`: `"fast"` gives a [`FastImageTransform`]
+    (which itself falls back to the processor when it must), `"processor"` the model's image processor."""
+    if mode not in IMAGE_PROCESSING_MODES:
+        raise ValueError(f"`image_processing` must be one of {IMAGE_PROCESSING_MODES}, got {mode!r}.")
+    if mode == "processor":
+        from .data import ProcessorImageTransform
+
+        return ProcessorImageTransform(image_processor)
+    return FastImageTransform(image_processor)
