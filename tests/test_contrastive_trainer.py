@@ -70,6 +70,16 @@ def test_logit_scale_never_exceeds_100(tmp_path, tiny, emoji):
     assert group["weight_decay"] == 0.0 and group["params"][0] is model.logit_scale
 
 
+def test_zero_logit_scale_learning_rate_keeps_the_temperature_fixed(tmp_path, tiny, emoji):
+    model, processor = tiny
+    scale_before = model.logit_scale.detach().clone()
+    projection_before = model.text_projection.weight.detach().clone()
+    args = make_args(tmp_path, max_steps=3, logit_scale_learning_rate=0.0)
+    ClipContrastiveTrainer(model=model, args=args, train_dataset=emoji["train"], processing_class=processor).train()
+    assert torch.equal(model.logit_scale, scale_before)  # 0.0 is a learning rate, not "unset"
+    assert not torch.equal(model.text_projection.weight, projection_before)
+
+
 @pytest.mark.parametrize("frozen", ["vision", "text"])
 def test_frozen_tower_is_bitwise_unchanged(tmp_path, tiny, emoji, frozen):
     model, processor = tiny

@@ -19,7 +19,8 @@ from transformers import AutoModel, AutoProcessor, PreTrainedModel, Trainer, Tra
 from transformers.utils import logging
 
 from .. import modeling
-from ..data import ClipDataCollator, ProcessorImageTransform, check_columns, split_processor, with_row_index
+from ..data import ClipDataCollator, check_columns, split_processor, with_row_index
+from ..image_processing import image_transform_for
 from ..plotting import TRAINING_CURVES_FILENAME, TrainingCurvesCallback
 from .base_config import ClipBaseConfig
 
@@ -181,8 +182,9 @@ class ClipTrainerBase(Trainer):
     def _required_columns(self, args: ClipBaseConfig) -> dict[str, str | None]:
         return {"image_column": args.image_column, "caption_column": args.caption_column}
 
-    def _image_transform(self, processing_class: Any) -> Callable:
-        return ProcessorImageTransform(split_processor(processing_class)[0])
+    @staticmethod
+    def _image_transform(processing_class: Any, args: ClipBaseConfig) -> Callable:
+        return image_transform_for(split_processor(processing_class)[0], args.image_processing)
 
     def _collator_kwargs(self, processing_class: Any, args: ClipBaseConfig) -> dict[str, Any]:
         """The collator settings every method shares."""
@@ -191,7 +193,7 @@ class ClipTrainerBase(Trainer):
             "caption_column": args.caption_column,
             "skip_bad_rows": args.skip_bad_rows,
             "max_length": args.max_length,
-            "image_transform": self._image_transform(processing_class),
+            "image_transform": self._image_transform(processing_class, args),
         }
 
     def _make_collator(self, processing_class: Any, args: ClipBaseConfig) -> Callable:
@@ -212,8 +214,10 @@ class ClipTrainerBase(Trainer):
         special_ids = {id(p) for p in special}
         for group in optimizer.param_groups:
             group["params"] = [p for p in group["params"] if id(p) not in special_ids]
+        # `is None`, not `or`: a learning rate of 0.0 is a request to keep the temperature fixed.
+        lr = self.args.logit_scale_learning_rate
         optimizer.add_param_group(
-            {"params": special, "weight_decay": 0.0, "lr": self.args.logit_scale_learning_rate or self.args.learning_rate}
+            {"params": special, "weight_decay": 0.0, "lr": self.args.learning_rate if lr is None else lr}
         )
         optimizer._clip_trl_grouped = True
         return optimizer
@@ -272,17 +276,33 @@ class ClipTrainerBase(Trainer):
             averaged = {
                 name: torch.stack([t.to(self.args.device) for t in v]).mean() for name, v in self._metrics.items() if v
             }
-            if averaged:
-                names = sorted(averaged)
-                values = torch.stack([averaged[n] for n in names])
-                values = self.accelerator.reduce(values, reduction="mean")
-                logs.update({n: round(float(v), 6) for n, v in zip(names, values.tolist())})
+            logs.update(self._mean_over_processes(averaged))
             if self.args.skip_bad_rows:
                 logs["skipped_rows"] = self._skipped_rows
             if self._nonfinite_steps:
                 logs["nonfinite_steps_skipped"] = self._nonfinite_steps
             self._metrics.clear()
         super().log(logs, start_time)
+
+    def _mean_over_processes(self, averaged: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Each metric's mean over the processes that recorded it.
+
+        Ranks may hold different metrics (e.g. `accuracy` only where a batch had a known label), so the names
+        are agreed first; a fixed-order reduction of unequal lists would hang or mix metrics up.
+        """
+        names = sorted(averaged)
+        if self.args.world_size > 1:
+            from accelerate.utils import gather_object
+
+            names = sorted({name for rank_names in gather_object([names]) for name in rank_names})
+        if not names:
+            return {}
+        device = self.args.device
+        values = torch.stack([averaged.get(n, torch.zeros((), device=device)).to(device) for n in names])
+        present = torch.tensor([float(n in averaged) for n in names], device=device)
+        totals = self.accelerator.reduce(torch.stack([values * present, present]), reduction="sum")
+        means = totals[0] / totals[1].clamp(min=1)
+        return {n: round(float(v), 6) for n, v in zip(names, means.tolist())}
 
     # --------------------------------------------------------------------------------------- evaluation
 
@@ -318,7 +338,7 @@ class ClipTrainerBase(Trainer):
             image_column=self.args.image_column,
             caption_column=self.args.caption_column,
             batch_size=self.args.per_device_eval_batch_size,
-            image_transform=self._image_transform(self.processing_class),
+            image_transform=self._image_transform(self.processing_class, self.args),
         )
         results = evaluation.scores_from_embeddings(
             embeddings, ks=tuple(self.args.eval_ks), in_batch_size=self.args.eval_in_batch_size
@@ -466,4 +486,65 @@ class ClipTrainerBase(Trainer):
         # folder), so that is where the card must be for the Hub repository to have one.
         if self.args.push_to_hub and self.args.should_save:
             self._write_model_card(self.args.output_dir, strict=False)
-        super()._save_checkpoint(model, trial)
+        # Crash-safe: the Trainer writes into a staging folder (see `_get_output_dir`) that is renamed to
+        # `checkpoint-N` only once complete, so resuming never picks a half-written checkpoint
+        # (clip_trl/trainer/checkpointing.py says why the Trainer's own in-place writes are not enough).
+        from . import checkpointing
+
+        run_dir = super()._get_output_dir(trial)
+        if self.args.should_save:
+            checkpointing.remove_stale(run_dir)
+        self.accelerator.wait_for_everyone()  # no process writes into a folder that is being removed
+        self._checkpoint_stage = checkpointing.CheckpointStage(run_dir, self.state.global_step)
+        try:
+            super()._save_checkpoint(model, trial)  # with `push_to_hub`, publishes in `_push_from_checkpoint`
+            self._publish_checkpoint()
+        finally:
+            self._checkpoint_stage = None
+        # The Trainer rotated its run directory, the staging folder; rotate the real one.
+        if self.args.should_save:
+            try:
+                from transformers.trainer_utils import rotate_checkpoints
+            except ImportError:  # transformers < 5
+                self._rotate_checkpoints(use_mtime=False, output_dir=run_dir)
+            else:
+                rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+    def _get_output_dir(self, trial: Any) -> str:
+        stage = getattr(self, "_checkpoint_stage", None)
+        if stage is not None and not stage.published:
+            return stage.staging_root
+        return super()._get_output_dir(trial)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # The Trainer pushes right after writing `trainer_state.json`, in a background upload that reads the
+        # folder later: publish first, so the upload reads the final folder, which stays where it is.
+        stage = getattr(self, "_checkpoint_stage", None)
+        if stage is not None and os.path.abspath(checkpoint_folder) == os.path.abspath(stage.staged_folder):
+            self._publish_checkpoint()
+            checkpoint_folder = stage.final_folder
+        super()._push_from_checkpoint(checkpoint_folder)
+
+    def _publish_checkpoint(self) -> None:
+        """Rename the complete staged checkpoint to `checkpoint-N` (every process calls this; the saving one renames)."""
+        from transformers.trainer import TRAINER_STATE_NAME
+
+        from . import checkpointing
+
+        stage = self._checkpoint_stage
+        if stage is None or stage.published:
+            return
+        self.accelerator.wait_for_everyone()  # every process's files (RNG states, sharded optimizer) are written
+        if self.state.best_model_checkpoint is not None and os.path.abspath(
+            self.state.best_model_checkpoint
+        ) == os.path.abspath(stage.staged_folder):
+            # The Trainer recorded the staging path as the best checkpoint: point it (and the saved state) at the
+            # final folder before publishing it.
+            self.state.best_model_checkpoint = stage.final_folder
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(stage.staged_folder, TRAINER_STATE_NAME))
+        if self.args.should_save:
+            checkpointing.publish(stage)
+        stage.published = True
+        self.accelerator.wait_for_everyone()  # nobody reads `checkpoint-N` before it exists

@@ -36,7 +36,8 @@ class ClipBaseConfig(TrainingArguments):
             After each optimizer step `logit_scale` is clamped to `ln(max_logit_scale)`, as in CLIP and open_clip.
         logit_scale_learning_rate (`float` or `None`, defaults to `None`):
             Learning rate of `logit_scale` (and `logit_bias`), which never get weight decay; `None` uses
-            `learning_rate`.
+            `learning_rate`, `0.0` keeps the temperature fixed (useful in RL, where a policy can otherwise make
+            itself confident by raising the logit scale instead of improving the embeddings).
         model_init_kwargs (`dict` or `None`, defaults to `None`):
             Keyword arguments for `AutoModel.from_pretrained` when `model` is a string (e.g. `{"dtype": "bfloat16"}`).
         eval_ks (`list[int]`, defaults to `[1, 5, 10]`):
@@ -52,6 +53,23 @@ class ClipBaseConfig(TrainingArguments):
         max_nonfinite_steps (`int`, defaults to `5`):
             An optimizer step whose gradients are not all finite is skipped (logged as
             `nonfinite_steps_skipped`); this many skipped steps in a row stop training with an error.
+        image_processing (`str`, defaults to `"fast"`):
+            `"fast"`: clip_trl's resize / center-crop / normalise
+            ([`~clip_trl.image_processing.FastImageTransform`]), bitwise equal to the model's image processor and
+            faster; it falls back to the processor by itself for processors it does not implement. `"processor"`:
+            always call the model's image processor.
+
+    Speed options inherited from `TrainingArguments`, with the defaults clip_trl gives them:
+
+    - Attention: transformers gives CLIP PyTorch's scaled-dot-product attention (`"sdpa"`) by default. To pick
+      another kernel, pass `model_init_kwargs={"attn_implementation": "flash_attention_2"}` (with a model id;
+      `--attn_implementation` of trl's `ModelConfig` in the scripts) or call `model.set_attn_implementation()`.
+    - `bf16` defaults to `None`, meaning: on when a CUDA device that supports bfloat16 is present (autocast;
+      the weights and the optimizer stay float32), off otherwise. Set it to `False` to train in float32.
+    - `optim` is transformers' default, `"adamw_torch_fused"` (one fused kernel per step).
+    - `torch_compile=True` compiles the model (`torch_compile_mode`, `torch_compile_backend` as usual).
+    - `activation_checkpointing=True` (transformers' new name for `gradient_checkpointing`) re-computes
+      activations in the backward pass: less memory, about a third more compute.
     """
 
     image_column: str = field(default="image", metadata={"help": "Column holding images (PIL, path or bytes)."})
@@ -95,7 +113,23 @@ class ClipBaseConfig(TrainingArguments):
         metadata={"help": "Steps with a non-finite loss/gradient are skipped; this many in a row stop training."},
     )
 
+    image_processing: str = field(
+        default="fast",
+        metadata={
+            "help": "Image preprocessing: 'fast' (bitwise equal to the model's processor, faster) or 'processor'.",
+            "choices": ["fast", "processor"],
+        },
+    )
+
     # Defaults that differ from TrainingArguments.
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "bfloat16 autocast; default: on when a CUDA device supports bfloat16, else off.",
+            "nargs": "?",  # `--bf16` alone means true, as for the other boolean flags
+            "const": True,
+        },
+    )
     learning_rate: float = field(default=1e-5, metadata={"help": "The initial learning rate for AdamW."})
     logging_steps: float = field(default=10, metadata={"help": "Log every X update steps (or ratio if < 1)."})
     remove_unused_columns: bool = field(
@@ -108,6 +142,15 @@ class ClipBaseConfig(TrainingArguments):
             # Batches carry Python lists (candidates, rows for rewards); accelerate's dispatching of
             # IterableDataset batches from the main process can only concatenate tensors.
             self.accelerator_config = {"dispatch_batches": False}
+        if self.bf16 is None:
+            # Safe where it is fast: bf16 autocast keeps float32 master weights; on CPU it is slower, so off.
+            self.bf16 = not self.fp16 and _cuda_supports_bf16()
+        from ..image_processing import IMAGE_PROCESSING_MODES
+
+        if self.image_processing not in IMAGE_PROCESSING_MODES:
+            raise ValueError(
+                f"`image_processing` must be one of {IMAGE_PROCESSING_MODES}, got {self.image_processing!r}."
+            )
         super().__post_init__()
         if isinstance(self.model_init_kwargs, str):  # from the command line: a JSON string
             import json
@@ -119,3 +162,9 @@ class ClipBaseConfig(TrainingArguments):
             raise ValueError(f"`eval_ks` must be positive integers, got {self.eval_ks}.")
         if self.eval_in_batch_size < 2:
             raise ValueError(f"`eval_in_batch_size` must be at least 2, got {self.eval_in_batch_size}.")
+
+
+def _cuda_supports_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
