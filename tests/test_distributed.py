@@ -1,5 +1,6 @@
 """Multi-process runs on CPU (gloo), launched the way users launch them: `torch.distributed.run`."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -45,3 +46,160 @@ def test_rl_trainer_runs_under_two_processes(tmp_path):
     two = launch(tmp_path, "rl", processes=2, per_device_batch=4, trainer="rl")
     assert two["world_size"] == 2
     assert torch.isfinite(torch.tensor(two["loss"]))
+
+
+# ------------------------------------------------------------------------------------------------ RL
+# `scripts/rl_runs.py` runs the RL configurations; each rank saves what it saw (log history, its own metrics
+# before the cross-rank reduction, what the rewards received, the sampling seeds, the final weights).
+
+RL_RUNS = Path(__file__).parent / "scripts" / "rl_runs.py"
+
+
+def _rl_runs_module():
+    spec = importlib.util.spec_from_file_location("rl_runs", RL_RUNS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def launch_rl(out: Path, *arguments: str, processes: int = 2) -> list[dict]:
+    """Run `rl_runs.py` under `torch.distributed.run` with 4 rows per rank; returns each rank's record."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+               str(RL_RUNS), *arguments, "--per_device_batch", "4", "--out", str(out), "--output_dir",
+               str(out / "output")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = [torch.load(out / f"rank{rank}.pt") for rank in range(processes)]
+    assert all(record["world_size"] == processes for record in records)
+    return records
+
+
+def train_logs(record: dict) -> list[dict]:
+    return [entry for entry in record["log_history"] if "loss" in entry]
+
+
+@pytest.fixture(scope="module")
+def rl_one_process(tmp_path_factory) -> dict:
+    """The 1-process reference, in this process: 8 rows per step, global candidates on and off."""
+    return _rl_runs_module().run_gather(str(tmp_path_factory.mktemp("rl-one")), 8, (True, False))
+
+
+@pytest.fixture(scope="module")
+def rl_launch(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """One 2-process launch (starting processes costs more than these runs): the gather runs and an
+    uninterrupted resume-test run with its checkpoints."""
+    out = tmp_path_factory.mktemp("rl-two")
+    return out, launch_rl(out, "gather", "resume")
+
+
+@pytest.fixture(scope="module")
+def rl_two_processes(rl_launch) -> list[dict]:
+    """The gather runs' rows on 2 processes × 4 rows, global candidates on and off."""
+    return [record["gather"] for record in rl_launch[1]]
+
+
+def test_gather_candidates_needs_in_batch_candidates(tmp_path):
+    from clip_trl import ClipRLConfig
+
+    with pytest.raises(ValueError, match="gather_candidates"):
+        ClipRLConfig(output_dir=str(tmp_path), gather_candidates=True, candidate_labels=["cat", "dog"])
+    assert ClipRLConfig(output_dir=str(tmp_path)).gather_candidates is False  # off by default
+
+
+def test_gather_candidates_changes_nothing_with_one_process(rl_one_process):
+    for name, _ in _rl_runs_module().GATHER_VARIANTS:
+        on, off = rl_one_process[f"{name}/gather=True"], rl_one_process[f"{name}/gather=False"]
+        assert on["reward_calls"] == off["reward_calls"], name
+        assert [e["loss"] for e in train_logs(on)] == pytest.approx([e["loss"] for e in train_logs(off)], abs=1e-7)
+        for key, weight in off["weights"].items():
+            torch.testing.assert_close(on["weights"][key], weight, atol=1e-7, rtol=0, msg=f"{name}: {key}")
+
+
+@pytest.mark.slow
+def test_rl_global_candidates_two_processes_equal_one_process_on_the_global_batch(rl_one_process, rl_two_processes):
+    # Exact policy gradient (no sampling), 2 steps, lr 0.5: with `gather_candidates=True`, 2 ranks × 4 rows
+    # must train like 1 rank × 8 rows — image→text with and without the KL term, and text→image.
+    for name, _ in _rl_runs_module().GATHER_VARIANTS:
+        one = rl_one_process[f"{name}/gather=True"]
+        ranks = [record[f"{name}/gather=True"] for record in rl_two_processes]
+        for step, (single, logged) in enumerate(zip(train_logs(one), train_logs(ranks[0]), strict=True)):
+            for metric in ("loss", "reward", "accuracy", "entropy", "kl", "rewards/correctness/mean"):
+                assert logged[metric] == pytest.approx(single[metric], abs=1e-5), (name, step, metric)
+        for key, weight in one["weights"].items():
+            torch.testing.assert_close(ranks[0]["weights"][key], weight, atol=1e-5, rtol=0, msg=f"{name}: {key}")
+        # The rewards saw the global candidate list, and rank r's queries with their ground-truth positions
+        # (and completions) are the 1-process run's, in order: rank 0's rows, then rank 1's.
+        for step, call in enumerate(one["reward_calls"]):
+            calls = [rank["reward_calls"][step] for rank in ranks]
+            assert all(c["candidates"] == call["candidates"] for c in calls), (name, step)
+            for field in ("chosen", "completions", "ground_truth", "images"):
+                assert calls[0][field] + calls[1][field] == call[field], (name, step, field)
+        # The data has duplicates across ranks (see DUPLICATED_ROWS), so the global set is smaller than the
+        # sum of the ranks' own sets: the de-duplication was exercised.
+        local = [record[f"{name}/gather=False"]["reward_calls"][0]["candidates"] for record in rl_two_processes]
+        assert len(one["reward_calls"][0]["candidates"]) < len(local[0]) + len(local[1]), name
+        # Without the option each rank only sees its own batch, and the runs differ: the test can fail.
+        off = rl_two_processes[0][f"{name}/gather=False"]
+        assert max((off["weights"][k] - w).abs().max().item() for k, w in one["weights"].items()) > 1e-3, name
+
+
+def assert_logged_metrics_are_rank_means(ranks: list[dict]) -> None:
+    logged = train_logs(ranks[0])
+    assert len(logged) == len(ranks[0]["local_metrics"]) == len(ranks[1]["local_metrics"])
+    differs = False
+    for entry, *local in zip(logged, *(rank["local_metrics"] for rank in ranks)):
+        assert set(local[0]) == set(local[1])
+        for metric in local[0]:
+            mean = sum(values[metric] for values in local) / len(local)
+            assert entry[metric] == pytest.approx(mean, abs=2e-6), (entry["step"], metric)
+            differs |= abs(local[0][metric] - local[1][metric]) > 1e-3
+    assert differs  # some metric differs between ranks, so the mean is not just rank 0's value
+
+
+@pytest.mark.slow
+def test_rl_logged_metrics_are_means_over_processes(rl_two_processes):
+    for name, _ in _rl_runs_module().GATHER_VARIANTS:
+        for gather in (True, False):
+            assert_logged_metrics_are_rank_means([record[f"{name}/gather={gather}"] for record in rl_two_processes])
+
+
+@pytest.mark.slow
+def test_rl_resume_under_two_processes_matches_an_uninterrupted_run(rl_launch, tmp_path):
+    # GRPO (sampled actions), gradient accumulation 2, beta > 0, a checkpoint every 2 of 4 steps; then a fresh
+    # 2-process launch resumes from checkpoint-2.
+    out, records = rl_launch
+    full = [record["resume"] for record in records]
+    checkpoint = out / "output" / "resume" / "checkpoint-2"
+    assert (checkpoint / "rng_state_0.pth").is_file() and (checkpoint / "rng_state_1.pth").is_file()
+    resumed = [record["resume"] for record in launch_rl(tmp_path, "resume", "--resume_from", str(checkpoint))]
+    assert [e["step"] for e in train_logs(resumed[0])] == [1, 2, 3, 4]
+    assert [e["loss"] for e in train_logs(resumed[0])] == pytest.approx([e["loss"] for e in train_logs(full[0])],
+                                                                         abs=1e-6)
+    for key, weight in full[0]["weights"].items():
+        torch.testing.assert_close(resumed[0]["weights"][key], weight, atol=1e-6, rtol=0, msg=key)
+    for rank in range(2):
+        # Sampling seeds are per (step, micro-step, rank): the resumed run draws exactly what the uninterrupted
+        # one drew from step 3 on, on each rank ...
+        seeds = full[rank]["sampling_seeds"]
+        assert [(step, micro) for step, micro, _ in seeds] == [(s, m) for s in range(4) for m in range(2)]
+        assert resumed[rank]["sampling_seeds"] == seeds[4:]
+        assert [c["chosen"] for c in resumed[rank]["reward_calls"]] == [c["chosen"] for c in full[rank]["reward_calls"][4:]]
+    # ... and the ranks draw from different streams.
+    assert not {seed for *_, seed in full[0]["sampling_seeds"]} & {seed for *_, seed in full[1]["sampling_seeds"]}
+    assert_logged_metrics_are_rank_means(full)
+
+
+def test_metrics_recorded_on_some_ranks_only_are_averaged_over_those(tmp_path):
+    # Rank 0 records `a` (mean 2) and `b` (2); rank 1 records `b` (4) and `c` (10). A reduction over a fixed,
+    # per-rank list of names would hang or pair rank 0's `b` with rank 1's `c`.
+    out = tmp_path / "logged.json"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(Path(__file__).parent / "scripts" / "log_metrics.py"), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    import json
+
+    logged = json.loads(out.read_text())
+    assert (logged["a"], logged["b"], logged["c"]) == (2.0, 3.0, 10.0)

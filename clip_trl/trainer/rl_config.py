@@ -30,6 +30,12 @@ class ClipRLConfig(ClipBaseConfig):
             Column holding each row's candidate captions (e.g. several captions from a captioner).
         direction (`str`, defaults to `"image_to_text"`):
             `"image_to_text"`: an image picks a caption. `"text_to_image"`: a caption picks an image (in-batch only).
+        gather_candidates (`bool`, defaults to `False`):
+            With `candidates="in_batch"` under several processes, make each query's candidate set the distinct
+            captions (or images, for `text_to_image`) of the *global* batch instead of its own rank's: candidate
+            embeddings are gathered from every rank with gradient, and rewards see the global candidate lists.
+            Each rank still scores only its own queries. A 2-process step then equals a 1-process step on the
+            global batch; with one process it changes nothing.
         num_samples (`int`, defaults to `8`):
             Actions sampled per query (with replacement). At least 2 for `"grpo"`/`"rloo"`.
         policy_temperature (`float`, defaults to `1.0`):
@@ -67,6 +73,10 @@ class ClipRLConfig(ClipBaseConfig):
     direction: str = field(
         default="image_to_text", metadata={"help": "Which side chooses.", "choices": list(DIRECTIONS)}
     )
+    gather_candidates: bool = field(
+        default=False,
+        metadata={"help": "In-batch candidates span the global batch (all processes), gathered with gradient."},
+    )
     num_samples: int = field(default=8, metadata={"help": "Actions sampled per query (with replacement)."})
     policy_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the policy."})
     advantage: str = field(default="grpo", metadata={"help": "Advantage estimator.", "choices": list(ADVANTAGES)})
@@ -98,6 +108,12 @@ class ClipRLConfig(ClipBaseConfig):
         if self.direction == "text_to_image" and self.candidates != "in_batch":
             raise ValueError(
                 "`direction='text_to_image'` chooses among the batch's images; set `candidates='in_batch'`."
+            )
+        if self.gather_candidates and self.candidates != "in_batch":
+            raise ValueError(
+                f"`gather_candidates=True` widens in-batch candidate sets to the global batch; it has no meaning "
+                f"for `candidates={self.candidates!r}` (its sets do not come from the batch). Set "
+                "`candidates='in_batch'` or drop `gather_candidates`."
             )
         if self.advantage not in ADVANTAGES:
             raise ValueError(f"`advantage` must be one of {ADVANTAGES}, got {self.advantage!r}.")

@@ -6,12 +6,15 @@ the step embeds every distinct candidate a single time however many samples are 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from ..data import ROW_INDEX_KEY, BadRowError, ClipDataCollator, check_caption, content_key
+
+logger = logging.getLogger(__name__)
 
 
 class _UniqueTexts:
@@ -91,6 +94,13 @@ class RLDataCollator(ClipDataCollator):
         texts = _dedupe([check_caption(v, row=index, column=f"{column}[{i}]") for i, v in enumerate(value)])
         if len(texts) < 2:
             raise BadRowError(index, column, f"a candidate set needs at least 2 distinct captions, got {texts}")
+        if len(texts) < len(value) and not getattr(self, "_warned_duplicates", False):
+            self._warned_duplicates = True  # once per collator (per DataLoader worker): a hint, not a log flood
+            logger.warning(
+                f"Row {index}, column '{column}': duplicate candidates are counted once (the policy chooses among "
+                f"distinct captions): {len(value)} given, {len(texts)} kept: {texts}. Further rows with duplicates "
+                "are not reported."
+            )
         return texts
 
     def parse_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,6 +159,14 @@ class RLDataCollator(ClipDataCollator):
             batch["caption_index"] = torch.tensor([texts.add(p["caption"]) for p in parsed])
             batch["caption_keys"] = torch.tensor([content_key(p["caption"]) for p in parsed], dtype=torch.long)
         width = max(len(c) for c in candidate_positions)
+        if width < 2:  # only in-batch sets can be this small: column and label sets are checked to have 2
+            logger.warning(
+                f"A batch of {len(parsed)} row(s) (from row {parsed[0]['index']}) has a single distinct "
+                f"{'image' if self.direction == 'text_to_image' else 'caption'}, so every in-batch candidate set of "
+                "this step holds one choice and the policy gradient is zero (only the KL and entropy terms act). "
+                "A last partial batch of 1 row does this: set `dataloader_drop_last=True`; so do batches whose rows "
+                "all share a caption, or lost their other rows to `skip_bad_rows`."
+            )
         batch["candidate_index"] = torch.tensor([c + [-1] * (width - len(c)) for c in candidate_positions])
         batch["target_index"] = torch.tensor(targets)
         if texts.items:

@@ -10,11 +10,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
 from .. import modeling
-from ..losses import contrastive_loss
+from ..losses import contrastive_loss, gather_with_grad
 from ..policy import group_advantages, policy_log_probs, rl_loss, sample_actions
 from ..rewards import get_reward_function, reward_name
 from .base import ClipTrainerBase
@@ -131,7 +133,7 @@ class ClipRLTrainer(ClipTrainerBase):
     # --------------------------------------------------------------------------------------------- policy
 
     def _policy_log_probs(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: torch.Tensor,
-                          inputs: dict[str, Any]) -> torch.Tensor:
+                          inputs: dict[str, Any], global_candidates: _GlobalCandidates | None = None) -> torch.Tensor:
         """`log π(c|x)` `[B, K]` for every query over its (padded) candidate list."""
         if self.args.direction == "image_to_text":
             queries, keys = image_embeds, text_embeds
@@ -139,6 +141,9 @@ class ClipRLTrainer(ClipTrainerBase):
             # Candidates are the batch's distinct images, embedded from the first row holding each.
             queries, keys = text_embeds[inputs["caption_index"]], image_embeds[inputs["distinct_image_rows"]]
         candidate_index = inputs["candidate_index"]
+        if global_candidates is not None:
+            keys = global_candidates.embed(keys)
+            candidate_index = global_candidates.candidate_index
         mask = candidate_index >= 0
         logits = scale.exp() * queries @ keys.T
         logits = logits.gather(1, candidate_index.clamp(min=0))
@@ -172,14 +177,27 @@ class ClipRLTrainer(ClipTrainerBase):
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
         self._pop_bookkeeping(inputs)
         if "pixel_values" not in inputs:  # every row of this batch was a skipped bad row
+            if self.args.gather_candidates and self.args.world_size > 1:
+                # The other ranks wait in the candidate gather for this one; failing here lets the launcher stop
+                # them all instead of hanging.
+                raise RuntimeError(
+                    f"Process {self.args.process_index} got a batch whose rows were all skipped as bad rows; with "
+                    "`gather_candidates=True` every process must bring candidates to the global set. Clean the "
+                    "data, raise the batch size, or turn `gather_candidates` off."
+                )
             loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
             return (loss, {}) if return_outputs else loss
         args = self.args
+        global_candidates = None
+        if args.gather_candidates:
+            # Before the forward: every rank must join the same collectives in the same order.
+            global_candidates = _GlobalCandidates(inputs, args.direction, args.image_column)
+            inputs.update(global_candidates.overrides)
         image_embeds, text_embeds = modeling.encode_pair(
             model, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
         )
         scale = modeling.logit_scale(model)
-        log_probs = self._policy_log_probs(image_embeds, text_embeds, scale, inputs)
+        log_probs = self._policy_log_probs(image_embeds, text_embeds, scale, inputs, global_candidates)
 
         ref_log_probs = None
         if args.beta > 0:
@@ -187,7 +205,9 @@ class ClipRLTrainer(ClipTrainerBase):
                 ref_images, ref_texts = modeling.encode_pair(
                     reference, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
                 )
-                ref_log_probs = self._policy_log_probs(ref_images, ref_texts, modeling.logit_scale(reference), inputs)
+                ref_log_probs = self._policy_log_probs(
+                    ref_images, ref_texts, modeling.logit_scale(reference), inputs, global_candidates
+                )
 
         if args.advantage == "exact":
             sizes = (inputs["candidate_index"] >= 0).sum(dim=1).tolist()
@@ -268,8 +288,11 @@ class ClipRLTrainer(ClipTrainerBase):
         if self.args.direction == "image_to_text":
             kwargs["images"] = [rows[b][image_column] for b, _ in entries]
         else:
-            image_rows = inputs["distinct_image_rows"].tolist()
-            kwargs["images"] = [rows[image_rows[k]][image_column] for _, k in entries]
+            # The candidate images: gathered from every rank with `gather_candidates`, else this batch's.
+            candidate_images = inputs.get("candidate_images")
+            if candidate_images is None:
+                candidate_images = [rows[r][image_column] for r in inputs["distinct_image_rows"].tolist()]
+            kwargs["images"] = [candidate_images[k] for _, k in entries]
             kwargs["queries"] = [truth[b] for b, _ in entries]
         for column in rows[0]:
             if column != image_column and column not in kwargs:
@@ -302,6 +325,77 @@ def _nan_std(rewards: torch.Tensor) -> torch.Tensor:
     filled = torch.where(valid, rewards, torch.zeros_like(rewards))
     mean = filled.sum(dim=1, keepdim=True) / count[:, None]
     return ((torch.where(valid, rewards - mean, torch.zeros_like(rewards)) ** 2).sum(dim=1) / count).sqrt()
+
+
+class _GlobalCandidates:
+    """The in-batch candidate set of the global batch, for `gather_candidates=True`.
+
+    Each rank contributes its batch's distinct candidates (captions, or images for `text_to_image`); the
+    global set is their concatenation in rank order, de-duplicated by first occurrence — captions by their
+    text, images by their content hash, as the collator does within a batch — so it is exactly the set a
+    single process would build from the global batch. Names, keys and (for `text_to_image`) the candidate
+    images travel as Python objects; embeddings are gathered with gradient by [`embed`].
+    """
+
+    def __init__(self, inputs: dict[str, Any], direction: str, image_column: str) -> None:
+        # In-batch candidate sets are the same list for every query of a batch: the first row describes them.
+        names: list[str] = list(inputs["candidates"][0])
+        images = None
+        if direction == "image_to_text":
+            keys: list[Any] = names
+            query_keys: list[Any] = list(inputs["ground_truth"])
+        else:
+            image_rows = inputs["distinct_image_rows"].tolist()
+            image_keys = inputs["image_keys"].tolist()
+            keys = [image_keys[row] for row in image_rows]
+            query_keys = image_keys
+            # Rewards receive the chosen images, which may live on another rank.
+            images = [inputs["rows"][row][image_column] for row in image_rows]
+        per_rank = _all_gather_objects((keys, names, images))
+        # Embeddings are gathered as equal-sized blocks (padded to the largest rank's count); `selection`
+        # picks, in global order, the first copy of each distinct candidate out of those blocks.
+        self.width = max(len(rank_keys) for rank_keys, _, _ in per_rank)
+        position: dict[Any, int] = {}
+        selection: list[int] = []
+        self.names: list[str] = []
+        self.images: list[Any] | None = [] if images is not None else None
+        for rank, (rank_keys, rank_names, rank_images) in enumerate(per_rank):
+            for i, key in enumerate(rank_keys):
+                if key in position:
+                    continue
+                position[key] = len(self.names)
+                selection.append(rank * self.width + i)
+                self.names.append(rank_names[i])
+                if self.images is not None:
+                    self.images.append(rank_images[i])
+        device = inputs["candidate_index"].device
+        self.local_index = inputs["candidate_index"][0]  # this rank's candidates among its embedded keys
+        self.selection = torch.tensor(selection, device=device)
+        num_queries = len(query_keys)
+        self.candidate_index = torch.arange(len(self.names), device=device).expand(num_queries, -1)
+        self.overrides: dict[str, Any] = {
+            "candidate_index": self.candidate_index,
+            "target_index": torch.tensor([position[key] for key in query_keys], device=device),
+            "candidates": [self.names] * num_queries,
+        }
+        if self.images is not None:
+            self.overrides["candidate_images"] = self.images
+
+    def embed(self, keys: torch.Tensor) -> torch.Tensor:
+        """The global candidates' embeddings `[K, d]` from this rank's `keys`; gradients reach the rank
+        that owns each (first) copy, so DDP's average equals the single-process gradient."""
+        local = keys[self.local_index]
+        padded = F.pad(local, (0, 0, 0, self.width - local.shape[0]))
+        return gather_with_grad(padded)[self.selection.to(keys.device)]
+
+
+def _all_gather_objects(obj: Any) -> list[Any]:
+    """`obj` from every rank, in rank order (`[obj]` with one process)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def _resolve_rewards(reward_funcs: Any) -> tuple[list[RewardFunc], list[str]]:
@@ -361,6 +455,15 @@ def _call_reward(func: RewardFunc, name: str, completions: list[str], kwargs: di
                 f"Reward function '{name}' returned {value} at index {index} (completion {completions[index]!r}); "
                 "rewards must be finite. Return None for completions the reward does not apply to."
             )
+    if values and all(value is None for value in values):
+        from transformers.utils import logging as hf_logging
+
+        # Legal (None = "does not apply"), but a reward that never applies is usually a bug: say so, once.
+        hf_logging.get_logger(__name__).warning_once(
+            f"Reward function '{name}' returned None for every completion of a step, so it gave that step no signal "
+            "(when no reward applies, only the KL and entropy terms train). Check the reward if it should apply; "
+            "this is reported once per reward function."
+        )
     return list(values)
 
 
