@@ -237,7 +237,7 @@ CASES = [
     pytest.param(lambda clip: ClipContrastiveTrainer(model=clip[0], processing_class=clip[1],
                                                      train_dataset=colour_dataset(["a"]).select([]),
                                                      args=ClipContrastiveConfig(output_dir=tempfile.mkdtemp())),
-                 Raises(ValueError, exact("`train_dataset` is empty: there is nothing to train on.")), id="empty-dataset"),
+                 Raises(ValueError, exact("`train_dataset` is empty (0 rows): there is nothing to train on. Check the split you passed and any `filter`/`select` that produced it.")), id="empty-dataset"),
     pytest.param(lambda clip: train_contrastive(clip, empty_stream()).state.global_step,
                  Handled(lambda step: step == 0, logged="There seems not to be a single sample in your epoch_iterator, "
                          "stopping training at step 0!", logger="transformers"),
