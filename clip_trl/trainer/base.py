@@ -118,7 +118,10 @@ class ClipTrainerBase(Trainer):
         else:
             check_columns(eval_dataset, self._required_columns(args), "eval_dataset")
         if train_dataset is not None and hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
-            raise ValueError("`train_dataset` is empty (0 rows): there is nothing to train on. Check the split you passed and any `filter`/`select` that produced it.")
+            raise ValueError(
+                "`train_dataset` is empty (0 rows): there is nothing to train on. Check the split you passed and "
+                "any `filter`/`select` that produced it."
+            )
         # Evaluation reads the raw rows; training reads row-indexed views (indices go into error messages).
         self._raw_eval_dataset = eval_dataset
 
