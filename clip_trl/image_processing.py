@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import load_image, to_rgb
+from .data import ProcessorImageTransform, load_image, to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -51,23 +51,22 @@ class ImageSpec:
         enabled = {name for name in dir(image_processor) if name.startswith("do_") and getattr(image_processor, name, False) is True}
         if enabled - _KNOWN_STEPS:
             return None
-        get = lambda mapping, key: mapping.get(key) if isinstance(mapping, dict) else getattr(mapping, key, None)  # noqa: E731
         shortest_edge = resize_to = crop = None
         if getattr(image_processor, "do_resize", False):
             size = image_processor.size
-            if get(size, "longest_edge") or get(size, "max_height"):
+            if _size_value(size, "longest_edge") or _size_value(size, "max_height"):
                 return None
-            if get(size, "shortest_edge"):
-                shortest_edge = int(get(size, "shortest_edge"))
-            elif get(size, "height") and get(size, "width"):
-                resize_to = (int(get(size, "height")), int(get(size, "width")))
+            if _size_value(size, "shortest_edge"):
+                shortest_edge = int(_size_value(size, "shortest_edge"))
+            elif _size_value(size, "height") and _size_value(size, "width"):
+                resize_to = (int(_size_value(size, "height")), int(_size_value(size, "width")))
             else:
                 return None
         if getattr(image_processor, "do_center_crop", False):
             crop_size = image_processor.crop_size
-            if not (get(crop_size, "height") and get(crop_size, "width")):
+            if not (_size_value(crop_size, "height") and _size_value(crop_size, "width")):
                 return None
-            crop = (int(get(crop_size, "height")), int(get(crop_size, "width")))
+            crop = (int(_size_value(crop_size, "height")), int(_size_value(crop_size, "width")))
         resample = getattr(image_processor, "resample", None)
         if resample is None:
             resample = Image.Resampling.BILINEAR  # the PIL backend's default
@@ -217,6 +216,11 @@ def _value_lookup_table(spec: ImageSpec) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=np.float32)
 
 
+def _size_value(mapping: Any, key: str) -> Any:
+    """`mapping[key]` from a processor's size setting, a plain dict or transformers' `SizeDict` (None if absent)."""
+    return mapping.get(key) if isinstance(mapping, dict) else getattr(mapping, key, None)
+
+
 def _center_crop_or_pad(array: np.ndarray, crop_height: int, crop_width: int) -> np.ndarray:
     """transformers' `center_crop` for an image smaller than the crop: zero-pad around it, then crop."""
     height, width = array.shape[:2]
@@ -231,13 +235,16 @@ def _center_crop_or_pad(array: np.ndarray, crop_height: int, crop_width: int) ->
 IMAGE_PROCESSING_MODES = ("fast", "processor")
 
 
+def check_image_processing_mode(mode: str) -> None:
+    """Raise a `ValueError` naming the allowed values when `mode` is not one of [`IMAGE_PROCESSING_MODES`]."""
+    if mode not in IMAGE_PROCESSING_MODES:
+        raise ValueError(f"`image_processing` must be one of {IMAGE_PROCESSING_MODES}, got {mode!r}.")
+
+
 def image_transform_for(image_processor: Any, mode: str = "fast") -> Any:
     """The image transform for `ClipBaseConfig.image_processing`: `"fast"` gives a [`FastImageTransform`]
     (which itself falls back to the processor when it must), `"processor"` the model's image processor."""
-    if mode not in IMAGE_PROCESSING_MODES:
-        raise ValueError(f"`image_processing` must be one of {IMAGE_PROCESSING_MODES}, got {mode!r}.")
+    check_image_processing_mode(mode)
     if mode == "processor":
-        from .data import ProcessorImageTransform
-
         return ProcessorImageTransform(image_processor)
     return FastImageTransform(image_processor)

@@ -145,12 +145,9 @@ class ClipBaseConfig(TrainingArguments):
         if self.bf16 is None:
             # Safe where it is fast: bf16 autocast keeps float32 master weights; on CPU it is slower, so off.
             self.bf16 = not self.fp16 and _cuda_supports_bf16()
-        from ..image_processing import IMAGE_PROCESSING_MODES
+        from ..image_processing import check_image_processing_mode
 
-        if self.image_processing not in IMAGE_PROCESSING_MODES:
-            raise ValueError(
-                f"`image_processing` must be one of {IMAGE_PROCESSING_MODES}, got {self.image_processing!r}."
-            )
+        check_image_processing_mode(self.image_processing)
         super().__post_init__()
         if isinstance(self.model_init_kwargs, str):  # from the command line: a JSON string
             import json
