@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _steps  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-from transformers import CLIPModel, Trainer, TrainingArguments  # noqa: E402
+from transformers import Trainer, TrainingArguments  # noqa: E402
 
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer  # noqa: E402
 from clip_trl.data import ClipDataCollator  # noqa: E402
@@ -106,8 +106,7 @@ def main() -> None:
         )
 
     def plain(timer: _steps.StepTimer) -> Trainer:
-        model = CLIPModel(build_clip(args.model, seed=0)[0].config)
-        model.load_state_dict(build_clip(args.model, seed=0)[0].state_dict())
+        model, _ = build_clip(args.model, seed=0)  # a plain transformers CLIPModel, same weights as ours
         return Trainer(
             model=model, args=TrainingArguments(**common, remove_unused_columns=False), train_dataset=dummy,
             data_collator=_steps.ConstantBatch(plain_batch), callbacks=[timer],

@@ -103,26 +103,22 @@ def main() -> None:
         t = times[str(b)]
         print(f"| {b} | {t * 1e3:.0f} | {t / b * 1e3:.2f} | {t / b / base:.2f}x |")
 
+    def rl_table(title: str, column: str, runs: dict) -> None:
+        """One RL table: each setting's step time next to a contrastive step on the same batch, run alternately."""
+        times = _steps.alternate({"contrastive": contrastive(batch)} | runs, args.repetitions)
+        print(f"\n{title}, batch {batch}\n")
+        print(f"| {column} | step (ms) | vs contrastive step |")
+        print("| --- | --- | --- |")
+        for name, seconds in times.items():
+            print(f"| {name} | {seconds * 1e3:.0f} | {seconds / times['contrastive']:.2f}x |")
+
     batch = 32
     counts = (2, 4, 8, 16) if args.quick else (2, 4, 8, 16, 32)
-    contenders = {"contrastive": contrastive(batch)} | {f"K={k}": rl(batch, 4, k) for k in counts}
-    times = _steps.alternate(contenders, args.repetitions)
-    print(f"\nRL (GRPO, num_samples 4, β=0), step time vs candidates per image, batch {batch}\n")
-    print("| candidates K | step (ms) | vs contrastive step |")
-    print("| --- | --- | --- |")
-    print(f"| contrastive | {times['contrastive'] * 1e3:.0f} | 1.00x |")
-    for k in counts:
-        print(f"| {k} | {times[f'K={k}'] * 1e3:.0f} | {times[f'K={k}'] / times['contrastive']:.2f}x |")
-
+    rl_table("RL (GRPO, num_samples 4, β=0), step time vs candidates per image", "candidates K",
+             {str(k): rl(batch, 4, k) for k in counts})
     samples = (2, 8, 32) if args.quick else (2, 4, 8, 16, 32)
-    contenders = {"contrastive": contrastive(batch)} | {f"S={s}": rl(batch, s, None) for s in samples}
-    times = _steps.alternate(contenders, args.repetitions)
-    print(f"\nRL (GRPO, in-batch candidates, β=0), step time vs num_samples, batch {batch}\n")
-    print("| num_samples | step (ms) | vs contrastive step |")
-    print("| --- | --- | --- |")
-    print(f"| contrastive | {times['contrastive'] * 1e3:.0f} | 1.00x |")
-    for s in samples:
-        print(f"| {s} | {times[f'S={s}'] * 1e3:.0f} | {times[f'S={s}'] / times['contrastive']:.2f}x |")
+    rl_table("RL (GRPO, in-batch candidates, β=0), step time vs num_samples", "num_samples",
+             {str(s): rl(batch, s, None) for s in samples})
 
 
 if __name__ == "__main__":
