@@ -54,12 +54,16 @@ class ClipRLTrainer(ClipTrainerBase):
     >>> data = load_emoji_dataset(max_examples=64)
     >>> model, processor = build_clip("tiny")
     >>> args = ClipRLConfig(output_dir="/tmp/clip-rl", max_steps=2, per_device_train_batch_size=8, num_samples=4,
-    ...                     report_to="none", save_strategy="no")
+    ...                     logging_steps=1, report_to="none", save_strategy="no")
     >>> trainer = ClipRLTrainer(model=model, reward_funcs="correctness", args=args,
     ...                         train_dataset=data["train"], processing_class=processor)
     >>> _ = trainer.train()
-    >>> "rewards/correctness/mean" in trainer.state.log_history[-2] or "reward" in trainer.state.log_history[0]
+    >>> logs = trainer.state.log_history[0]  # one entry per step
+    >>> sorted(name for name in logs if name.startswith("rewards/"))
+    ['rewards/correctness/mean', 'rewards/correctness/std']
+    >>> logs["reward"] == logs["rewards/correctness/mean"] and 0.0 <= logs["accuracy"] <= 1.0
     True
+
     ```
     """
 
