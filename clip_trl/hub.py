@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any
 from transformers import AutoModel, AutoProcessor
 from transformers.utils import cached_file, find_adapter_config_file
 
+from . import modeling
+from .lora import DEFAULT_LORA_TARGET_MODULES
+
 if TYPE_CHECKING:
     from peft import LoraConfig
     from torch import nn
 
 __all__ = ["DEFAULT_LORA_TARGET_MODULES", "default_lora_config", "load_model"]
 
-#: The attention query and value projections. In transformers' CLIP and SigLIP both towers name them
-#: this way, so the one list puts adapters in the image and the text encoder alike.
-DEFAULT_LORA_TARGET_MODULES: tuple[str, ...] = ("q_proj", "v_proj")
 
 _PEFT_HINT = "This needs the peft library: `pip install peft`."
 
@@ -169,7 +169,8 @@ def load_model(
 
     adapter_config_file = find_adapter_config_file(id_or_path, **location, **hub)
     if adapter_config_file is None:
-        model = AutoModel.from_pretrained(id_or_path, **location, **hub, **model_kwargs)
+        # `load_pretrained`: AutoModel, keeping parameters clip_trl added (a sigmoid loss's `logit_bias`).
+        model = modeling.load_pretrained(id_or_path, **location, **hub, **model_kwargs)
         processor = AutoProcessor.from_pretrained(id_or_path, **location, **hub)
         return model.eval(), processor
 
