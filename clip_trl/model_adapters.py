@@ -164,6 +164,21 @@ ADAPTERS: dict[str, ModelAdapter] = {
         "called directly, not FLAVA's multimodal `forward`. Under several processes DDP needs "
         "`ddp_find_unused_parameters=True` (the multimodal encoder gets no gradient).",
     ),
+    # Classes with image–text (or other) feature methods that are not image–text dual encoders: a clear error
+    # instead of a confusing failure halfway through a step.
+    "Blip2Model": ModelAdapter(
+        unsupported="its `get_text_features` runs the language model (there is no contrastive text embedding and "
+        "no temperature); BLIP-2's contrastive heads are in `Blip2ForImageTextRetrieval`, whose text features "
+        "need the Q-Former's query tokens and which exposes no `get_text_features` / `get_image_features`.",
+    ),
+    "XCLIPModel": ModelAdapter(
+        unsupported="it is a video–text model (`get_video_features` over frames, a prompt generator conditioned "
+        "on the video); clip_trl's data and collators are image–text.",
+    ),
+    "ClapModel": ModelAdapter(
+        unsupported="it is an audio–text model (`get_audio_features`); clip_trl's data and collators are "
+        "image–text.",
+    ),
 }
 
 

@@ -46,7 +46,10 @@ def _prepare_peft_model(model: nn.Module, peft_config: Any) -> nn.Module:
     Unset `target_modules` become the attention projections of *both* towers, named as the model names them
     ([`clip_trl.lora.default_lora_targets`]); targets that leave a tower without adapters are warned about.
     """
-    from peft import PeftConfig, PeftModel, get_peft_model
+    try:
+        from peft import PeftConfig, PeftModel, get_peft_model
+    except ImportError as error:
+        raise ImportError("`peft_config` needs the peft library: `pip install peft`.") from error
 
     from .. import lora
 
