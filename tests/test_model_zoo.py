@@ -109,10 +109,22 @@ def test_siglip_padding_rule_is_the_processors():
 # ------------------------------------------------------------------------------------ training and reloading
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _no_training_curves():
+    """Drawing the training-curves picture costs ~1 s per run and is tested elsewhere (test_model_card.py)."""
+    from clip_trl import plotting
+
+    original = plotting.TrainingCurvesCallback.plot
+    plotting.TrainingCurvesCallback.plot = lambda self, args, state: None
+    yield
+    plotting.TrainingCurvesCallback.plot = original
+
+
 def _config(config_class, tmp_path, sub: str, **kwargs):
-    return config_class(output_dir=str(tmp_path / sub), max_steps=2, per_device_train_batch_size=4,
-                        per_device_eval_batch_size=8, learning_rate=1e-3, report_to="none", save_strategy="no",
-                        logging_steps=1, dataloader_num_workers=0, use_cpu=True, seed=0, **kwargs)
+    settings = {"max_steps": 2, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 8,
+                "learning_rate": 1e-3, "report_to": "none", "save_strategy": "no", "logging_steps": 1,
+                "dataloader_num_workers": 0, "use_cpu": True, "seed": 0}
+    return config_class(output_dir=str(tmp_path / sub), **(settings | kwargs))
 
 
 def _changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> bool:
@@ -164,10 +176,12 @@ def test_train_evaluate_save_and_reload(name, rows, tmp_path):
     trained = trainer.accelerator.unwrap_model(trainer.model).eval()
     for ours, theirs in zip(_embeds(trained, processor, images, texts), _embeds(adapted, processor, images, texts)):
         assert _close(ours, theirs, 1e-6), f"{name}: the reloaded LoRA adapter embeds differently"
-    # The adapters trained and the base weights did not (BatchNorm statistics included).
-    with trained.disable_adapter():
-        base_images, _ = _embeds(trained, processor, images, texts)
-    assert not _close(base_images, _embeds(trained, processor, images, texts)[0], 1e-7), f"{name}: LoRA did not train"
+    # The adapters of both towers trained (lora_B starts at zero), and the base weights did not (BatchNorm
+    # statistics included: the fresh base above reproduces the trained model).
+    for tower in ("vision", "text"):
+        moved = [float(p.abs().max()) for module in modeling.tower_modules(trained, tower)
+                 for n, p in module.named_parameters() if "lora_B" in n]
+        assert moved and max(moved) > 0, f"{name}: the {tower} tower's adapters did not train"
 
     # RL: two steps of the policy over in-batch captions.
     model = entry.build_model()

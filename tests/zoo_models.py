@@ -8,6 +8,7 @@ temperature, LoRA in both towers, save and reload) does not depend on which voca
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,9 +30,16 @@ def _tokenizer_ids() -> tuple[int, int, int, int]:
     return len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
 
 
-def _tokenizer(padding_side: str = "right", positions: int = TEXT_POSITIONS) -> Any:
-    tokenizer = clip_tokenizer(model_max_length=positions)
+@functools.lru_cache(maxsize=None)
+def _cached_tokenizer(positions: int) -> Any:
+    return clip_tokenizer(model_max_length=positions)
+
+
+def _tokenizer(padding_side: str = "right", positions: int = TEXT_POSITIONS, pad_id: int | None = None) -> Any:
+    tokenizer = copy.deepcopy(_cached_tokenizer(positions))
     tokenizer.padding_side = padding_side
+    if pad_id is not None:  # the text tower's own padding id (the Trainer aligns the config with the tokenizer's)
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
     return tokenizer
 
 
@@ -70,13 +78,13 @@ class ZooEntry:
 
 def _processor(
     processor_class: str, image_processor: Callable[[], Any], padding_side: str = "right",
-    positions: int = TEXT_POSITIONS,
+    positions: int = TEXT_POSITIONS, pad_id: int | None = None,
 ) -> Callable[[], Any]:
     def build() -> Any:
         import transformers
 
         cls = getattr(transformers, processor_class)
-        return cls(image_processor=image_processor(), tokenizer=_tokenizer(padding_side, positions))
+        return cls(image_processor=image_processor(), tokenizer=_tokenizer(padding_side, positions, pad_id))
 
     return build
 
@@ -139,7 +147,7 @@ ZOO: list[ZooEntry] = [
     ZooEntry("AltCLIPModel",
              _model("AltCLIPModel", "AltCLIPConfig", text_config=lambda: _bert(project_dim=PROJECTION, pad_token_id=1),
                     vision_config=_vit, projection_dim=PROJECTION),
-             _processor("AltCLIPProcessor", _clip_image_processor)),
+             _processor("AltCLIPProcessor", _clip_image_processor, pad_id=1)),
     ZooEntry("ChineseCLIPModel",
              _model("ChineseCLIPModel", "ChineseCLIPConfig", text_config=_bert, vision_config=_vit,
                     projection_dim=PROJECTION),
