@@ -19,7 +19,14 @@ import pytest
 import torch
 from PIL import Image
 
-from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer, ClipRLConfig, ClipRLTrainer, encoding, modeling
+from clip_trl import (
+    ClipContrastiveConfig,
+    ClipContrastiveTrainer,
+    ClipRLConfig,
+    ClipRLTrainer,
+    encoding,
+    modeling,
+)
 from clip_trl.data import ClipDataCollator
 from clip_trl.evaluation import compute_embeddings
 from clip_trl.hub import load_model

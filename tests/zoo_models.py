@@ -24,13 +24,13 @@ WIDTH = 32
 PROJECTION = 16
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tokenizer_ids() -> tuple[int, int, int, int]:
     tokenizer = clip_tokenizer(model_max_length=TEXT_POSITIONS)
     return len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_tokenizer(positions: int) -> Any:
     return clip_tokenizer(model_max_length=positions)
 
@@ -113,7 +113,12 @@ def _siglip2_image_processor() -> Any:
 
 
 def _vtde() -> torch.nn.Module:
-    from transformers import BertConfig, CLIPVisionConfig, VisionTextDualEncoderConfig, VisionTextDualEncoderModel
+    from transformers import (
+        BertConfig,
+        CLIPVisionConfig,
+        VisionTextDualEncoderConfig,
+        VisionTextDualEncoderModel,
+    )
 
     config = VisionTextDualEncoderConfig.from_vision_text_configs(
         CLIPVisionConfig(**_vit()), BertConfig(**_bert()), projection_dim=PROJECTION
