@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model_adapters import ModelAdapter, UnsupportedModelError, adapter_for_class
+from .model_adapters import ADAPTERS, GENERIC, ModelAdapter, UnsupportedModelError, adapter_for_class
 
 CLIP_LIKE_ATTRIBUTES = ("get_image_features", "get_text_features")
+TEMPERATURE_GENERIC = replace(GENERIC, temperature="temperature", max_logit_scale=None)
 TEMPERATURE_ATTRIBUTES = ("logit_scale", "temperature")
 
 
@@ -42,8 +44,15 @@ def base_model(model: nn.Module) -> nn.Module:
 
 
 def adapter(model: nn.Module) -> ModelAdapter:
-    """The [`~clip_trl.model_adapters.ModelAdapter`] of `model`'s class (the generic one for unknown classes)."""
-    return adapter_for_class(type(base_model(model)).__name__)
+    """The [`~clip_trl.model_adapters.ModelAdapter`] of `model`'s class (the generic one for unknown classes;
+    for an unknown class with a `temperature` and no `logit_scale`, the generic one read as ALIGN's)."""
+    inner = base_model(model)
+    name = type(inner).__name__
+    if name not in ADAPTERS and not hasattr(inner, "logit_scale") and isinstance(
+        getattr(inner, "temperature", None), torch.Tensor
+    ):
+        return TEMPERATURE_GENERIC
+    return adapter_for_class(name)
 
 
 def check_clip_like(model: nn.Module) -> None:

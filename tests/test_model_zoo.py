@@ -277,6 +277,12 @@ def test_unknown_classes_use_the_generic_path():
     lookalike = type("MyOwnClipModel", (type(model),), {})(model.config)
     assert modeling.adapter(lookalike) is adapter_for_class("CLIPModel")
     modeling.check_clip_like(lookalike)
+    # An unknown class with ALIGN's `temperature` instead of `logit_scale` is read as such.
+    align = ZOO_BY_NAME["AlignModel"].build_model()
+    temperature_lookalike = type("MyOwnAlignModel", (type(align),), {})(align.config)
+    with torch.no_grad():
+        temperature_lookalike.temperature.fill_(0.5)
+    assert float(modeling.logit_scale(temperature_lookalike)) == pytest.approx(math.log(2.0))
 
 
 # ---------------------------------------------------------------------------------------------------- docs
