@@ -68,7 +68,7 @@ def check_clip_like(model: nn.Module) -> None:
         raise UnsupportedModelError(f"{type(inner).__name__} cannot be trained with clip_trl: {reason}")
     missing = [name for name in CLIP_LIKE_ATTRIBUTES if not hasattr(inner, name)]
     if not any(isinstance(getattr(inner, name, None), torch.Tensor) for name in TEMPERATURE_ATTRIBUTES):
-        missing.append("logit_scale (or temperature) parameter")
+        missing.append("logit_scale (or temperature)")
     if missing:
         raise TypeError(
             f"{type(inner).__name__} is not a CLIP-like dual encoder: it has no {', '.join(missing)}. "
