@@ -357,6 +357,7 @@ class ClipTrainerBase(Trainer):
             caption_column=self.args.caption_column,
             batch_size=self.args.per_device_eval_batch_size,
             image_transform=self._image_transform(self.processing_class, self.args),
+            max_length=self.args.max_length,  # the collators' token limit: the same tokens as in training
         )
         results = evaluation.scores_from_embeddings(
             embeddings, ks=tuple(self.args.eval_ks), in_batch_size=self.args.eval_in_batch_size
