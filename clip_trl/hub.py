@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import AutoModel, AutoProcessor
 from transformers.utils import cached_file, find_adapter_config_file
 
-from . import modeling
+from . import lora, modeling
 from .lora import DEFAULT_LORA_TARGET_MODULES
 
 if TYPE_CHECKING:
@@ -186,6 +186,7 @@ def load_model(
         )
     model = AutoModel.from_pretrained(base, **hub, **model_kwargs)
     model = peft.PeftModel.from_pretrained(model, id_or_path, **location, **hub)
+    lora.load_added_parameters(model, id_or_path, **location, **hub)  # e.g. a sigmoid loss's `logit_bias`
     if merge:
         model = model.merge_and_unload()
     # A processor saved with the adapter reflects what training used (e.g. a changed `model_max_length`).

@@ -137,3 +137,46 @@ def freeze_batch_norm_statistics(peft_model: nn.Module) -> int:
     if count:
         logger.info("Froze the running statistics of %d BatchNorm layer(s) of the base model under LoRA.", count)
     return count
+
+
+# Parameters clip_trl adds to a model (the sigmoid loss's `logit_bias` on a CLIP) live on the base model, which an
+# adapter folder does not hold: they are saved next to the adapter in this file and put back by `load_model`.
+ADDED_PARAMETERS_FILE = "clip_trl_parameters.safetensors"
+
+
+def save_added_parameters(model: nn.Module, folder: str) -> list[str]:
+    """For a peft model, write the base model's `logit_bias` (and any other parameter clip_trl may add) into
+    `folder/clip_trl_parameters.safetensors`; returns the names written (none for a plain model, whose weights
+    file already holds them)."""
+    import os
+
+    from safetensors.torch import save_file
+
+    inner = modeling.unwrap(model)
+    base = modeling.base_model(model)
+    if base is inner:
+        return []
+    tensors = {name: getattr(base, name).detach().cpu().contiguous() for name in modeling.ADDED_PARAMETERS
+               if isinstance(getattr(base, name, None), nn.Parameter)}
+    if tensors:
+        os.makedirs(folder, exist_ok=True)
+        save_file(tensors, os.path.join(folder, ADDED_PARAMETERS_FILE))
+    return sorted(tensors)
+
+
+def load_added_parameters(model: nn.Module, id_or_path: str, **file_kwargs: Any) -> list[str]:
+    """Put the parameters of [`save_added_parameters`] back onto the base model of `model` (a peft model loaded
+    from `id_or_path`); returns their names (none when the folder has no such file)."""
+    from safetensors.torch import load_file
+    from transformers.utils import cached_file
+
+    path = cached_file(id_or_path, ADDED_PARAMETERS_FILE, _raise_exceptions_for_missing_entries=False,
+                       _raise_exceptions_for_connection_errors=False, **file_kwargs)
+    if path is None:
+        return []
+    base = modeling.base_model(model)
+    reference = modeling.temperature_parameter(base)
+    for name, value in load_file(path).items():
+        parameter = nn.Parameter(value.to(device=reference.device, dtype=reference.dtype), requires_grad=False)
+        base.register_parameter(name, parameter)
+    return sorted(load_file(path))

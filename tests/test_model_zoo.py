@@ -295,3 +295,20 @@ def test_supported_models_page_matches_the_zoo():
         "docs/supported_models.md is out of date: regenerate the table with "
         "`PYTHONPATH=. python tests/zoo_models.py --write`"
     )
+
+
+def test_added_logit_bias_survives_an_adapter_reload(rows, tmp_path):
+    """LoRA + sigmoid loss on a model without a bias: the bias lives on the base model, not in the adapter."""
+    entry = ZOO_BY_NAME["CLIPModel"]
+    base_folder = str(tmp_path / "base")
+    entry.build_model().save_pretrained(base_folder)
+    trainer = ClipContrastiveTrainer(model=entry.build_model(),
+                                     args=_config(ClipContrastiveConfig, tmp_path, "adapter", loss_type="siglip",
+                                                  siglip_bias_init=-7.0),
+                                     train_dataset=rows, processing_class=entry.build_processor(),
+                                     peft_config=_lora_config())
+    trainer.train()
+    trainer.save_model()
+    for merge in (False, True):
+        reloaded, _ = load_model(str(tmp_path / "adapter"), base_model=base_folder, merge=merge)
+        assert modeling.logit_bias(reloaded).item() == -7.0

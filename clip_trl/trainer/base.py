@@ -500,6 +500,13 @@ class ClipTrainerBase(Trainer):
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict=state_dict)
+        # An adapter folder does not hold the base model's parameters: save those clip_trl added (`logit_bias`).
+        from .. import lora
+
+        lora.save_added_parameters(self.model, output_dir if output_dir is not None else self.args.output_dir)
+
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         # With `hub_strategy` pushing during training, the Trainer uploads `output_dir` (not the checkpoint
         # folder), so that is where the card must be for the Hub repository to have one.
