@@ -254,6 +254,15 @@ def test_logit_scale_is_clamped_in_training_only_and_by_family(rows, tmp_path):
         trainer.train()
         after = float(modeling.logit_scale(model))
         assert after == pytest.approx(expected_bound if expected_bound is not None else math.log(112.0), abs=1e-6)
+    # Under LoRA the temperature is frozen base-model state: never clamped.
+    model = clip.build_model()
+    with torch.no_grad():
+        modeling.logit_scale(model).fill_(math.log(112.0))
+    trainer = ClipContrastiveTrainer(model=model, args=_config(ClipContrastiveConfig, tmp_path, "frozen"),
+                                     train_dataset=rows, processing_class=clip.build_processor(),
+                                     peft_config=_lora_config())
+    trainer.train()
+    assert float(modeling.logit_scale(model)) == pytest.approx(math.log(112.0))
     # A bound the user sets applies to every family.
     model = siglip.build_model()
     trainer = ClipContrastiveTrainer(model=model, args=_config(ClipContrastiveConfig, tmp_path, "bound",

@@ -29,14 +29,15 @@ logger = logging.get_logger(__name__)
 class LogitScaleClampCallback(TrainerCallback):
     """Clamp `exp(logit_scale)` to `max_logit_scale` after every optimizer step (CLIP's practice).
 
-    Only during training: a loaded model's temperature is never altered at construction.
+    Only a temperature that trains is clamped: a loaded model's value is never altered at construction, nor a
+    frozen one (e.g. under LoRA, where the base model must stay untouched).
     """
 
     def __init__(self, max_logit_scale: float) -> None:
         self.max_logit_scale = max_logit_scale
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any) -> None:
-        if model is not None:
+        if model is not None and modeling.temperature_parameter(model).requires_grad:
             modeling.clamp_logit_scale(model, self.max_logit_scale)
 
 
