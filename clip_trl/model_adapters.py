@@ -75,6 +75,8 @@ class ModelAdapter:
         temperature (`str`): `"logit_scale"` (log-scale) or `"temperature"` (logits divided by it).
         max_logit_scale (`float` or `None`): the default clamp of `exp(logit_scale)` during training; `None`:
             no clamp unless the user sets `max_logit_scale`.
+        logit_bias (`bool`): the class has its own learnable `logit_bias` (SigLIP's sigmoid loss); for the others
+            `loss_type="siglip"` adds one (saved and reloaded with the model).
         towers (`dict`): attribute names of each tower's modules (`"vision"`, `"text"`).
         lora_targets (`dict` or `None`): module names LoRA targets per tower; `None` detects them from
             [`LORA_NAME_GROUPS`].
@@ -89,6 +91,7 @@ class ModelAdapter:
     use_forward: bool = True
     temperature: str = "logit_scale"
     max_logit_scale: float | None = CLIP_MAX_LOGIT_SCALE
+    logit_bias: bool = False
     towers: dict[str, tuple[str, ...]] = field(
         default_factory=lambda: {
             "vision": ("vision_model", "visual_projection"),
@@ -105,6 +108,7 @@ GENERIC = ModelAdapter(notes="The reference architecture.")
 _SIGLIP = ModelAdapter(
     text_padding="max_length",
     max_logit_scale=None,
+    logit_bias=True,
     notes="Text padded to the tower's full length (`padding=\"max_length\"`) everywhere, as SigLIP was trained: "
     "its text tower pools the last position, so other padding changes the embedding. `logit_scale` is not "
     "clamped by default (SigLIP checkpoints sit near exp(4.7) ≈ 112).",

@@ -211,6 +211,10 @@ def _lora_config():
 @pytest.mark.parametrize("name", NAMES)
 def test_default_lora_targets_cover_both_towers(name):
     model = ZOO_BY_NAME[name].build_model()
+    # The registry's other facts about the class hold for the real model too.
+    adapter = modeling.adapter(model)
+    assert adapter.logit_bias == isinstance(getattr(model, "logit_bias", None), torch.nn.Parameter)
+    assert isinstance(getattr(model, adapter.temperature), torch.nn.Parameter)
     targets = default_lora_targets(model)
     from peft import LoraConfig, get_peft_model
 

@@ -208,6 +208,7 @@ def supported_models_table() -> str:
         targets = " / ".join(", ".join(f"`{n}`" for n in lora.tower_lora_targets(model, tower)) or "–"
                              for tower in ("vision", "text"))
         bound = f", clamped ≤ {adapter.max_logit_scale:g}" if adapter.max_logit_scale else ", not clamped"
+        bound += ", own `logit_bias`" if adapter.logit_bias else ""
         lines.append(f"| `{entry.name}` | {TESTED} | {adapter.text_padding} | `{adapter.temperature}`{bound} | {targets} | "
                      f"{adapter.notes} |")
     lines += ["", "| model class | why it cannot be trained (raises `UnsupportedModelError`) |", "| --- | --- |"]
