@@ -35,14 +35,9 @@ __all__ = ["generate_candidates", "rerank"]
 def _load_clip(model: Any, processor: Any) -> tuple[Any, Any]:
     """A model and its processor from a model object or a Hub id / folder (full model or LoRA adapter)."""
     if isinstance(model, str):
-        try:
-            from .hub import load_model
-        except ImportError:
-            from transformers import AutoModel, AutoProcessor
+        from .hub import load_model
 
-            loaded, loaded_processor = AutoModel.from_pretrained(model).eval(), AutoProcessor.from_pretrained(model)
-        else:
-            loaded, loaded_processor = load_model(model)
+        loaded, loaded_processor = load_model(model)
         return loaded, processor if processor is not None else loaded_processor
     if processor is None:
         source = getattr(getattr(model, "config", None), "_name_or_path", None)
