@@ -32,6 +32,7 @@ from clip_trl.evaluation import compute_embeddings
 from clip_trl.hub import load_model
 from clip_trl.lora import default_lora_targets, warn_on_missed_towers
 from clip_trl.model_adapters import ADAPTERS, UnsupportedModelError, adapter_for_class
+from clip_trl.rerank import rerank
 from clip_trl.rewards import ClipScoreReward
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -96,6 +97,10 @@ def test_caption_embedding_does_not_depend_on_its_batch(name, rows):
         return torch.nn.functional.normalize(features, dim=-1)[0]
 
     carded_alone, carded = card([SHORT]), card([SHORT, LONG])
+    # Reranking: the caption's score for the image, alone or among candidates.
+    reranked_alone = torch.tensor(rerank([image], [[SHORT]], model, processor)[0][0][1])
+    reranked = torch.tensor(dict(rerank([image], [[SHORT, LONG]], model, processor)[0])[SHORT])
+    assert _close(reranked_alone, reranked, 1e-4), f"{name}: reranking scores {SHORT!r} differently beside a long caption"
 
     for label, one, two in [("collator", alone, paired), ("evaluation", evaluated_alone, evaluated),
                             ("reward", rewarded_alone, rewarded), ("model card", carded_alone, carded)]:
