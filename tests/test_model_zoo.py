@@ -330,3 +330,13 @@ def test_added_logit_bias_survives_an_adapter_reload(rows, tmp_path):
     for merge in (False, True):
         reloaded, _ = load_model(str(tmp_path / "adapter"), base_model=base_folder, merge=merge)
         assert modeling.logit_bias(reloaded).item() == -7.0
+
+
+@pytest.mark.parametrize("module", ["clip_trl.model_adapters", "clip_trl.encoding", "clip_trl.lora",
+                                    "clip_trl.modeling"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
