@@ -175,6 +175,8 @@ def embed_images(
         image_transform: images -> `pixel_values` (or a mapping of vision inputs); default: the fast pipeline
             of the processor's image processor.
     """
+    if image_transform is None and processor is None:
+        raise ValueError("`embed_images` needs the model's `processor` (or an `image_transform`).")
     transform = image_transform or _image_transform(processor)
     device, dtype = device_and_dtype(model)
     chunks: list[torch.Tensor] = []
