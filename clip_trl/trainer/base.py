@@ -6,7 +6,6 @@ Method-specific work (the loss) lives in the subclasses; nothing here is copied 
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections import defaultdict
@@ -15,10 +14,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoProcessor, PreTrainedModel, Trainer, TrainerCallback
+from transformers import AutoProcessor, PreTrainedModel, Trainer, TrainerCallback
 from transformers.utils import logging
 
-from .. import modeling
+from .. import encoding, modeling
 from ..data import ClipDataCollator, check_columns, split_processor, with_row_index
 from ..image_processing import image_transform_for
 from ..plotting import TRAINING_CURVES_FILENAME, TrainingCurvesCallback
@@ -28,23 +27,33 @@ logger = logging.get_logger(__name__)
 
 
 class LogitScaleClampCallback(TrainerCallback):
-    """Clamp `logit_scale` to `ln(max_logit_scale)` after every optimizer step (CLIP's practice)."""
+    """Clamp `exp(logit_scale)` to `max_logit_scale` after every optimizer step (CLIP's practice).
+
+    Only a temperature that trains is clamped: a loaded model's value is never altered at construction, nor a
+    frozen one (e.g. under LoRA, where the base model must stay untouched).
+    """
 
     def __init__(self, max_logit_scale: float) -> None:
-        self.max_log = math.log(max_logit_scale)
+        self.max_logit_scale = max_logit_scale
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any) -> None:
-        if model is not None:
-            with torch.no_grad():
-                modeling.logit_scale(model).clamp_(max=self.max_log)
+        if model is not None and modeling.temperature_parameter(model).requires_grad:
+            modeling.clamp_logit_scale(model, self.max_logit_scale)
 
 
 def _prepare_peft_model(model: nn.Module, peft_config: Any) -> nn.Module:
-    """Wrap `model` with `get_peft_model(model, peft_config)` after checking the combination makes sense."""
+    """Wrap `model` with `get_peft_model(model, peft_config)` after checking the combination makes sense.
+
+    Unset `target_modules` become the attention projections of *both* towers, named as the model names them
+    ([`clip_trl.lora.default_lora_targets`]); targets that leave a tower without adapters are warned about.
+    """
     try:
         from peft import PeftConfig, PeftModel, get_peft_model
     except ImportError as error:
         raise ImportError("`peft_config` needs the peft library: `pip install peft`.") from error
+
+    from .. import lora
+
     if not isinstance(peft_config, PeftConfig):
         raise TypeError(
             f"`peft_config` must be a peft `PeftConfig` (e.g. `LoraConfig(target_modules=['q_proj', 'v_proj'])`), "
@@ -55,7 +64,11 @@ def _prepare_peft_model(model: nn.Module, peft_config: Any) -> nn.Module:
             "`model` is already a PeftModel and a `peft_config` was given too. Pass the base model with "
             "`peft_config`, or the PeftModel without it (to keep training its adapters)."
         )
-    return get_peft_model(model, peft_config)
+    peft_config = lora.with_default_targets(model, peft_config)
+    wrapped = get_peft_model(model, peft_config)
+    lora.warn_on_missed_towers(wrapped)
+    lora.freeze_batch_norm_statistics(wrapped)
+    return wrapped
 
 
 def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -97,7 +110,7 @@ class ClipTrainerBase(Trainer):
             )
         model_id = model if isinstance(model, str) else None
         if isinstance(model, str):
-            model = AutoModel.from_pretrained(model, **(args.model_init_kwargs or {}))
+            model = modeling.load_pretrained(model, **(args.model_init_kwargs or {}))
         elif args.model_init_kwargs:
             logger.warning("`model_init_kwargs` is ignored because `model` is already instantiated.")
         modeling.check_clip_like(model)
@@ -125,6 +138,10 @@ class ClipTrainerBase(Trainer):
         # Evaluation reads the raw rows; training reads row-indexed views (indices go into error messages).
         self._raw_eval_dataset = eval_dataset
 
+        # One text-encoding rule per architecture (SigLIP: the processor's max-length padding), used by the
+        # collators here and by evaluation, rewards and reranking through `clip_trl.encoding`.
+        self._text_padding = encoding.text_padding(model)
+        self._text_max_length = encoding.text_max_length(model, split_processor(processing_class)[1], args.max_length)
         if data_collator is None:
             data_collator = self._make_collator(processing_class, args)
         self._metrics: dict[str, list[float]] = defaultdict(list)
@@ -145,15 +162,15 @@ class ClipTrainerBase(Trainer):
         )
         # Our losses are means over the batch; let the Trainer divide by the accumulation steps.
         self.model_accepts_loss_kwargs = False
-        self.add_callback(LogitScaleClampCallback(args.max_logit_scale))
+        bound = modeling.max_logit_scale(self.model, args.max_logit_scale)
+        if bound is not None:
+            self.add_callback(LogitScaleClampCallback(bound))
         # Model card support: the curves picture at the end of training, and tags that `push_to_hub` (and a
         # user's own `model.push_to_hub`) put on the repository.
         self._curves_callback = TrainingCurvesCallback()
         self.add_callback(self._curves_callback)
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
-        with torch.no_grad():  # a checkpoint above the clamp would otherwise train one step unclamped
-            modeling.logit_scale(self.model).clamp_(max=math.log(args.max_logit_scale))
 
     # ------------------------------------------------------------------------------------- set-up hooks
 
@@ -195,8 +212,9 @@ class ClipTrainerBase(Trainer):
             "image_column": args.image_column,
             "caption_column": args.caption_column,
             "skip_bad_rows": args.skip_bad_rows,
-            "max_length": args.max_length,
+            "max_length": getattr(self, "_text_max_length", args.max_length),
             "image_transform": self._image_transform(processing_class, args),
+            "text_padding": getattr(self, "_text_padding", "longest"),
         }
 
     def _make_collator(self, processing_class: Any, args: ClipBaseConfig) -> Callable:
@@ -209,9 +227,7 @@ class ClipTrainerBase(Trainer):
         and `logit_scale_learning_rate` when set (temperature wants a different step size than weights)."""
         optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
         self._guard_optimizer(optimizer)
-        inner = modeling.unwrap(self.model)
-        special = [p for p in (getattr(inner, "logit_scale", None), getattr(inner, "logit_bias", None))
-                   if isinstance(p, nn.Parameter) and p.requires_grad]
+        special = [p for p in modeling.temperature_parameters(self.model) if p.requires_grad]
         if not special or getattr(optimizer, "_clip_trl_grouped", False):
             return optimizer
         special_ids = {id(p) for p in special}
@@ -342,6 +358,7 @@ class ClipTrainerBase(Trainer):
             caption_column=self.args.caption_column,
             batch_size=self.args.per_device_eval_batch_size,
             image_transform=self._image_transform(self.processing_class, self.args),
+            max_length=self.args.max_length,  # the collators' token limit: the same tokens as in training
         )
         results = evaluation.scores_from_embeddings(
             embeddings, ks=tuple(self.args.eval_ks), in_batch_size=self.args.eval_in_batch_size
@@ -483,6 +500,13 @@ class ClipTrainerBase(Trainer):
             self._write_model_card(folder, strict=False)
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict=state_dict)
+        # An adapter folder does not hold the base model's parameters: save those clip_trl added (`logit_bias`).
+        from .. import lora
+
+        lora.save_added_parameters(self.model, output_dir if output_dir is not None else self.args.output_dir)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         # With `hub_strategy` pushing during training, the Trainer uploads `output_dir` (not the checkpoint

@@ -32,8 +32,11 @@ class ClipBaseConfig(TrainingArguments):
             Freeze the vision tower (encoder and projection).
         freeze_text (`bool`, defaults to `False`):
             Freeze the text tower (encoder and projection).
-        max_logit_scale (`float`, defaults to `100.0`):
-            After each optimizer step `logit_scale` is clamped to `ln(max_logit_scale)`, as in CLIP and open_clip.
+        max_logit_scale (`float` or `None`, defaults to `None`):
+            After each optimizer step `exp(logit_scale)` is clamped to this value, as in CLIP and open_clip. `None`
+            uses the model family's own bound: 100 for CLIP-style models (CLIP's practice, or the config's
+            `max_logit_scale`), none for SigLIP and ALIGN-style models (SigLIP checkpoints sit near 112). The
+            loaded model's value is never changed before training.
         logit_scale_learning_rate (`float` or `None`, defaults to `None`):
             Learning rate of `logit_scale` (and `logit_bias`), which never get weight decay; `None` uses
             `learning_rate`, `0.0` keeps the temperature fixed (useful in RL, where a policy can otherwise make
@@ -85,8 +88,10 @@ class ClipBaseConfig(TrainingArguments):
     )
     freeze_vision: bool = field(default=False, metadata={"help": "Freeze the vision tower and its projection."})
     freeze_text: bool = field(default=False, metadata={"help": "Freeze the text tower and its projection."})
-    max_logit_scale: float = field(
-        default=100.0, metadata={"help": "Clamp exp(logit_scale) to this value after each step (CLIP uses 100)."}
+    max_logit_scale: float | None = field(
+        default=None,
+        metadata={"help": "Clamp exp(logit_scale) to this value after each step; default: the model family's "
+                  "bound (100 for CLIP, none for SigLIP)."},
     )
     logit_scale_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate for logit_scale/logit_bias; default: learning_rate."}
@@ -153,7 +158,7 @@ class ClipBaseConfig(TrainingArguments):
             import json
 
             self.model_init_kwargs = json.loads(self.model_init_kwargs)
-        if self.max_logit_scale <= 0:
+        if self.max_logit_scale is not None and self.max_logit_scale <= 0:
             raise ValueError(f"`max_logit_scale` must be positive, got {self.max_logit_scale}.")
         if not self.eval_ks or any(k < 1 for k in self.eval_ks):
             raise ValueError(f"`eval_ks` must be positive integers, got {self.eval_ks}.")

@@ -202,18 +202,14 @@ class ClipRLTrainer(ClipTrainerBase):
             # Before the forward: every rank must join the same collectives in the same order.
             global_candidates = _GlobalCandidates(inputs, args.direction, args.image_column)
             inputs.update(global_candidates.overrides)
-        image_embeds, text_embeds = modeling.encode_pair(
-            model, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
-        )
+        image_embeds, text_embeds = modeling.encode_batch(model, inputs)
         scale = modeling.logit_scale(model)
         log_probs = self._policy_log_probs(image_embeds, text_embeds, scale, inputs, global_candidates)
 
         ref_log_probs = None
         if args.beta > 0:
             with torch.no_grad(), self._reference(model) as reference:
-                ref_images, ref_texts = modeling.encode_pair(
-                    reference, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
-                )
+                ref_images, ref_texts = modeling.encode_batch(reference, inputs)
                 ref_log_probs = self._policy_log_probs(
                     ref_images, ref_texts, modeling.logit_scale(reference), inputs, global_candidates
                 )
