@@ -45,7 +45,7 @@ from torch import nn
 from transformers.utils import logging as hf_logging
 
 from .data import load_image, split_processor
-from .modeling import check_clip_like
+from .modeling import check_clip_like, logit_scale
 
 __all__ = [
     "REWARD_FUNCTIONS",
@@ -632,7 +632,7 @@ class TeacherProbabilityReward(ClipScoreReward):
         with torch.no_grad():
             image_embeds = self._embed_images(distinct_images)
             text_embeds = self._embed_texts(distinct_texts)
-            scale = self.model.logit_scale.detach().float().exp().to(image_embeds.device)
+            scale = logit_scale(self.model).detach().float().exp().to(image_embeds.device)
             logits = scale * image_embeds @ text_embeds.T  # [distinct images, distinct texts]
             scores: list[float | None] = []
             for action in actions:
