@@ -7,6 +7,8 @@ from .trainer import (
     ClipBaseConfig,
     ClipContrastiveConfig,
     ClipContrastiveTrainer,
+    ClipDPOConfig,
+    ClipDPOTrainer,
     ClipRLConfig,
     ClipRLTrainer,
 )
@@ -17,6 +19,8 @@ __all__ = [
     "ClipBaseConfig",
     "ClipContrastiveConfig",
     "ClipContrastiveTrainer",
+    "ClipDPOConfig",
+    "ClipDPOTrainer",
     "ClipRLConfig",
     "ClipRLTrainer",
     "__version__",

@@ -6,11 +6,13 @@ Method-specific work (the loss) lives in the subclasses; nothing here is copied 
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -202,6 +204,31 @@ class ClipTrainerBase(Trainer):
     def _make_collator(self, processing_class: Any, args: ClipBaseConfig) -> Callable:
         return ClipDataCollator(processing_class, **self._collator_kwargs(processing_class, args))
 
+    # ---------------------------------------------------------------------------------- reference model
+    # Methods that compare the policy with its starting point (RL's KL leash, DPO's log-ratios) share this.
+
+    @property
+    def _uses_adapters(self) -> bool:
+        return hasattr(modeling.unwrap(self.model), "disable_adapter")
+
+    def _create_reference_model(self) -> None:
+        """Set `self.ref_model` to a frozen copy of the starting model; with peft, to `None`: disabling the
+        adapters gives the starting model without a second copy of the weights (see `_reference`)."""
+        self.ref_model = None
+        if not self._uses_adapters:
+            self.ref_model = copy.deepcopy(modeling.unwrap(self.model)).eval().requires_grad_(False)
+            self.ref_model.to(self.args.device)
+
+    @contextlib.contextmanager
+    def _reference(self, model: nn.Module) -> Iterator[nn.Module]:
+        """The reference model: the frozen copy, or `model` with its adapters disabled."""
+        if self.ref_model is not None:
+            yield self.ref_model
+        else:
+            inner = modeling.unwrap(model)
+            with inner.disable_adapter():
+                yield inner
+
     # ---------------------------------------------------------------------------------------- optimizer
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
@@ -363,6 +390,7 @@ class ClipTrainerBase(Trainer):
         loss = self._eval_loss(model, embeddings)
         if loss is not None:
             results["loss"] = loss
+        results.update(self._eval_method_metrics(model, dataset))
         metrics = {f"{metric_key_prefix}_{name}": float(value) for name, value in results.items()}
         metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 4)
         metrics[f"{metric_key_prefix}_samples"] = int(embeddings.image_embeds.shape[0])
@@ -375,6 +403,10 @@ class ClipTrainerBase(Trainer):
         """The method's loss on the eval set, in consecutive batches of `per_device_eval_batch_size`
         (`None`: the method has no sampling-free loss to report)."""
         return None
+
+    def _eval_method_metrics(self, model: nn.Module, dataset: Any) -> dict[str, float]:
+        """Metrics only the method can compute on the eval set (names without the `eval_` prefix)."""
+        return {}
 
     # --- model card, saving and the Hub -----------------------------------------------------------------
     # Every save writes a model card next to the weights, and `push_to_hub` (the Trainer's own: it saves,
