@@ -7,9 +7,9 @@ import os
 import datasets
 import pytest
 import torch
+from clip_test_utils import png_bytes
 from huggingface_hub import ModelCard
 
-from clip_test_utils import png_bytes
 from clip_trl import ClipDPOConfig, ClipDPOTrainer
 from clip_trl.data import BadRowError
 from clip_trl.hub import default_lora_config
