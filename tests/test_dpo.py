@@ -169,10 +169,38 @@ def test_bad_rows_get_clear_errors(tmp_path):
 def test_docstring_examples_run(tmp_path, monkeypatch):
     import doctest
 
-    from clip_trl import preference
+    from clip_trl import dpo_script, preference, preference_data
     from clip_trl.trainer import dpo_config, dpo_trainer
 
     monkeypatch.chdir(tmp_path)
-    for module in (preference, dpo_config, dpo_trainer):
+    for module in (preference, preference_data, dpo_script, dpo_config, dpo_trainer):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_dpo_command_and_example_config(tmp_path, capsys):
+    import json
+    import pathlib
+
+    from clip_trl.cli import main, make_parser, parse_dataclasses
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    script_args, training_args, model_args = parse_dataclasses(
+        make_parser("dpo"), ["--config", str(repo / "examples" / "configs" / "dpo.yaml")])
+    assert model_args.model_name_or_path == "clip_finetuned" and training_args.beta == 0.1
+    assert script_args.group_column == "group"
+
+    common = ["--max_train_samples", "32", "--max_eval_samples", "16", "--report_to", "none", "--save_strategy", "no"]
+    with pytest.raises(SystemExit):
+        main(["dpo", *common, "--output_dir", str(tmp_path / "x")])
+    assert "--model_name_or_path is required" in capsys.readouterr().err
+
+    base = tmp_path / "base"
+    build_clip("tiny", seed=0, output_dir=base)
+    out = tmp_path / "dpo"
+    status = main(["dpo", *common, "--model_name_or_path", str(base), "--output_dir", str(out), "--max_steps", "2",
+                   "--per_device_train_batch_size", "8", "--loss_type", "ipo", "--beta", "0.5"])
+    assert status == 0 and (out / "model.safetensors").is_file()
+    results = json.loads((out / "test_results.json").read_text())
+    assert {"test_rewards/accuracies", "test_rewards/margins", "test_image_to_text_recall@1"} <= set(results)
+    assert "ipo" in (out / "README.md").read_text()
