@@ -2,6 +2,7 @@
 
 from . import evaluation, hub, rewards
 from .hub import default_lora_config, load_model
+from .interpolation import wise_ft
 from .rerank import generate_candidates, rerank
 from .trainer import (
     ClipBaseConfig,
@@ -31,4 +32,5 @@ __all__ = [
     "load_model",
     "rerank",
     "rewards",
+    "wise_ft",
 ]

@@ -1,4 +1,4 @@
-"""The `clip-trl` command: `clip-trl contrastive|rl|dpo|evaluate|pipeline|env ...`.
+"""The `clip-trl` command: `clip-trl contrastive|rl|dpo|evaluate|interpolate|pipeline|env ...`.
 
 Each training command takes the flags of its dataclasses (`clip-trl <command> --help` lists them) and, as in
 TRL, `--config file.yaml` whose keys are those flags' names; flags given on the command line win over the file.
@@ -8,6 +8,7 @@ clip-trl pipeline --output_dir runs/emoji                    # the whole workflo
 clip-trl contrastive --config examples/configs/contrastive.yaml
 clip-trl rl --config examples/configs/rl.yaml --reward_funcs correctness confidence_correctness
 clip-trl dpo --config examples/configs/dpo.yaml                # preference pairs; needs --model_name_or_path
+clip-trl interpolate --base clip_finetuned --tuned clip_dpo --alpha 0.5 --output_dir clip_wise_ft   # WiSE-FT
 clip-trl evaluate --model_name_or_path runs/emoji/clip_rl_finetuned
 accelerate launch -m clip_trl.cli rl --config examples/configs/rl.yaml   # several processes
 clip-trl env                                                 # versions, for bug reports
@@ -31,6 +32,7 @@ _COMMANDS = {
     "rl": "RL fine-tuning: CLIP as a policy choosing captions, with reward functions; evaluates on the test split.",
     "dpo": "Preference optimization (DPO / IPO): chosen vs rejected captions per image; evaluates on the test split.",
     "evaluate": "Retrieval recall@k, in-batch accuracy and greedy mean reward of a model on a split.",
+    "interpolate": "WiSE-FT: write the model (1 - alpha)·base + alpha·tuned (full models or a LoRA adapter).",
     "pipeline": "Split, contrastive, RL, test: the whole workflow, with a results table and pictures.",
     "env": "Print the versions of Python, clip_trl and its libraries (paste them into bug reports).",
 }
@@ -84,6 +86,10 @@ def _dataclass_types(command: str) -> tuple[type, ...]:
         from .trainer import ClipDPOConfig
 
         return DPOScriptArguments, ClipDPOConfig, ModelConfig
+    if command == "interpolate":
+        from .interpolation import InterpolateArguments
+
+        return (InterpolateArguments,)
     if command == "pipeline":
         from .pipeline import PipelineArguments
 
@@ -327,6 +333,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_evaluate(parsed, parser)
     if command == "dpo":
         return _run_dpo(parsed, parser)
+    if command == "interpolate":
+        from .interpolation import run_interpolate
+
+        args = parsed[0]
+        print(f"Wrote (1 - {args.alpha:g})·base + {args.alpha:g}·tuned to {run_interpolate(args)}")
+        return 0
     from .pipeline import run_pipeline
 
     run_pipeline(parsed[0])

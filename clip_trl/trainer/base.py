@@ -347,7 +347,17 @@ class ClipTrainerBase(Trainer):
         Returns `{prefix}_image_to_text_recall@k`, `{prefix}_text_to_image_recall@k`, `{prefix}_in_batch_accuracy`,
         `{prefix}_loss` (the training loss over consecutive eval batches) and, with `candidate_labels`,
         `{prefix}_zero_shot_accuracy`.
+
+        A dict of named eval sets (e.g. `{"in_domain": ..., "retention": ...}`, given to the trainer or here) is
+        evaluated set by set, each metric named `{prefix}_{name}_...` — evaluations during training then show
+        forgetting as it happens. `eval_dataset="retention"` evaluates one named set of the trainer's dict.
         """
+        if isinstance(eval_dataset, str):  # a name of the trainer's eval sets (as `Trainer.evaluate` accepts)
+            named = self._raw_eval_dataset
+            if not isinstance(named, dict) or eval_dataset not in named:
+                have = f"its eval sets are {sorted(named)}" if isinstance(named, dict) else "it has no named eval sets"
+                raise KeyError(f"No eval set named {eval_dataset!r}: {have}. Pass `eval_dataset` as a dict of named sets.")
+            eval_dataset = named[eval_dataset]
         dataset = eval_dataset if eval_dataset is not None else self._raw_eval_dataset
         if isinstance(dataset, dict):
             metrics: dict[str, float] = {}
