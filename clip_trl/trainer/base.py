@@ -1,4 +1,4 @@
-"""What both clip_trl trainers share: model and processor loading, tower freezing, peft wrapping,
+"""What every clip_trl trainer shares: model and processor loading, tower freezing, peft wrapping, the reference model,
 row-indexed data, the logit-scale clamp and optimizer groups, metric logging, and retrieval evaluation.
 
 Method-specific work (the loss) lives in the subclasses; nothing here is copied between them.
@@ -69,7 +69,7 @@ def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 class ClipTrainerBase(Trainer):
-    """Shared machinery of [`ClipContrastiveTrainer`] and [`ClipRLTrainer`]; not used directly."""
+    """Shared machinery of [`ClipContrastiveTrainer`], [`ClipRLTrainer`] and [`ClipDPOTrainer`]; not used directly."""
 
     _method_name: str = "clip"
     _config_class: type[ClipBaseConfig] = ClipBaseConfig

@@ -18,7 +18,7 @@ _SHARED_CARD_FIELDS = (
 @dataclass
 class ClipBaseConfig(TrainingArguments):
     r"""
-    Configuration shared by [`ClipContrastiveConfig`] and [`ClipRLConfig`].
+    Configuration shared by [`ClipContrastiveConfig`], [`ClipRLConfig`] and [`ClipDPOConfig`].
 
     Only the fields specific to CLIP training are listed here; every [`~transformers.TrainingArguments`]
     field works as usual. Defaults that differ from `TrainingArguments`: `logging_steps=10`,
