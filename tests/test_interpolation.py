@@ -121,3 +121,25 @@ def test_docstring_examples_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = doctest.testmod(interpolation)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_interpolate_command_scales_a_saved_adapter(tmp_path):
+    from peft import get_peft_model
+    from transformers import CLIPModel
+
+    base_dir, adapter_dir, out, merged_out = (tmp_path / n for n in ("base", "adapter", "mixed", "merged"))
+    _, processor = build_clip("tiny", seed=0, output_dir=base_dir)
+    peft_model = get_peft_model(CLIPModel.from_pretrained(base_dir), default_lora_config(r=4))
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.5)
+    peft_model.save_pretrained(adapter_dir)
+    processor.save_pretrained(adapter_dir)
+    assert main(["interpolate", "--tuned", str(adapter_dir), "--alpha", "0.5", "--output_dir", str(out)]) == 0
+    assert (out / "adapter_config.json").is_file()  # still an adapter
+    assert main(["interpolate", "--tuned", str(adapter_dir), "--alpha", "0.5", "--merge",
+                 "--output_dir", str(merged_out)]) == 0
+    expected = wise_ft(None, peft_model, 0.5).merge_and_unload()
+    assert states_close(load_model(out, merge=True)[0], expected, atol=1e-5)
+    assert states_close(load_model(merged_out)[0], expected, atol=1e-5)
