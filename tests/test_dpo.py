@@ -131,6 +131,7 @@ def test_reward_accuracy_rises_with_a_clear_preference_and_the_card_says_dpo(tmp
     assert "dpo" in card.data.tags and "Preference optimization" in card.text
     assert "rafailov2023dpo" in card.text and "afzali2025clippo" in card.text
     assert "| beta | `0.5` |" in card.text and "| label_smoothing | `0.05` |" in card.text
+    assert (tmp_path / "training_curves.png").is_file() and "training_curves.png" in card.text
 
 
 def test_list_of_rejected_captions_trains(tmp_path):
