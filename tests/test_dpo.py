@@ -205,3 +205,26 @@ def test_dpo_command_and_example_config(tmp_path, capsys):
     results = json.loads((out / "test_results.json").read_text())
     assert {"test_rewards/accuracies", "test_rewards/margins", "test_image_to_text_recall@1"} <= set(results)
     assert "ipo" in (out / "README.md").read_text()
+
+
+def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path):
+    data = colour_pairs(16)
+    # A constant learning rate: the interrupted run stops at max_steps=2, which would reshape a decaying schedule.
+    settings = {**COMMON, "save_strategy": "steps", "save_steps": 2, "max_steps": 4, "learning_rate": 1e-3,
+                "lr_scheduler_type": "constant"}
+
+    def trainer_in(folder):
+        model, processor = build_clip("tiny", seed=0)
+        args = ClipDPOConfig(output_dir=str(tmp_path / folder), **settings)
+        return ClipDPOTrainer(model=model, args=args, train_dataset=data, processing_class=processor)
+
+    straight = trainer_in("straight")
+    straight.train()
+    interrupted = trainer_in("resumed")
+    interrupted.args.max_steps = 2
+    interrupted.train()
+    resumed = trainer_in("resumed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-2"))
+    for (name, a), b in zip(straight.model.named_parameters(), resumed.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert (tmp_path / "resumed" / "checkpoint-4" / "README.md").is_file()  # checkpoints carry a card
