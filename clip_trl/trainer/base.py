@@ -1,4 +1,4 @@
-"""What both clip_trl trainers share: model and processor loading, tower freezing, peft wrapping,
+"""What every clip_trl trainer shares: model and processor loading, tower freezing, peft wrapping, the reference model,
 row-indexed data, the logit-scale clamp and optimizer groups, metric logging, and retrieval evaluation.
 
 Method-specific work (the loss) lives in the subclasses; nothing here is copied between them.
@@ -6,10 +6,12 @@ Method-specific work (the loss) lives in the subclasses; nothing here is copied 
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -80,7 +82,7 @@ def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 class ClipTrainerBase(Trainer):
-    """Shared machinery of [`ClipContrastiveTrainer`] and [`ClipRLTrainer`]; not used directly."""
+    """Shared machinery of [`ClipContrastiveTrainer`], [`ClipRLTrainer`] and [`ClipDPOTrainer`]; not used directly."""
 
     _method_name: str = "clip"
     _config_class: type[ClipBaseConfig] = ClipBaseConfig
@@ -220,6 +222,31 @@ class ClipTrainerBase(Trainer):
     def _make_collator(self, processing_class: Any, args: ClipBaseConfig) -> Callable:
         return ClipDataCollator(processing_class, **self._collator_kwargs(processing_class, args))
 
+    # ---------------------------------------------------------------------------------- reference model
+    # Methods that compare the policy with its starting point (RL's KL leash, DPO's log-ratios) share this.
+
+    @property
+    def _uses_adapters(self) -> bool:
+        return hasattr(modeling.unwrap(self.model), "disable_adapter")
+
+    def _create_reference_model(self) -> None:
+        """Set `self.ref_model` to a frozen copy of the starting model; with peft, to `None`: disabling the
+        adapters gives the starting model without a second copy of the weights (see `_reference`)."""
+        self.ref_model = None
+        if not self._uses_adapters:
+            self.ref_model = copy.deepcopy(modeling.unwrap(self.model)).eval().requires_grad_(False)
+            self.ref_model.to(self.args.device)
+
+    @contextlib.contextmanager
+    def _reference(self, model: nn.Module) -> Iterator[nn.Module]:
+        """The reference model: the frozen copy, or `model` with its adapters disabled."""
+        if self.ref_model is not None:
+            yield self.ref_model
+        else:
+            inner = modeling.unwrap(model)
+            with inner.disable_adapter():
+                yield inner
+
     # ---------------------------------------------------------------------------------------- optimizer
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
@@ -336,7 +363,17 @@ class ClipTrainerBase(Trainer):
         Returns `{prefix}_image_to_text_recall@k`, `{prefix}_text_to_image_recall@k`, `{prefix}_in_batch_accuracy`,
         `{prefix}_loss` (the training loss over consecutive eval batches) and, with `candidate_labels`,
         `{prefix}_zero_shot_accuracy`.
+
+        A dict of named eval sets (e.g. `{"in_domain": ..., "retention": ...}`, given to the trainer or here) is
+        evaluated set by set, each metric named `{prefix}_{name}_...` — evaluations during training then show
+        forgetting as it happens. `eval_dataset="retention"` evaluates one named set of the trainer's dict.
         """
+        if isinstance(eval_dataset, str):  # a name of the trainer's eval sets (as `Trainer.evaluate` accepts)
+            named = self._raw_eval_dataset
+            if not isinstance(named, dict) or eval_dataset not in named:
+                have = f"its eval sets are {sorted(named)}" if isinstance(named, dict) else "it has no named eval sets"
+                raise KeyError(f"No eval set named {eval_dataset!r}: {have}. Pass `eval_dataset` as a dict of named sets.")
+            eval_dataset = named[eval_dataset]
         dataset = eval_dataset if eval_dataset is not None else self._raw_eval_dataset
         if isinstance(dataset, dict):
             metrics: dict[str, float] = {}
@@ -380,6 +417,7 @@ class ClipTrainerBase(Trainer):
         loss = self._eval_loss(model, embeddings)
         if loss is not None:
             results["loss"] = loss
+        results.update(self._eval_method_metrics(model, dataset))
         metrics = {f"{metric_key_prefix}_{name}": float(value) for name, value in results.items()}
         metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 4)
         metrics[f"{metric_key_prefix}_samples"] = int(embeddings.image_embeds.shape[0])
@@ -392,6 +430,10 @@ class ClipTrainerBase(Trainer):
         """The method's loss on the eval set, in consecutive batches of `per_device_eval_batch_size`
         (`None`: the method has no sampling-free loss to report)."""
         return None
+
+    def _eval_method_metrics(self, model: nn.Module, dataset: Any) -> dict[str, float]:
+        """Metrics only the method can compute on the eval set (names without the `eval_` prefix)."""
+        return {}
 
     # --- model card, saving and the Hub -----------------------------------------------------------------
     # Every save writes a model card next to the weights, and `push_to_hub` (the Trainer's own: it saves,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -96,10 +94,8 @@ class ClipRLTrainer(ClipTrainerBase):
             **kwargs,
         )
         self.ref_model = None
-        if self.args.beta > 0 and not self._uses_adapters:
-            # A frozen copy of the starting policy; with peft, disabling the adapters gives it for free.
-            self.ref_model = copy.deepcopy(modeling.unwrap(self.model)).eval().requires_grad_(False)
-            self.ref_model.to(self.args.device)
+        if self.args.beta > 0:
+            self._create_reference_model()  # a frozen copy; with peft, the adapters disabled
         self._micro_step = (-1, 0)
 
     @property
@@ -113,10 +109,6 @@ class ClipRLTrainer(ClipTrainerBase):
     @property
     def reward_weights(self) -> torch.Tensor:
         return self.rewards.weights
-
-    @property
-    def _uses_adapters(self) -> bool:
-        return hasattr(modeling.unwrap(self.model), "disable_adapter")
 
     def _required_columns(self, args: ClipRLConfig) -> dict[str, str | None]:
         columns: dict[str, str | None] = {"image_column": args.image_column}
@@ -157,15 +149,6 @@ class ClipRLTrainer(ClipTrainerBase):
         logits = scale.exp() * queries @ keys.T
         logits = logits.gather(1, candidate_index.clamp(min=0))
         return policy_log_probs(logits.float(), mask, self.args.policy_temperature)
-
-    @contextlib.contextmanager
-    def _reference(self, model: nn.Module) -> Iterator[nn.Module]:
-        if self.ref_model is not None:
-            yield self.ref_model
-        else:
-            inner = modeling.unwrap(model)
-            with inner.disable_adapter():
-                yield inner
 
     def _generator(self) -> torch.Generator:
         """Seeded by (seed, step, micro-step, rank): sampling replays exactly after a resume, with no state."""
