@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any
 from transformers import AutoModel, AutoProcessor
 from transformers.utils import cached_file, find_adapter_config_file
 
+from .local_hub import LocalHub, local_hub
+
 if TYPE_CHECKING:
     from peft import LoraConfig
     from torch import nn
 
-__all__ = ["DEFAULT_LORA_TARGET_MODULES", "default_lora_config", "load_model"]
+__all__ = ["DEFAULT_LORA_TARGET_MODULES", "LocalHub", "default_lora_config", "load_model", "local_hub"]
 
 #: The attention query and value projections. In transformers' CLIP and SigLIP both towers name them
 #: this way, so the one list puts adapters in the image and the text encoder alike.
