@@ -279,8 +279,9 @@ def _base_model_of(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _quick_start(repo: str, base_repo: str | None, class_name: str, adapter: bool, model_type: str,
+def _quick_start(repo: str, base_name: str | None, class_name: str, adapter: bool, model_type: str,
                  labels: list[str]) -> str:
+    """The card's usage snippet: it must run as written once `repo` (and an adapter's base) can be reached."""
     import transformers
 
     # Custom lookalike classes are not importable from transformers; AutoModel finds them by config.
@@ -292,20 +293,35 @@ def _quick_start(repo: str, base_repo: str | None, class_name: str, adapter: boo
         f"from transformers import AutoProcessor, {import_name}",
     ]
     if adapter:
+        if not base_name:
+            base_line = (f'base = {import_name}.from_pretrained("<base model id or folder>")'
+                         "  # the adapter config names none")
+        elif _is_hub_id(base_name):
+            base_line = f'base = {import_name}.from_pretrained("{base_name}")'
+        else:
+            base_line = (f'base = {import_name}.from_pretrained("{base_name}")'
+                         "  # a local folder where this was trained: use its Hub id elsewhere")
         lines += [
             "from peft import PeftModel",
             "",
-            f'base = {import_name}.from_pretrained("{base_repo or "<base model id or folder>"}")',
+            base_line,
             f'model = PeftModel.from_pretrained(base, "{repo}").eval()',
             "model = model.merge_and_unload()  # optional: plain transformers model, no adapter overhead",
+            # An adapter repository has no config.json, which AutoProcessor looks for (offline, it fails on
+            # that): the processor comes from the base model, whose preprocessing the adapter was trained with.
+            f'processor = AutoProcessor.from_pretrained("{base_name or "<base model id or folder>"}")',
         ]
     else:
-        lines += ["", f'model = {import_name}.from_pretrained("{repo}").eval()']
+        lines += [
+            "",
+            f'model = {import_name}.from_pretrained("{repo}").eval()',
+            f'processor = AutoProcessor.from_pretrained("{repo}")',
+        ]
     lines += [
-        f'processor = AutoProcessor.from_pretrained("{repo}")',
         "",
         f"labels = {labels!r}",
         'image = Image.open("photo.jpg").convert("RGB")',
+        # SigLIP was trained on texts padded to the full length; its text features depend on the padding.
         "inputs = processor(text=labels, images=image, return_tensors=\"pt\", "
         + ('padding="max_length")' if siglip else "padding=True)"),
         "with torch.no_grad():",
@@ -465,7 +481,8 @@ def build_model_card(
         lora=lora_rows,
         rewards=rewards,
         metrics=[(key.removeprefix("eval_"), f"{value:.4f}") for key, value in metrics.items()],
-        quick_start=_quick_start(repo, base_repo, type(base).__name__, adapter, model_type, example_labels),
+        quick_start=_quick_start(repo, named_base if adapter else base_repo, type(base).__name__, adapter,
+                                 model_type, example_labels),
         curves=TRAINING_CURVES_FILENAME if os.path.isfile(os.path.join(folder, TRAINING_CURVES_FILENAME)) else None,
         versions=framework_versions(),
         citations=citations(method, loss_type, getattr(args, "advantage", None), adapter),
