@@ -34,6 +34,7 @@ __all__ = [
     "build_model_card",
     "citations",
     "final_eval_metrics",
+    "final_training_metrics",
     "framework_versions",
 ]
 
@@ -163,6 +164,29 @@ def final_eval_metrics(log_history: Sequence[dict[str, Any]]) -> dict[str, float
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 metrics[key] = value
     return metrics
+
+
+def final_training_metrics(log_history: Sequence[dict[str, Any]],
+                           names: Sequence[str] = ("reward", "reward_std", "kl", "accuracy")) -> dict[str, Any]:
+    r"""
+    The RL training metrics of the last logging step that has a `reward` (`reward`, `kl`, ... and its `step`).
+
+    Example:
+
+    ```python
+    >>> from clip_trl.model_card import final_training_metrics
+    >>> final_training_metrics([{"loss": 1.0, "reward": 0.2, "kl": 0.0, "step": 5},
+    ...                         {"loss": 0.9, "reward": 0.4, "kl": 0.01, "step": 10}, {"eval_loss": 2.0, "step": 10}])
+    {'step': 10, 'reward': 0.4, 'kl': 0.01}
+
+    ```
+    """
+    for entry in reversed(log_history):
+        if "reward" in entry:
+            values = {name: entry[name] for name in names
+                      if isinstance(entry.get(name), (int, float)) and math.isfinite(entry[name])}
+            return {"step": entry.get("step"), **values}
+    return {}
 
 
 def framework_versions(packages: Iterable[str] = FRAMEWORKS) -> dict[str, str]:
@@ -481,6 +505,7 @@ def build_model_card(
         lora=lora_rows,
         rewards=rewards,
         metrics=[(key.removeprefix("eval_"), f"{value:.4f}") for key, value in metrics.items()],
+        training_metrics=final_training_metrics(trainer.state.log_history),
         quick_start=_quick_start(repo, named_base if adapter else base_repo, type(base).__name__, adapter,
                                  model_type, example_labels),
         curves=TRAINING_CURVES_FILENAME if os.path.isfile(os.path.join(folder, TRAINING_CURVES_FILENAME)) else None,

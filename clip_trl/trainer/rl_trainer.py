@@ -81,6 +81,9 @@ class ClipRLTrainer(ClipTrainerBase):
         peft_config: Any = None,
         **kwargs: Any,
     ) -> None:
+        if "reward_weights" in kwargs:  # as in TRL, a config field; Trainer's bare TypeError would not say so
+            raise TypeError("`reward_weights` is a `ClipRLConfig` field, not a trainer argument: pass "
+                            "`args=ClipRLConfig(..., reward_weights=[...])` (one weight per reward function).")
         self.reward_funcs, self.reward_names = _resolve_rewards(reward_funcs)
         super().__init__(
             model=model,
