@@ -3,7 +3,9 @@ stubbed out, and loading pushed repositories back from a Hub cache laid out on d
 
 import json
 import os
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,3 +194,20 @@ def test_docstring_examples_run(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     assert doctest.testmod(clip_hub).failed == 0
+
+
+def test_docs_rehearsal_of_push_and_pull_runs_as_written(tmp_path, monkeypatch, capsys):
+    """docs/sharing.md's "Rehearse the round trip offline" block, executed as a user would, then checked."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "sharing.md").read_text(encoding="utf-8")
+    section = page.split("## Rehearse the round trip offline", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "docs/sharing.md", "exec"), namespace)
+    assert "'adapter_config.json'" in capsys.readouterr().out
+    hub = namespace["hub"]
+    assert [commit.repo_id for commit in hub.commits] == ["your-name/tiny-clip"] * 2 + ["your-name/clip-emoji-lora"]
+    assert os.path.isfile(os.path.join(hub.repo_dir("your-name/clip-emoji-lora"), "refs", "main"))
+    assert type(namespace["model"].get_base_model()).__name__ == "CLIPModel"
+    # Outside the block the Hub is the real one again: nothing resolves from the local folder.
+    assert not os.environ.get("HF_HUB_CACHE", "").startswith(str(tmp_path))
