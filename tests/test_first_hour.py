@@ -89,7 +89,8 @@ def test_cli_user_errors_print_one_message_and_exit_nonzero(only_checkpoints, tm
     error = [line for line in err.splitlines() if "error:" in line]  # after progress bars of the model build
     assert len(error) == 1 and error[0].startswith("clip-trl contrastive: error: ") and "'captions'" in error[0]
     # A data set that does not exist.
-    assert main(["evaluate", "--dataset_name", str(tmp_path / "no-such-data"), "--model_name_or_path", "x"]) == 1
+    checkpoint = os.path.join(only_checkpoints, "checkpoint-2")
+    assert main(["evaluate", "--dataset_name", str(tmp_path / "no-such-data"), "--model_name_or_path", checkpoint]) == 1
     err = capsys.readouterr().err
     assert "no-such-data" in err and "Traceback" not in err
     # The traceback is there on request.

@@ -191,9 +191,11 @@ def test_docstring_examples_run(tmp_path, monkeypatch):
     import doctest
 
     from clip_trl import hub as clip_hub
+    from clip_trl import local_hub as local_hub_module
 
     monkeypatch.chdir(tmp_path)
     assert doctest.testmod(clip_hub).failed == 0
+    assert doctest.testmod(local_hub_module).failed == 0
 
 
 def test_docs_rehearsal_of_push_and_pull_runs_as_written(tmp_path, monkeypatch, capsys):
