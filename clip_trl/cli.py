@@ -11,6 +11,10 @@ clip-trl evaluate --model_name_or_path runs/emoji/clip_rl_finetuned
 accelerate launch -m clip_trl.cli rl --config examples/configs/rl.yaml   # several processes
 clip-trl env                                                 # versions, for bug reports
 ```
+
+A mistake in a command (a missing column, file or model, a bad value) prints the library's message, one
+paragraph, and exits with status 1 (argparse's own errors, such as an unknown flag, exit with 2). Add `--debug`
+or set `CLIP_TRL_DEBUG=1` to see the traceback.
 """
 
 from __future__ import annotations
