@@ -310,11 +310,10 @@ def local_hub(
         shortcuts = {id(value): name for name, value in originals.items()}
         for name, method in replacements.items():
             patch(HfApi, name, lambda self, *a, _m=method, **k: _m(self, *a, **k))
+        # (Every loaded module, a user's script included; only those exact objects are replaced, and restored.)
         for module in list(sys.modules.values()):
             module_dict = getattr(module, "__dict__", None)
-            if not module_dict or not getattr(module, "__name__", "").startswith(
-                ("huggingface_hub", "transformers", "peft", "trl", "datasets", "clip_trl", "__main__")
-            ):
+            if not isinstance(module_dict, dict):
                 continue
             for attr, value in list(module_dict.items()):
                 if id(value) in shortcuts and value is originals[shortcuts[id(value)]]:
