@@ -13,6 +13,10 @@ clip-trl evaluate --model_name_or_path runs/emoji/clip_rl_finetuned
 accelerate launch -m clip_trl.cli rl --config examples/configs/rl.yaml   # several processes
 clip-trl env                                                 # versions, for bug reports
 ```
+
+A mistake in a command (a missing column, file or model, a bad value) prints the library's message, one
+paragraph, and exits with status 1 (argparse's own errors, such as an unknown flag, exit with 2). Add `--debug`
+or set `CLIP_TRL_DEBUG=1` to see the traceback.
 """
 
 from __future__ import annotations
@@ -117,6 +121,9 @@ def make_parser(command: str, prog: str | None = None) -> Any:
                        description=_COMMANDS.get(command), allow_abbrev=False)
     parser.add_argument("--config", metavar="FILE.yaml",
                         help="YAML file of flag values (keys: the flag names); command-line flags override it.")
+    if "--debug" not in parser._option_string_actions:  # training commands: TrainingArguments has a --debug
+        parser.add_argument("--debug", action="store_true",
+                            help="Show the full traceback of an error (also: CLIP_TRL_DEBUG=1).")
     return parser
 
 
@@ -147,16 +154,16 @@ def parse_dataclasses(parser: Any, args: Sequence[str] | None = None) -> tuple[A
 
 
 def _run_training(command: str, parsed: tuple[Any, ...]) -> int:
-    from .scripts import evaluate_on_test, load_data, print_metrics, run_contrastive, run_rl
+    from .scripts import evaluate_on_test, load_data, run_contrastive, run_rl
 
     script_args, training_args, model_args = parsed
     data = load_data(script_args)
     run = run_contrastive if command == "contrastive" else run_rl
     trainer = run(script_args, training_args, model_args, data=data)
-    metrics = evaluate_on_test(trainer, data, script_args)
+    evaluate_on_test(trainer, data, script_args)  # prints the test metrics (once) and writes them
     if trainer.is_world_process_zero():
-        print_metrics(metrics, f"Test split ({len(data[script_args.dataset_test_split])} rows), "
-                               f"model saved to {training_args.output_dir}:")
+        print(f"Test split: {len(data[script_args.dataset_test_split])} rows. Model saved to "
+              f"{training_args.output_dir}; test metrics in test_results.json there.")
     return 0
 
 
@@ -170,8 +177,8 @@ def _run_evaluate(parsed: tuple[Any, ...], parser: Any) -> int:
     split = eval_args.split or script_args.dataset_test_split
     if eval_args.split:
         script_args.dataset_test_split = split
+    model, processor = _load_for_evaluation(model_args)  # first: a wrong model path fails before the data loads
     data = load_data(script_args)
-    model, processor = _load_for_evaluation(model_args)
     metrics, _ = evaluate_model(
         model, processor, data[split],
         reward_funcs=list(eval_args.reward_funcs),
@@ -291,7 +298,8 @@ def _top_parser() -> argparse.ArgumentParser:
         description="Contrastive and reinforcement-learning fine-tuning of CLIP models. "
         "Run `clip-trl <command> --help` for a command's flags.",
         epilog="Each command also reads `--config file.yaml` (keys: flag names). Under several processes: "
-        "`accelerate launch -m clip_trl.cli <command> ...`.",
+        "`accelerate launch -m clip_trl.cli <command> ...`. An error prints its message only; `--debug` (or "
+        "CLIP_TRL_DEBUG=1) shows the traceback.",
     )
     parser.add_argument("--version", action="version", version=f"clip_trl {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="command", title="commands")
@@ -314,6 +322,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     ```
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    argv, debug = _pop_debug_flag(argv)
+    debug = debug or os.environ.get("CLIP_TRL_DEBUG", "").lower() in ("1", "true", "yes")
+    try:
+        return _main(argv)
+    except _USER_ERRORS as error:
+        # A mistake in the command (a column, a path, a value) is the user's to fix: the library's message says
+        # what and where, and a traceback into transformers only hides it. Bugs (other exceptions) keep theirs.
+        if debug:
+            raise
+        prog = f"clip-trl {argv[0]}" if argv and argv[0] in _COMMANDS else "clip-trl"
+        print(f"{prog}: error: {str(error).strip() or type(error).__name__}", file=sys.stderr)
+        print("(run again with --debug, or CLIP_TRL_DEBUG=1, for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _pop_debug_flag(argv: list[str]) -> tuple[list[str], bool]:
+    """Remove a bare `--debug` (ours: show tracebacks) from `argv`. `--debug underflow_overflow` (a value of
+    `TrainingArguments.debug`) is transformers' flag and stays."""
+    kept, debug = [], False
+    for index, arg in enumerate(argv):
+        if arg == "--debug" and (index + 1 == len(argv) or argv[index + 1] not in _TRANSFORMERS_DEBUG_VALUES):
+            debug = True
+        else:
+            kept.append(arg)
+    return kept, debug
+
+
+_TRANSFORMERS_DEBUG_VALUES = ("underflow_overflow", "tpu_metrics_debug")
+# Exceptions that mean "the command asked for something wrong" (a missing column or file, a bad value, a
+# missing optional package): reported in one paragraph, without a traceback, unless debugging.
+_USER_ERRORS = (ValueError, KeyError, OSError, ImportError)
+
+
+def _main(argv: list[str]) -> int:
     top = _top_parser()
     if not argv or argv[0] not in _COMMANDS:
         top.parse_args(argv[:1])  # --help / --version / an unknown command: argparse prints and exits

@@ -35,6 +35,7 @@ __all__ = [
     "build_model_card",
     "citations",
     "final_eval_metrics",
+    "final_training_metrics",
     "framework_versions",
 ]
 
@@ -87,6 +88,29 @@ def final_eval_metrics(log_history: Sequence[dict[str, Any]]) -> dict[str, float
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 metrics[key] = value
     return metrics
+
+
+def final_training_metrics(log_history: Sequence[dict[str, Any]],
+                           names: Sequence[str] = ("reward", "reward_std", "kl", "accuracy")) -> dict[str, Any]:
+    r"""
+    The RL training metrics of the last logging step that has a `reward` (`reward`, `kl`, ... and its `step`).
+
+    Example:
+
+    ```python
+    >>> from clip_trl.model_card import final_training_metrics
+    >>> final_training_metrics([{"loss": 1.0, "reward": 0.2, "kl": 0.0, "step": 5},
+    ...                         {"loss": 0.9, "reward": 0.4, "kl": 0.01, "step": 10}, {"eval_loss": 2.0, "step": 10}])
+    {'step': 10, 'reward': 0.4, 'kl': 0.01}
+
+    ```
+    """
+    for entry in reversed(log_history):
+        if "reward" in entry:
+            values = {name: entry[name] for name in names
+                      if isinstance(entry.get(name), (int, float)) and math.isfinite(entry[name])}
+            return {"step": entry.get("step"), **values}
+    return {}
 
 
 def framework_versions(packages: Iterable[str] = FRAMEWORKS) -> dict[str, str]:
@@ -177,8 +201,9 @@ def _base_model_of(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _quick_start(repo: str, base_repo: str | None, class_name: str, adapter: bool, model_type: str,
+def _quick_start(repo: str, base_name: str | None, class_name: str, adapter: bool, model_type: str,
                  labels: list[str]) -> str:
+    """The card's usage snippet: it must run as written once `repo` (and an adapter's base) can be reached."""
     import transformers
 
     # Custom lookalike classes are not importable from transformers; AutoModel finds them by config.
@@ -190,20 +215,35 @@ def _quick_start(repo: str, base_repo: str | None, class_name: str, adapter: boo
         f"from transformers import AutoProcessor, {import_name}",
     ]
     if adapter:
+        if not base_name:
+            base_line = (f'base = {import_name}.from_pretrained("<base model id or folder>")'
+                         "  # the adapter config names none")
+        elif _is_hub_id(base_name):
+            base_line = f'base = {import_name}.from_pretrained("{base_name}")'
+        else:
+            base_line = (f'base = {import_name}.from_pretrained("{base_name}")'
+                         "  # a local folder where this was trained: use its Hub id elsewhere")
         lines += [
             "from peft import PeftModel",
             "",
-            f'base = {import_name}.from_pretrained("{base_repo or "<base model id or folder>"}")',
+            base_line,
             f'model = PeftModel.from_pretrained(base, "{repo}").eval()',
             "model = model.merge_and_unload()  # optional: plain transformers model, no adapter overhead",
+            # An adapter repository has no config.json, which AutoProcessor looks for (offline, it fails on
+            # that): the processor comes from the base model, whose preprocessing the adapter was trained with.
+            f'processor = AutoProcessor.from_pretrained("{base_name or "<base model id or folder>"}")',
         ]
     else:
-        lines += ["", f'model = {import_name}.from_pretrained("{repo}").eval()']
+        lines += [
+            "",
+            f'model = {import_name}.from_pretrained("{repo}").eval()',
+            f'processor = AutoProcessor.from_pretrained("{repo}")',
+        ]
     lines += [
-        f'processor = AutoProcessor.from_pretrained("{repo}")',
         "",
         f"labels = {labels!r}",
         'image = Image.open("photo.jpg").convert("RGB")',
+        # SigLIP was trained on texts padded to the full length; its text features depend on the padding.
         "inputs = processor(text=labels, images=image, return_tensors=\"pt\", "
         + ('padding="max_length")' if siglip else "padding=True)"),
         "with torch.no_grad():",
@@ -363,7 +403,9 @@ def build_model_card(
         lora=lora_rows,
         rewards=rewards,
         metrics=[(key.removeprefix("eval_"), f"{value:.4f}") for key, value in metrics.items()],
-        quick_start=_quick_start(repo, base_repo, type(base).__name__, adapter, model_type, example_labels),
+        training_metrics=final_training_metrics(trainer.state.log_history),
+        quick_start=_quick_start(repo, named_base if adapter else base_repo, type(base).__name__, adapter,
+                                 model_type, example_labels),
         curves=TRAINING_CURVES_FILENAME if os.path.isfile(os.path.join(folder, TRAINING_CURVES_FILENAME)) else None,
         versions=framework_versions(),
         citations=citations(args.model_card_citations() if hasattr(args, "model_card_citations") else (), adapter),

@@ -21,6 +21,7 @@ from transformers.utils import logging
 
 from .. import encoding, modeling
 from ..data import ClipDataCollator, check_columns, split_processor, with_row_index
+from ..hub import warn_if_base_is_local
 from ..image_processing import image_transform_for
 from ..plotting import TRAINING_CURVES_FILENAME, TrainingCurvesCallback
 from .base_config import ClipBaseConfig
@@ -540,6 +541,7 @@ class ClipTrainerBase(Trainer):
             if os.path.abspath(folder) == os.path.abspath(self.args.output_dir):
                 self._refresh_training_curves()
             self._write_model_card(folder, strict=False)
+            warn_if_base_is_local(self.accelerator.unwrap_model(self.model))
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 

@@ -82,6 +82,9 @@ class ClipRLTrainer(ClipTrainerBase):
         peft_config: Any = None,
         **kwargs: Any,
     ) -> None:
+        if "reward_weights" in kwargs:  # as in TRL, a config field; Trainer's bare TypeError would not say so
+            raise TypeError("`reward_weights` is a `ClipRLConfig` field, not a trainer argument: pass "
+                            "`args=ClipRLConfig(..., reward_weights=[...])` (one weight per reward function).")
         # Checked before the model loads: a typo in a reward name should not cost a model download.
         self.rewards = RewardSet(reward_funcs, args.reward_weights if args is not None else None)
         super().__init__(
