@@ -143,6 +143,10 @@ class ClipTrainerBase(Trainer):
             optimizers=optimizers,
             **kwargs,
         )
+        if self.args.process_index == 0:  # e.g. `accelerate launch --cpu --num_processes 2` without MPI
+            from .launch_check import warn_if_fewer_processes
+
+            warn_if_fewer_processes(self.args.world_size)
         # Our losses are means over the batch; let the Trainer divide by the accumulation steps.
         self.model_accepts_loss_kwargs = False
         self.add_callback(LogitScaleClampCallback(args.max_logit_scale))
@@ -201,6 +205,23 @@ class ClipTrainerBase(Trainer):
 
     def _make_collator(self, processing_class: Any, args: ClipBaseConfig) -> Callable:
         return ClipDataCollator(processing_class, **self._collator_kwargs(processing_class, args))
+
+    def _build_accelerator_args(self, **kwargs: Any) -> dict[str, Any]:
+        # The Trainer's default `find_unused_parameters=True` costs a graph traversal per step and makes DDP warn
+        # that none were found: our losses use every trainable parameter, except a model's own `logit_bias` when
+        # the method has no use for it. An explicit `ddp_find_unused_parameters` is left alone.
+        accelerator_args = super()._build_accelerator_args(**kwargs)
+        if self.args.ddp_find_unused_parameters is None:
+            bias = getattr(modeling.unwrap(self.model), "logit_bias", None)
+            unused = isinstance(bias, nn.Parameter) and bias.requires_grad and not self._uses_logit_bias()
+            for handler in accelerator_args.get("kwargs_handlers", []):
+                if hasattr(handler, "find_unused_parameters"):
+                    handler.find_unused_parameters = unused
+        return accelerator_args
+
+    def _uses_logit_bias(self) -> bool:
+        """Whether the method's loss uses the model's `logit_bias` (SigLIP's sigmoid loss does)."""
+        return False
 
     # ---------------------------------------------------------------------------------------- optimizer
 
@@ -330,19 +351,24 @@ class ClipTrainerBase(Trainer):
         if dataset is None:
             raise ValueError("Evaluation needs an `eval_dataset` (pass one to the trainer or to `evaluate()`).")
         from .. import evaluation
+        from . import sharded_eval
 
         self._memory_tracker.start()
         start = time.time()
         model = self.accelerator.unwrap_model(self.model)
+        # Under several processes each rank embeds its block of rows; the gathered set is the whole one.
+        rows, sharded = sharded_eval.shard(dataset)
         embeddings = evaluation.compute_embeddings(
             model,
             self.processing_class,
-            dataset,
+            rows,
             image_column=self.args.image_column,
             caption_column=self.args.caption_column,
             batch_size=self.args.per_device_eval_batch_size,
             image_transform=self._image_transform(self.processing_class, self.args),
         )
+        if sharded:
+            embeddings = sharded_eval.gather_embedding_set(embeddings)
         results = evaluation.scores_from_embeddings(
             embeddings, ks=tuple(self.args.eval_ks), in_batch_size=self.args.eval_in_batch_size
         )
