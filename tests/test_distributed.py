@@ -244,3 +244,25 @@ def test_hard_negatives_and_evaluation_two_processes_equal_one_process(tmp_path)
     assert sorted(two["eval"]) == sorted(one["eval"])
     for name, value in one["eval"].items():
         assert two["eval"][name] == pytest.approx(value, abs=1e-5), name
+
+
+def test_sharded_evaluation_blocks_and_bad_rows_name_their_index_in_the_whole_set(monkeypatch):
+    # Rank 1 of 2 embeds rows 2-4 of 5; a bad image in its block is reported as row 3 of the eval set, with the
+    # evaluation hint (evaluation does not take `skip_bad_rows`).
+    from clip_test_utils import colour_dataset, png_bytes
+
+    from clip_trl.offline import build_clip
+    from clip_trl.trainer import sharded_eval
+
+    good = {"bytes": png_bytes((1, 2, 3)), "path": None}
+    data = colour_dataset(list("abcde"), [good, good, good, {"bytes": b"junk", "path": None}, good])
+    monkeypatch.setattr(sharded_eval, "_world", lambda: (1, 2))
+    block, first_row = sharded_eval.shard(data)
+    assert (list(block["caption"]), first_row) == (["c", "d", "e"], 2)
+    assert sharded_eval.shard(data.select(range(1)))[1] is None  # fewer rows than ranks: not sharded
+    model, processor = build_clip("tiny", seed=0)
+    with pytest.raises(ValueError) as info:
+        sharded_eval.compute_embeddings(model, processor, data)
+    message = str(info.value)
+    assert message.startswith("Row 3, column 'image': cannot decode the image")
+    assert "Evaluation does not skip bad rows" in message and "skip_bad_rows=True" not in message

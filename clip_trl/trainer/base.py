@@ -351,24 +351,21 @@ class ClipTrainerBase(Trainer):
         if dataset is None:
             raise ValueError("Evaluation needs an `eval_dataset` (pass one to the trainer or to `evaluate()`).")
         from .. import evaluation
-        from . import sharded_eval
+        from .sharded_eval import compute_embeddings
 
         self._memory_tracker.start()
         start = time.time()
         model = self.accelerator.unwrap_model(self.model)
-        # Under several processes each rank embeds its block of rows; the gathered set is the whole one.
-        rows, sharded = sharded_eval.shard(dataset)
-        embeddings = evaluation.compute_embeddings(
+        # Under several processes each rank embeds its block of rows, and every rank gets the whole set.
+        embeddings = compute_embeddings(
             model,
             self.processing_class,
-            rows,
+            dataset,
             image_column=self.args.image_column,
             caption_column=self.args.caption_column,
             batch_size=self.args.per_device_eval_batch_size,
             image_transform=self._image_transform(self.processing_class, self.args),
         )
-        if sharded:
-            embeddings = sharded_eval.gather_embedding_set(embeddings)
         results = evaluation.scores_from_embeddings(
             embeddings, ks=tuple(self.args.eval_ks), in_batch_size=self.args.eval_in_batch_size
         )

@@ -8,11 +8,15 @@ of processes, while each rank encodes only `1 / world_size` of the images and ca
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from .. import evaluation
+from ..data import EVAL_HINT, BadRowError
 from ..evaluation import EmbeddingSet, index_captions
 
 
@@ -22,20 +26,32 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def shard(dataset: Any) -> tuple[Any, bool]:
-    """This rank's contiguous block of `dataset`, and whether it was sharded at all.
+def shard(dataset: Any) -> tuple[Any, int | None]:
+    """This rank's contiguous block of `dataset`, and the index of its first row (`None`: not sharded).
 
-    Not sharded (every rank embeds everything, as before): one process; a dataset without a length (a stream,
-    whose order across shards is not the dataset's); fewer rows than processes.
+    Not sharded (every rank embeds everything): one process; a dataset without a length (a stream, whose order
+    across shards is not the dataset's); fewer rows than processes.
     """
     rank, world_size = _world()
     if world_size == 1 or not hasattr(dataset, "__len__") or len(dataset) < world_size:
-        return dataset, False
+        return dataset, None
     total = len(dataset)
     start, end = rank * total // world_size, (rank + 1) * total // world_size
     if hasattr(dataset, "select"):
-        return dataset.select(range(start, end)), True
-    return [dataset[i] for i in range(start, end)], True
+        return dataset.select(range(start, end)), start
+    return [dataset[i] for i in range(start, end)], start
+
+
+@contextlib.contextmanager
+def dataset_row_numbers(start: int | None) -> Iterator[None]:
+    """Errors about a bad row of a block name the row's index in the whole eval set, not in the block."""
+    try:
+        yield
+    except BadRowError as error:
+        if not start or not isinstance(error.row, int):
+            raise
+        moved = BadRowError(error.row + start, error.column, error.problem, hint=EVAL_HINT)
+        raise moved from error.__cause__
 
 
 def _row_captions(local: EmbeddingSet) -> list[list[str]]:
@@ -67,3 +83,14 @@ def gather_embedding_set(local: EmbeddingSet) -> EmbeddingSet:
     image_embeds = torch.cat([images for images, _, _, _ in parts])
     text_embeds = torch.stack([by_caption[name] for name in captions])
     return EmbeddingSet(image_embeds, text_embeds, captions, positives, first)
+
+
+def compute_embeddings(model: Any, processor: Any, dataset: Any, **kwargs: Any) -> EmbeddingSet:
+    """[`clip_trl.evaluation.compute_embeddings`] of the whole `dataset`, each rank embedding only its block.
+
+    A collective under several processes (every rank must call it); with one process, the plain function.
+    """
+    rows, first_row = shard(dataset)
+    with dataset_row_numbers(first_row):
+        local = evaluation.compute_embeddings(model, processor, rows, **kwargs)
+    return local if first_row is None else gather_embedding_set(local)

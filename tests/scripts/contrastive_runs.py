@@ -44,6 +44,23 @@ def eval_rows():
     return data.remove_columns("caption").add_column("caption", captions)
 
 
+def evaluate_counting_rows(trainer: ClipContrastiveTrainer) -> tuple[dict[str, float], list[int]]:
+    """`trainer.evaluate(eval_rows())`, and how many rows this rank embedded (its block, when sharded)."""
+    embedded = []
+    compute_embeddings = evaluation.compute_embeddings
+
+    def counting(model, processor, dataset, **kwargs):
+        embedded.append(len(dataset))
+        return compute_embeddings(model, processor, dataset, **kwargs)
+
+    evaluation.compute_embeddings = counting
+    try:
+        metrics = trainer.evaluate(eval_rows())
+    finally:
+        evaluation.compute_embeddings = compute_embeddings
+    return {k: v for k, v in metrics.items() if not k.endswith(("_runtime", "per_second"))}, embedded
+
+
 def run_all(output_dir: str, per_device_batch: int) -> dict[str, Any]:
     torch.use_deterministic_algorithms(True)
     results: dict[str, Any] = {}
@@ -64,20 +81,7 @@ def run_all(output_dir: str, per_device_batch: int) -> dict[str, Any]:
             "weights": {k: v.detach().clone() for k, v in model.state_dict().items()},
         }
         if loss_type == "clip":
-            embedded = []  # the rows this rank embedded: a block of the eval set under several processes
-            compute_embeddings = evaluation.compute_embeddings
-
-            def counting(model, processor, dataset, **kwargs):
-                embedded.append(len(dataset))
-                return compute_embeddings(model, processor, dataset, **kwargs)
-
-            evaluation.compute_embeddings = counting
-            try:
-                metrics = trainer.evaluate(eval_rows())
-            finally:
-                evaluation.compute_embeddings = compute_embeddings
-            results["eval_rows_embedded"] = embedded
-            results["eval"] = {k: v for k, v in metrics.items() if not k.endswith(("_runtime", "per_second"))}
+            results["eval"], results["eval_rows_embedded"] = evaluate_counting_rows(trainer)
     return results
 
 
