@@ -86,3 +86,17 @@ def test_requested_processes_reads_the_launcher_command_line(tmp_path):
     argv = ["accelerate", "launch", "--num_processes", "2", "t.py"]
     assert warn_if_fewer_processes(1, argv) is True
     assert warn_if_fewer_processes(2, argv) is False
+
+
+def test_no_page_offers_accelerate_cpu_launch_as_a_multi_process_command():
+    # `accelerate launch --cpu --num_processes N` starts one process here; only prose may mention it (as a warning).
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md")), *sorted((ROOT / "examples").glob("*.py"))]
+    offenders = []
+    for page in pages:
+        fence = None  # the language of the open code block, "" for an unlabelled one
+        for line in page.read_text(encoding="utf-8").splitlines():
+            if line.strip().startswith("```"):
+                fence = line.strip()[3:].strip() if fence is None else None
+            elif fence in ("", "bash", "sh", "shell", "console") and "accelerate launch" in line and "--cpu" in line:
+                offenders.append(f"{page.name}: {line.strip()}")
+    assert offenders == []
