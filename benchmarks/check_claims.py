@@ -159,7 +159,7 @@ CHEAP = [
           "4 layers x 256, 64 px by default, pipeline at 32 px", small_model),
     Claim("README.md", "OpenAI's CLIP BPE vocabulary ships inside clip_trl (MIT)", "no open-clip-torch install",
           install_without_open_clip),
-    Claim("README.md", "deterministic", "deterministic on one machine", deterministic_on_this_machine),
+    Claim("README.md", "deterministic on one machine", "deterministic on one machine", deterministic_on_this_machine),
 ]
 OPTIONAL = {
     "launch": Claim("docs/distributed.md", "start N processes with `torchrun`", "2 processes", documented_launch),
