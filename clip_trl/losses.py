@@ -27,7 +27,7 @@ def _world() -> tuple[int, int]:
 class _GatherWithGrad(torch.autograd.Function):
     """All-gather along dim 0 whose backward sums every rank's gradient of this rank's block back onto it.
 
-    Our own, rather than `torch.distributed.nn.functional.all_gather` (deprecated since torch 2.9): one
+    Our own, rather than `torch.distributed.nn.functional.all_gather`, which torch now deprecates: one
     concatenated output, a reduce-scatter backward on NCCL, an all-reduce on backends without reduce-scatter (gloo).
     """
 
@@ -46,6 +46,7 @@ class _GatherWithGrad(torch.autograd.Function):
             out = grad.new_empty(ctx.rows, *grad.shape[1:])
             dist.reduce_scatter_tensor(out, grad)
             return out
+        grad = grad.clone()  # all_reduce works in place; the incoming gradient is autograd's buffer
         dist.all_reduce(grad)
         return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
 
@@ -90,7 +91,8 @@ def gather_variable(tensor: torch.Tensor, counts: torch.Tensor, with_grad: bool 
     width = int(counts.max())
     if width == 0:
         return tensor
-    padded = torch.cat([tensor, tensor.new_zeros(width - tensor.shape[0], *tensor.shape[1:])]) if width > tensor.shape[0] else tensor
+    padding = tensor.new_zeros(width - tensor.shape[0], *tensor.shape[1:])
+    padded = torch.cat([tensor, padding]) if padding.shape[0] else tensor
     gathered = gather_with_grad(padded) if with_grad else gather_no_grad(padded)
     keep = torch.cat([torch.arange(int(n), device=gathered.device) + r * width for r, n in enumerate(counts.tolist())])
     return gathered[keep]
