@@ -58,13 +58,19 @@ def median_step_seconds(build: Callable[[StepTimer], Any], warmup: int) -> float
     return statistics.median(steps)
 
 
-def alternate(builders: Mapping[str, Callable[[], float]], repetitions: int) -> dict[str, float]:
-    """Best of `repetitions` runs of each contender, alternating the order each time (so load changes hit all)."""
-    best = {name: float("inf") for name in builders}
+def alternate_all(builders: Mapping[str, Callable[[], float]], repetitions: int) -> dict[str, list[float]]:
+    """Every run of each contender: `repetitions` rounds, the order reversed every other round (so neither
+    contender always runs first, and load changes hit both); entry i of each list is round i."""
+    runs: dict[str, list[float]] = {name: [] for name in builders}
     for repetition in range(repetitions):
         for name in list(builders)[:: 1 if repetition % 2 == 0 else -1]:
-            best[name] = min(best[name], builders[name]())
-    return best
+            runs[name].append(builders[name]())
+    return runs
+
+
+def alternate(builders: Mapping[str, Callable[[], float]], repetitions: int) -> dict[str, float]:
+    """Best of `repetitions` runs of each contender, alternating the order each time (so load changes hit all)."""
+    return {name: min(values) for name, values in alternate_all(builders, repetitions).items()}
 
 
 def dummy_rows(count: int) -> Any:

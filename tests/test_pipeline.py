@@ -1,5 +1,4 @@
 import json
-import time
 
 import datasets
 import pytest
@@ -44,15 +43,13 @@ def check_outputs(out, results):
 
 def test_quick_pipeline_on_the_offline_default(tmp_path, capsys):
     out = tmp_path / "run"
-    start = time.perf_counter()
+    # Its wall time is a benchmark's business (`benchmarks/check_claims.py --pipeline`), not a test's.
     assert main(["pipeline", "--quick", "--output_dir", str(out)]) == 0
-    elapsed = time.perf_counter() - start
     results = json.loads((out / "results.json").read_text())
     check_outputs(out, results)
     assert (out / "base_model" / "config.json").is_file()
     assert results["data"] == {"train_rows": 64, "validation_rows": 32, "test_rows": 32, "test_captions": 32}
     assert "| base |" in capsys.readouterr().out
-    assert elapsed < 60, elapsed
 
 
 def test_pipeline_takes_a_model_folder_and_a_dataset_folder(tmp_path):

@@ -210,25 +210,52 @@ def test_text_to_image_direction(tmp_path, tiny, emoji):
                             args=make_args(tmp_path, direction="text_to_image", max_steps=1))
     trainer.train()
     completions, kwargs = recorder.calls[0]
-    assert kwargs["queries"] == kwargs["ground_truth"]
-    # The chosen image is the one named by the completion (an image is named by its caption).
     assert len(kwargs["images"]) == len(completions) == 32
+    # The chosen image is the one named by the completion (an image is named by its caption; emoji captions are
+    # unique), and it is the chosen candidate.
+    from clip_trl.data import image_key, load_image
+
+    by_caption = {row["caption"]: image_key(load_image(row["image"], row=i, column="image"))
+                  for i, row in enumerate(emoji["train"])}
+    assert [image_key(image) for image in kwargs["images"]] == [by_caption[c] for c in completions]
+    assert [candidates[chosen] for candidates, chosen in zip(kwargs["candidates"], kwargs["chosen"])] == completions
+    # Not every action chose its own query's image, so the check above is not the ground truth in disguise.
+    assert completions != kwargs["ground_truth"]
 
 
-def test_none_rewards_are_excluded(tmp_path, tiny, emoji):
+def test_none_rewards_are_excluded(tmp_path, tiny, emoji, monkeypatch):
+    # Rewards that differ between actions, `None` on every other sample: the advantages must be computed over
+    # each query's valid samples only. Scoring `None` as 0 (or averaging it in) gives other advantages.
     model, processor = tiny
+    returned = []
 
-    def only_first_half(completions, **kwargs):
-        return [None if i % 2 else 1.0 for i in range(len(completions))]
+    def graded(completions, **kwargs):
+        values = [None if i % 2 else float(len(c) % 7) for i, c in enumerate(completions)]
+        returned.append(values)
+        return values
 
     def never(completions, **kwargs):
         return [None] * len(completions)
 
-    trainer = ClipRLTrainer(model=model, reward_funcs=[only_first_half, never], train_dataset=emoji["train"],
+    from clip_trl.trainer import rl_trainer
+
+    advantages = []
+    original = rl_trainer.group_advantages
+    monkeypatch.setattr(rl_trainer, "group_advantages",
+                        lambda *a, **k: advantages.append(original(*a, **k)) or advantages[-1])
+    trainer = ClipRLTrainer(model=model, reward_funcs=[graded, never], train_dataset=emoji["train"],
                             processing_class=processor, args=make_args(tmp_path, max_steps=1))
     trainer.train()
+    values = torch.tensor([math.nan if v is None else v for v in returned[0]]).view(8, 4)  # 8 queries x 4 samples
+    expected = torch.zeros(8, 4)
+    for row in range(8):
+        valid = values[row, ::2]  # samples 0 and 2 were scored
+        if valid[0] != valid[1]:
+            expected[row, ::2] = (valid - valid.mean()) / (valid.std() + 1e-4)
+    assert expected.abs().sum() > 0  # some groups carry signal
+    torch.testing.assert_close(advantages[0].cpu(), expected, atol=1e-5, rtol=1e-5)
     logged = trainer.state.log_history[0]
-    assert logged["rewards/only_first_half/mean"] == 1.0
+    assert logged["rewards/graded/mean"] == pytest.approx(float(values[~values.isnan()].mean()), abs=1e-5)
     assert "rewards/never/mean" not in logged
     assert math.isfinite(logged["loss"])
 

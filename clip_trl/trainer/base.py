@@ -163,6 +163,10 @@ class ClipTrainerBase(Trainer):
             optimizers=optimizers,
             **kwargs,
         )
+        if self.args.process_index == 0:  # e.g. `accelerate launch --cpu --num_processes 2` without MPI
+            from .launch_check import warn_if_fewer_processes
+
+            warn_if_fewer_processes(self.args.world_size)
         # Our losses are means over the batch; let the Trainer divide by the accumulation steps.
         self.model_accepts_loss_kwargs = False
         bound = modeling.max_logit_scale(self.model, args.max_logit_scale)
@@ -247,6 +251,23 @@ class ClipTrainerBase(Trainer):
             inner = modeling.unwrap(model)
             with inner.disable_adapter():
                 yield inner
+
+    def _build_accelerator_args(self, **kwargs: Any) -> dict[str, Any]:
+        # The Trainer's default `find_unused_parameters=True` costs a graph traversal per step and makes DDP warn
+        # that none were found: our losses use every trainable parameter, except a model's own `logit_bias` when
+        # the method has no use for it. An explicit `ddp_find_unused_parameters` is left alone.
+        accelerator_args = super()._build_accelerator_args(**kwargs)
+        if self.args.ddp_find_unused_parameters is None:
+            bias = getattr(modeling.unwrap(self.model), "logit_bias", None)
+            unused = isinstance(bias, nn.Parameter) and bias.requires_grad and not self._uses_logit_bias()
+            for handler in accelerator_args.get("kwargs_handlers", []):
+                if hasattr(handler, "find_unused_parameters"):
+                    handler.find_unused_parameters = unused
+        return accelerator_args
+
+    def _uses_logit_bias(self) -> bool:
+        """Whether the method's loss uses the model's `logit_bias` (SigLIP's sigmoid loss does)."""
+        return False
 
     # ---------------------------------------------------------------------------------------- optimizer
 
@@ -384,11 +405,13 @@ class ClipTrainerBase(Trainer):
         if dataset is None:
             raise ValueError("Evaluation needs an `eval_dataset` (pass one to the trainer or to `evaluate()`).")
         from .. import evaluation
+        from .sharded_eval import compute_embeddings
 
         self._memory_tracker.start()
         start = time.time()
         model = self.accelerator.unwrap_model(self.model)
-        embeddings = evaluation.compute_embeddings(
+        # Under several processes each rank embeds its block of rows, and every rank gets the whole set.
+        embeddings = compute_embeddings(
             model,
             self.processing_class,
             dataset,

@@ -27,7 +27,9 @@ class ClipContrastiveConfig(ClipBaseConfig):
             (the SigLIP paper's initialisation).
         negative_column (`str` or `None`, defaults to `None`):
             Column of hard-negative captions (a string or a list of strings per row), added as extra
-            image-to-text negatives.
+            image-to-text negatives of every image in the batch: extra softmax entries with `loss_type="clip"`,
+            extra negative pairs with `"siglip"`. Under several processes they are gathered like the captions
+            (ranks may hold different numbers of them).
         contrastive_chunk_size (`int` or `None`, defaults to `None`):
             Compute the loss of each per-device batch exactly, but encode it in chunks of at most this many
             images (GradCache, Gao et al. 2021): a no-grad pass caches the embeddings, the full-batch loss gives

@@ -73,6 +73,9 @@ class ClipContrastiveTrainer(ClipTrainerBase):
             inner = modeling.unwrap(model)
             inner.register_parameter("logit_bias", nn.Parameter(torch.tensor(float(args.siglip_bias_init))))
 
+    def _uses_logit_bias(self) -> bool:
+        return self.args.loss_type == "siglip"
+
     def _required_columns(self, args: ClipContrastiveConfig) -> dict[str, str | None]:
         return {**super()._required_columns(args), "negative_column": args.negative_column}
 

@@ -1,6 +1,6 @@
 """One training step of a clip_trl trainer, for the multi-process equivalence tests.
 
-Run under `accelerate launch --cpu --num_processes N` (or plainly for one process); rank 0 saves the
+Run under `python -m torch.distributed.run --nproc_per_node N` (or plainly for one process); rank 0 saves the
 logged loss and the updated weights to `--out`.
 """
 
@@ -30,6 +30,14 @@ def main() -> None:
     if args.trainer == "contrastive":
         config = ClipContrastiveConfig(**common, contrastive_chunk_size=args.chunk_size)
         trainer = ClipContrastiveTrainer(model=model, args=config, train_dataset=data, processing_class=processor)
+        trainer.chunked_steps = 0
+        chunked_step = trainer._chunked_training_step
+
+        def counting(*a, **k):
+            trainer.chunked_steps += 1
+            return chunked_step(*a, **k)
+
+        trainer._chunked_training_step = counting
     else:
         trainer = ClipRLTrainer(model=model, reward_funcs="correctness", train_dataset=data, processing_class=processor,
                                 args=ClipRLConfig(**common, advantage="exact", beta=0.0))
@@ -37,6 +45,7 @@ def main() -> None:
     if trainer.args.process_index == 0:
         loss = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
         torch.save({"loss": loss, "world_size": trainer.args.world_size,
+                    "chunked_steps": getattr(trainer, "chunked_steps", 0),
                     "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}}, args.out)
 
 
