@@ -166,17 +166,34 @@ def write_shards(
 # ------------------------------------------------------------------------------------------------ reading
 
 
+def _braces(pattern: str) -> list[str]:
+    """Expand webdataset / img2dataset brace ranges: `"{00000..00003}.tar"` -> 4 names, zero padding kept."""
+    import re
+
+    match = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
+    if match is None:
+        return [pattern]
+    first, last = match.group(1), match.group(2)
+    width = len(first) if first.startswith("0") else 0
+    names = [pattern[: match.start()] + f"{i:0{width}d}" + pattern[match.end():]
+             for i in range(int(first), int(last) + 1)]
+    return [expanded for name in names for expanded in _braces(name)]
+
+
 def _expand(data_files: str | Sequence[str]) -> list[str]:
+    """Shard paths from paths, globs (`*.tar`) and brace ranges (`{00000..00099}.tar`), in order."""
     import glob
 
     patterns = [data_files] if isinstance(data_files, (str, os.PathLike)) else list(data_files)
     files: list[str] = []
     for pattern in patterns:
-        pattern = os.fspath(pattern)
-        matched = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        files.extend(matched)
+        for name in _braces(os.fspath(pattern)):
+            files.extend(sorted(glob.glob(name)) if glob.has_magic(name) else [name])
     if not files:
         raise ValueError(f"No shard matches {data_files!r}.")
+    missing = [f for f in files if "://" not in f and not os.path.exists(f)]
+    if missing:
+        raise ValueError(f"{len(missing)} of {len(files)} shard(s) do not exist, e.g. {missing[0]!r}.")
     return files
 
 
@@ -188,8 +205,8 @@ class ShardStream(IndexedIterableDataset):
     `.txt`, else the json's `caption_column` field.
 
     Args:
-        data_files: shard paths, glob patterns (`"shards/*.tar"`), or a list of either. Local files; for remote
-            ones use any fsspec URL `datasets` streams from.
+        data_files: shard paths, glob patterns (`"shards/*.tar"`), brace ranges (`"shards/{00000..00099}.tar"`,
+            img2dataset's naming), or a list of these. Local files, or any fsspec URL `datasets` streams from.
         image_column / caption_column: the names the rows get (the trainer config's names).
         shuffle_buffer: rows in each reader's shuffle buffer; with any value above 0 the shard order is reshuffled
             every epoch too (1: shard order only). 0 reads shards and rows in order.

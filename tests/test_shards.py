@@ -53,8 +53,12 @@ def test_stream_rows_and_layout_errors(shards):
     saved = stream.state_dict()
     with pytest.raises(ValueError, match=r"\['seed'\] changed since the checkpoint"):
         ShardStream(shards, seed=1).load_state_dict(saved)
+    folder = os.path.dirname(shards[0])
     with pytest.raises(ValueError, match="No shard matches"):
-        ShardStream(os.path.join(os.path.dirname(shards[0]), "nothing-*.tar"))
+        ShardStream(os.path.join(folder, "nothing-*.tar"))
+    assert ShardStream(os.path.join(folder, "shard-{00002..00004}.tar")).files == shards[2:5]  # img2dataset style
+    with pytest.raises(ValueError, match=r"1 of 9 shard\(s\) do not exist, e.g. '.*shard-00008.tar'"):
+        ShardStream(os.path.join(folder, "shard-{00000..00008}.tar"))
 
 
 # ------------------------------------------------------------------------------------------- exact resume
@@ -163,3 +167,26 @@ def test_two_processes_and_two_nodes_read_each_row_once_and_train_alike(shards, 
     assert any(not torch.equal(initial[k], v) for k, v in one.items())
     for name, weight in one.items():
         torch.testing.assert_close(two[name], weight, atol=1e-6, rtol=0, msg=name)
+
+
+# ------------------------------------------------------------------------------------------ cluster examples
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def test_multi_node_accelerate_config_loads():
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(EXAMPLES / "accelerate_configs" / "multi_node.yaml")
+    assert (config.num_machines, config.num_processes, config.rdzv_backend) == (2, 16, "c10d")
+    assert config.distributed_type.value == "MULTI_GPU" and config.main_process_port == 29500
+
+
+def test_slurm_example_is_valid_bash_including_the_per_task_command():
+    script = EXAMPLES / "slurm" / "train.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    inner = text.split("bash -c '", 1)[1].split("\n'", 1)[0]  # what each SLURM task runs
+    checked = subprocess.run(["bash", "-n", "-c", inner], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    assert "examples/accelerate_configs/multi_node.yaml" in inner and "--train_shards" in inner
