@@ -3,7 +3,8 @@
 The offline emoji set (real artwork, real names) is turned into 640x480 JPEG "photos": each emoji upscaled to
 400 px and pasted at a random place on a textured background (random gradient + noise, blurred), quality 90 — emoji PNGs are not
 photos, so this only checks that training and evaluating on draft-decoded JPEGs reaches the same held-out
-quality, not photo statistics. A tiny random CLIP at 64 px input (so 640x480 JPEGs decode at 1/4, 160x120) is
+quality, not photo statistics. A tiny random CLIP at 64 px input (so 640x480 JPEGs decode at 1/4, 160x120;
+`--image_size 224`: at 1/2, 320x240, with larger pixel differences) is
 trained contrastively with `image_processing="fast"` (bitwise equal to the processor) and `"draft"`, for
 several seeds each, and evaluated with the same mode on held-out photos: new renderings (other background and
 position) of training emoji, retrieved among their captions. The table gives every run's
@@ -11,6 +12,7 @@ retrieval recall and the per-mode mean and spread; the verdict compares the gap 
 seed-to-seed spread.
 
     python benchmarks/draft_quality.py                 # 3 seeds, 512 training rows, 150 steps
+    python benchmarks/draft_quality.py --image_size 224 --steps 100   # CLIP's input size: decoded at 1/2
     python benchmarks/draft_quality.py --quick         # 2 seeds, fewer rows and steps
 """
 
@@ -60,8 +62,8 @@ def photo_split(split, count: int, variant: int = 0):
                                                                   "caption": datasets.Value("string")}))
 
 
-def run(mode: str, seed: int, train, test, steps: int) -> dict[str, float]:
-    model, processor = build_clip("tiny", image_size=64, seed=seed)
+def run(mode: str, seed: int, train, test, steps: int, image_size: int) -> dict[str, float]:
+    model, processor = build_clip("tiny", image_size=image_size, seed=seed)
     args = ClipContrastiveConfig(output_dir=tempfile.mkdtemp(), report_to="none", max_steps=steps,
                                  per_device_train_batch_size=32, learning_rate=1e-3, warmup_steps=10,
                                  save_strategy="no", seed=seed, disable_tqdm=True, image_processing=mode,
@@ -80,6 +82,7 @@ def main() -> None:
     parser.add_argument("--train_rows", type=int, default=512)
     parser.add_argument("--test_rows", type=int, default=128)
     parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--image_size", type=int, default=64, help="model input: 64 (decoded at 1/4), 224 (1/2)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -89,7 +92,7 @@ def main() -> None:
     # Held out: new photos (other background, position) of the first `test_rows` training emoji; unseen emoji
     # names would leave a model this small at chance level, where no difference could show.
     train, test = photo_split(emoji["train"], args.train_rows), photo_split(emoji["train"], args.test_rows, 1)
-    print(f"{len(train)} training / {len(test)} held-out 640x480 JPEGs, tiny CLIP at 64 px, {args.steps} steps "
+    print(f"{len(train)} training / {len(test)} held-out 640x480 JPEGs, tiny CLIP at {args.image_size} px, {args.steps} steps "
           f"of 32, {args.seeds} seeds\n")
     print("| mode | seed | i2t R@1 | i2t R@5 | t2i R@1 | t2i R@5 | seconds |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -97,7 +100,7 @@ def main() -> None:
     for seed in range(args.seeds):
         for mode in results:
             start = time.perf_counter()
-            metrics = run(mode, seed, train, test, args.steps)
+            metrics = run(mode, seed, train, test, args.steps, args.image_size)
             results[mode].append(metrics)
             cells = " | ".join(f"{v:.1f}" for v in metrics.values())
             print(f"| {mode} | {seed} | {cells} | {time.perf_counter() - start:.0f} |", flush=True)

@@ -158,7 +158,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.dry_run:
         args.model, args.batch, args.steps, args.warmup = "tiny", 8, 2, 1
-        args.workers, args.num_images, args.loader_batches = 2, 64, 2
+        args.workers, args.num_images, args.loader_batches = 2, 32, 2
     device = torch.device("cuda" if torch.cuda.is_available() and not args.dry_run else "cpu")
     if device.type != "cuda" and not args.dry_run:
         sys.exit("No CUDA device: run on the GPU machine, or pass --dry-run to check the code on CPU.")
