@@ -190,3 +190,17 @@ def test_slurm_example_is_valid_bash_including_the_per_task_command():
     checked = subprocess.run(["bash", "-n", "-c", inner], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
     assert "examples/accelerate_configs/multi_node.yaml" in inner and "--train_shards" in inner
+
+
+def test_scripts_train_on_shards_and_require_max_steps(shards):
+    from clip_trl.scripts import ScriptArguments, train_dataset
+
+    folder = os.path.dirname(shards[0])
+    script_args = ScriptArguments(train_shards=f"{folder}/shard-0000[0-3].tar, {folder}/shard-{{00004..00007}}.tar",
+                                  shuffle_buffer=7)
+    stream = train_dataset(script_args, ClipContrastiveConfig(output_dir="unused", max_steps=10, seed=3), {})
+    assert isinstance(stream, ShardStream) and stream.files == shards
+    assert (stream.shuffle_buffer, stream.seed) == (7, 3)
+    with pytest.raises(ValueError, match="`--train_shards` streams the data .*: set `--max_steps`"):
+        train_dataset(script_args, ClipContrastiveConfig(output_dir="unused"), {})
+    assert train_dataset(ScriptArguments(), ClipContrastiveConfig(output_dir="unused"), {"train": "rows"}) == "rows"
