@@ -127,12 +127,15 @@ def loader_figures(args: argparse.Namespace, consumed_per_s: float) -> list[dict
     for mode in ("fast", "draft"):
         collator = ClipDataCollator(processor, image_transform=image_transform_for(processor.image_processor, mode))
         stream = ShardStream(shards, shuffle_buffer=0, num_epochs=None)
+        prefetch = 2
         loader = torch.utils.data.DataLoader(stream, batch_size=args.batch, num_workers=args.workers,
-                                             collate_fn=collator, prefetch_factor=4 if args.workers else None,
+                                             collate_fn=collator, prefetch_factor=prefetch if args.workers else None,
                                              persistent_workers=False)
         iterator = iter(loader)
-        next(iterator)  # workers started and warm
-        batches = max(args.loader_batches, 1)
+        # Drain what the workers prefetch while starting up, then time the steady state.
+        for _ in range(max(args.workers, 1) * prefetch):
+            next(iterator)
+        batches = max(args.loader_batches, 2 * max(args.workers, 1))
         start = time.perf_counter()
         for _ in range(batches):
             next(iterator)
