@@ -1,4 +1,4 @@
-"""The `clip-trl` command: `clip-trl contrastive|rl|evaluate|pipeline|env ...`.
+"""The `clip-trl` command: `clip-trl contrastive|rl|dpo|evaluate|interpolate|pipeline|env ...`.
 
 Each training command takes the flags of its dataclasses (`clip-trl <command> --help` lists them) and, as in
 TRL, `--config file.yaml` whose keys are those flags' names; flags given on the command line win over the file.
@@ -7,6 +7,8 @@ TRL, `--config file.yaml` whose keys are those flags' names; flags given on the 
 clip-trl pipeline --output_dir runs/emoji                    # the whole workflow, offline, ~10 min on a CPU
 clip-trl contrastive --config examples/configs/contrastive.yaml
 clip-trl rl --config examples/configs/rl.yaml --reward_funcs correctness confidence_correctness
+clip-trl dpo --config examples/configs/dpo.yaml                # preference pairs; needs --model_name_or_path
+clip-trl interpolate --base clip_finetuned --tuned clip_dpo --alpha 0.5 --output_dir clip_wise_ft   # WiSE-FT
 clip-trl evaluate --model_name_or_path runs/emoji/clip_rl_finetuned
 accelerate launch -m clip_trl.cli rl --config examples/configs/rl.yaml   # several processes
 clip-trl env                                                 # versions, for bug reports
@@ -28,7 +30,9 @@ __all__ = ["EvaluateArguments", "main", "make_parser", "parse_dataclasses"]
 _COMMANDS = {
     "contrastive": "Contrastive (InfoNCE / SigLIP) fine-tuning of a CLIP model; evaluates on the test split.",
     "rl": "RL fine-tuning: CLIP as a policy choosing captions, with reward functions; evaluates on the test split.",
+    "dpo": "Preference optimization (DPO / IPO): chosen vs rejected captions per image; evaluates on the test split.",
     "evaluate": "Retrieval recall@k, in-batch accuracy and greedy mean reward of a model on a split.",
+    "interpolate": "WiSE-FT: write the model (1 - alpha)·base + alpha·tuned (full models or a LoRA adapter).",
     "pipeline": "Split, contrastive, RL, test: the whole workflow, with a results table and pictures.",
     "env": "Print the versions of Python, clip_trl and its libraries (paste them into bug reports).",
 }
@@ -77,6 +81,15 @@ def _dataclass_types(command: str) -> tuple[type, ...]:
         return RLScriptArguments, ClipRLConfig, ModelConfig
     if command == "evaluate":
         return ScriptArguments, EvaluateArguments, ModelConfig
+    if command == "dpo":
+        from .dpo_script import DPOScriptArguments
+        from .trainer import ClipDPOConfig
+
+        return DPOScriptArguments, ClipDPOConfig, ModelConfig
+    if command == "interpolate":
+        from .interpolation import InterpolateArguments
+
+        return (InterpolateArguments,)
     if command == "pipeline":
         from .pipeline import PipelineArguments
 
@@ -172,6 +185,26 @@ def _run_evaluate(parsed: tuple[Any, ...], parser: Any) -> int:
     if eval_args.output_file:
         dump_json(metrics, eval_args.output_file)
         print(f"\nWritten to {eval_args.output_file}")
+    return 0
+
+
+def _run_dpo(parsed: tuple[Any, ...], parser: Any) -> int:
+    from .dpo_script import load_preference_data, run_dpo
+    from .scripts import evaluate_on_test, print_metrics
+
+    script_args, training_args, model_args = parsed
+    if not model_args.model_name_or_path:
+        parser.error("--model_name_or_path is required: DPO refines a model that already ranks captions (e.g. the "
+                     "output of `clip-trl contrastive`).")
+    try:
+        data = load_preference_data(script_args, training_args)
+    except ValueError as error:
+        parser.error(str(error))
+    trainer = run_dpo(script_args, training_args, model_args, data=data)
+    metrics = evaluate_on_test(trainer, data, script_args)
+    if trainer.is_world_process_zero():
+        print_metrics(metrics, f"Test split ({len(data[script_args.dataset_test_split])} rows), "
+                               f"model saved to {training_args.output_dir}:")
     return 0
 
 
@@ -298,6 +331,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_training(command, parsed)
     if command == "evaluate":
         return _run_evaluate(parsed, parser)
+    if command == "dpo":
+        return _run_dpo(parsed, parser)
+    if command == "interpolate":
+        from .interpolation import run_interpolate
+
+        args = parsed[0]
+        print(f"Wrote (1 - {args.alpha:g})·base + {args.alpha:g}·tuned to {run_interpolate(args)}")
+        return 0
     from .pipeline import run_pipeline
 
     run_pipeline(parsed[0])

@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any
 from transformers import AutoModel, AutoProcessor
 from transformers.utils import cached_file, find_adapter_config_file
 
+from . import lora, modeling
+from .lora import DEFAULT_LORA_TARGET_MODULES
+
 if TYPE_CHECKING:
     from peft import LoraConfig
     from torch import nn
 
 __all__ = ["DEFAULT_LORA_TARGET_MODULES", "default_lora_config", "load_model"]
 
-#: The attention query and value projections. In transformers' CLIP and SigLIP both towers name them
-#: this way, so the one list puts adapters in the image and the text encoder alike.
-DEFAULT_LORA_TARGET_MODULES: tuple[str, ...] = ("q_proj", "v_proj")
 
 _PEFT_HINT = "This needs the peft library: `pip install peft`."
 
@@ -169,7 +169,8 @@ def load_model(
 
     adapter_config_file = find_adapter_config_file(id_or_path, **location, **hub)
     if adapter_config_file is None:
-        model = AutoModel.from_pretrained(id_or_path, **location, **hub, **model_kwargs)
+        # `load_pretrained`: AutoModel, keeping parameters clip_trl added (a sigmoid loss's `logit_bias`).
+        model = modeling.load_pretrained(id_or_path, **location, **hub, **model_kwargs)
         processor = AutoProcessor.from_pretrained(id_or_path, **location, **hub)
         return model.eval(), processor
 
@@ -185,6 +186,7 @@ def load_model(
         )
     model = AutoModel.from_pretrained(base, **hub, **model_kwargs)
     model = peft.PeftModel.from_pretrained(model, id_or_path, **location, **hub)
+    lora.load_added_parameters(model, id_or_path, **location, **hub)  # e.g. a sigmoid loss's `logit_bias`
     if merge:
         model = model.merge_and_unload()
     # A processor saved with the adapter reflects what training used (e.g. a changed `model_max_length`).
