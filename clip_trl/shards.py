@@ -295,7 +295,7 @@ class ShardStream(IndexedIterableDataset):
             # Reshuffles the shard order (seed + epoch) and passes rows through the buffer; a buffer of 1 shuffles
             # the shard order only.
             dataset = dataset.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
-        if dataset.num_shards % nodes:
+        if dataset.num_shards % nodes and epoch == 0:  # once per reader, not every pass
             logger.warning(
                 f"{dataset.num_shards} shards do not divide over {nodes} readers (processes x DataLoader workers): "
                 f"every reader reads all shards and keeps 1 row in {nodes}. Write a multiple of {nodes} shards to "
