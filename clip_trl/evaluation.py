@@ -272,7 +272,8 @@ def _encode_rows(
                     )
                 if row_labels is not None:
                     row_labels.append(_cell(row, index, label_column))
-                pending.append(load_image(_cell(row, index, image_column), row=index, column=image_column))
+                pending.append(load_image(_cell(row, index, image_column), row=index, column=image_column,
+                                          draft=getattr(transform, "draft_size", None)))  # JPEG draft decoding
             except BadRowError as error:
                 raise error.with_hint(EVAL_HINT) from error.__cause__
             if len(pending) == batch_size:

@@ -12,6 +12,14 @@ processor, with a warning, if they ever differ; processors whose settings it doe
 longest-edge limits, other steps) are used directly. (Resizing only the cropped region, `resize(box=...)`,
 would save a quarter of the resize on 4:3 photos, but Pillow then computes some rows differently — up to 20
 levels on some sizes — so it is not done.)
+
+`draft=True` (`image_processing="draft"`) gives up bitwise equality for speed on JPEG photos: a JPEG is decoded
+already reduced by 1/2, 1/4 or 1/8 (JPEG "draft" mode scales in the DCT domain, so the reduced image costs a
+fraction of the full decode), to the smallest such scale that is still at least the size the resize step
+produces, and the resize then starts from that smaller image, resizing only the region the center crop keeps
+(`resize(box=...)`). Other formats, and JPEGs too small to reduce, are decoded in full; the region-only resize
+applies to every image in this mode. `benchmarks/preprocess.py` measures the speed and the pixel difference, and
+`benchmarks/draft_quality.py` the effect on a trained model's held-out metrics.
 """
 
 from __future__ import annotations
@@ -110,6 +118,10 @@ class FastImageTransform:
         image_processor: the model's image processor (e.g. `processor.image_processor`).
         verify (`bool`, defaults to `True`): compare with the processor on probe images now, and fall back to
             it (with a warning) if the outputs are not equal.
+        draft (`bool`, defaults to `False`): decode JPEGs reduced (1/2, 1/4, 1/8) to about the size the resize
+            needs, then resize: several times faster on photos much larger than the model's input, no longer
+            bitwise equal to the processor (see `docs/performance.md`). Applies where this transform decodes
+            (bytes, paths, dataset cells) and in the collator and evaluation, which decode with `draft_size`.
 
     Example:
 
@@ -127,9 +139,10 @@ class FastImageTransform:
     ```
     """
 
-    def __init__(self, image_processor: Any, verify: bool = True) -> None:
+    def __init__(self, image_processor: Any, verify: bool = True, draft: bool = False) -> None:
         self.image_processor = image_processor
         self.spec = ImageSpec.from_processor(image_processor)
+        self.draft = draft
         if self.spec is None:
             logger.info(
                 "%s has settings the fast image pipeline does not implement; using the processor itself.",
@@ -138,7 +151,11 @@ class FastImageTransform:
             return
         self._lookup = _value_lookup_table(self.spec)
         if verify:
+            # Checks that the processor's settings were read right, on the exact path (draft mode's deviations
+            # are by design and measured by the benchmarks).
+            self.draft = False
             difference = self._probe_difference()
+            self.draft = draft
             if difference > 0:
                 logger.warning(
                     "The fast image pipeline differs from %s by up to %.3g on probe images; using the processor.",
@@ -151,8 +168,24 @@ class FastImageTransform:
         """Whether the fast path is in use (`False`: every call goes to the processor)."""
         return self.spec is not None
 
+    @property
+    def draft_size(self) -> Any:
+        """With `draft=True` on the fast path, `(width, height) -> smallest size to decode a JPEG at` (what
+        `clip_trl.data.load_image(draft=...)` takes); otherwise `None`."""
+        return self._draft_size if self.draft and self.spec is not None else None
+
+    def _draft_size(self, width: int, height: int) -> tuple[int, int] | None:
+        assert self.spec is not None
+        new_width, new_height = self.spec.resized_size(width, height)
+        if self.spec.crop is not None:  # a crop larger than the resized image pads: keep the crop's size
+            new_width, new_height = max(new_width, self.spec.crop[1]), max(new_height, self.spec.crop[0])
+        if new_width * 2 > width or new_height * 2 > height:
+            return None  # no reduction possible
+        return new_width, new_height
+
     def __call__(self, images: Sequence[Any]) -> torch.Tensor | dict[str, torch.Tensor]:
-        images = [image if isinstance(image, Image.Image) else load_image(image) for image in images]
+        draft = self.draft_size
+        images = [image if isinstance(image, Image.Image) else load_image(image, draft=draft) for image in images]
         images = [to_rgb(image) for image in images]
         if self.spec is None:
             return processor_image_inputs(self.image_processor(images=images, return_tensors="pt"))
@@ -180,6 +213,12 @@ class FastImageTransform:
             return np.asarray(image.resize((new_width, new_height), resample=spec.resample) if resized else image)
         crop_height, crop_width = spec.crop
         top, left = (new_height - crop_height) // 2, (new_width - crop_width) // 2
+        if self.draft and resized and top >= 0 and left >= 0:
+            # Not bitwise anyway: resize only the cropped region (the filter scale is the full resize's), a
+            # quarter less work on 4:3 photos.
+            sx, sy = width / new_width, height / new_height
+            box = (left * sx, top * sy, (left + crop_width) * sx, (top + crop_height) * sy)
+            return np.asarray(image.resize((crop_width, crop_height), resample=spec.resample, box=box))
         full = np.asarray(image.resize((new_width, new_height), resample=spec.resample) if resized else image)
         if top < 0 or left < 0:
             return _center_crop_or_pad(full, crop_height, crop_width)
@@ -232,7 +271,7 @@ def _center_crop_or_pad(array: np.ndarray, crop_height: int, crop_width: int) ->
     return canvas[top : top + crop_height, left : left + crop_width]
 
 
-IMAGE_PROCESSING_MODES = ("fast", "processor")
+IMAGE_PROCESSING_MODES = ("fast", "processor", "draft")
 
 
 def check_image_processing_mode(mode: str) -> None:
@@ -243,8 +282,9 @@ def check_image_processing_mode(mode: str) -> None:
 
 def image_transform_for(image_processor: Any, mode: str = "fast") -> Any:
     """The image transform for `ClipBaseConfig.image_processing`: `"fast"` gives a [`FastImageTransform`]
-    (which itself falls back to the processor when it must), `"processor"` the model's image processor."""
+    (which itself falls back to the processor when it must), `"draft"` the same with JPEG draft decoding
+    (`draft=True`), `"processor"` the model's image processor."""
     check_image_processing_mode(mode)
     if mode == "processor":
         return ProcessorImageTransform(image_processor)
-    return FastImageTransform(image_processor)
+    return FastImageTransform(image_processor, draft=mode == "draft")

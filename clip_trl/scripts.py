@@ -87,6 +87,12 @@ class ScriptArguments:
             Preset of the random CLIP used without `--model_name_or_path`: `"small"` or `"tiny"` (tests).
         offline_image_size (`int` or `None`, defaults to `None`):
             Input resolution of that model (a multiple of 8); `None` keeps the preset's.
+        train_shards (`str` or `None`, defaults to `None`):
+            Train on webdataset `.tar` shards instead of the training split: a glob (`"/data/shards/*.tar"`) or
+            comma-separated paths, streamed by [`clip_trl.shards.ShardStream`] (each process reads its own
+            shards; `--max_steps` is required). Evaluation and test still use the splits above.
+        shuffle_buffer (`int`, defaults to `1000`):
+            Rows in each shard reader's shuffle buffer (`train_shards` only).
 
     Example:
 
@@ -137,6 +143,12 @@ class ScriptArguments:
     offline_image_size: int | None = field(
         default=None, metadata={"help": "Input resolution of that random CLIP (multiple of 8); default: preset's."}
     )
+    train_shards: str | None = field(
+        default=None,
+        metadata={"help": "Train on webdataset .tar shards (glob or comma-separated paths) instead of the train "
+                  "split; needs --max_steps."},
+    )
+    shuffle_buffer: int = field(default=1000, metadata={"help": "Shuffle buffer rows per shard reader."})
 
     def __post_init__(self) -> None:
         for name in ("validation_size", "test_size"):
@@ -457,7 +469,7 @@ def run_contrastive(
     trainer = ClipContrastiveTrainer(
         model=model,
         args=training_args,
-        train_dataset=data[script_args.dataset_train_split],
+        train_dataset=train_dataset(script_args, training_args, data),
         eval_dataset=data[script_args.dataset_eval_split],
         peft_config=clip_peft_config(model_args),
     )
@@ -555,13 +567,26 @@ def run_rl(
         model=model,
         reward_funcs=list(script_args.reward_funcs),
         args=training_args,
-        train_dataset=data[script_args.dataset_train_split],
+        train_dataset=train_dataset(script_args, training_args, data),
         eval_dataset=data[script_args.dataset_eval_split],
         peft_config=clip_peft_config(model_args),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     save_trainer(trainer)
     return trainer
+
+
+def train_dataset(script_args: ScriptArguments, training_args: Any, data: datasets.DatasetDict) -> Any:
+    """The training data: a [`~clip_trl.shards.ShardStream`] over `--train_shards`, else the training split."""
+    if not script_args.train_shards:
+        return data[script_args.dataset_train_split]
+    from .shards import ShardStream
+
+    if training_args.max_steps is None or training_args.max_steps <= 0:
+        raise ValueError("`--train_shards` streams the data (no length is known): set `--max_steps`.")
+    files = [f.strip() for f in script_args.train_shards.split(",") if f.strip()]
+    return ShardStream(files, image_column=training_args.image_column, caption_column=training_args.caption_column,
+                       shuffle_buffer=script_args.shuffle_buffer, seed=training_args.seed)
 
 
 def print_metrics(metrics: dict[str, float], title: str) -> None:

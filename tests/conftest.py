@@ -1,5 +1,8 @@
+import os
+
 import datasets
 import pytest
+import torch
 
 from clip_trl.offline import build_clip, load_emoji_dataset
 
@@ -15,3 +18,14 @@ def emoji():
 def tiny():
     """A fresh tiny random CLIP and its processor (real CLIP tokenizer)."""
     return build_clip("tiny", seed=0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`cuda`-marked tests are skipped without a CUDA device, unless `CLIP_TRL_CUDA_TESTS_ON_CPU=1` (what
+    `benchmarks/gpu_suite.sh --dry-run` sets) asks to run them on CPU to check the tests themselves."""
+    if torch.cuda.is_available() or os.environ.get("CLIP_TRL_CUDA_TESTS_ON_CPU") == "1":
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (benchmarks/gpu_suite.sh runs these on the GPU machine)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -11,7 +11,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer
 from clip_trl import image_processing as ip_module
-from clip_trl.data import ClipDataCollator, ProcessorImageTransform, to_rgb
+from clip_trl.data import ClipDataCollator, ProcessorImageTransform, load_image, to_rgb
 from clip_trl.image_processing import FastImageTransform, image_transform_for
 
 # (height, width): landscape / portrait photos, exact size, one pixel off, tiny (upscaled and padded by
@@ -154,7 +154,7 @@ def test_trainers_and_collator_use_the_fast_pipeline_by_default(tiny, emoji, tmp
 
 
 def test_bad_image_processing_value_is_named():
-    with pytest.raises(ValueError, match=r"`image_processing` must be one of \('fast', 'processor'\), got 'quick'\."):
+    with pytest.raises(ValueError, match=r"`image_processing` must be one of \('fast', 'processor', 'draft'\), got 'quick'\."):
         ClipContrastiveConfig(output_dir="unused", image_processing="quick")
 
 
@@ -163,3 +163,45 @@ def test_docstring_example_runs():
 
     assert doctest.testmod(ip_module).attempted > 0
     assert doctest.testmod(ip_module).failed == 0
+
+
+# ------------------------------------------------------------------------------------------ JPEG draft mode
+
+
+def jpeg_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def test_draft_decodes_jpegs_reduced_to_the_resize_size(clip224):
+    transform = FastImageTransform(clip224, draft=True)
+    assert transform.is_fast and transform.draft_size is not None
+    # 640x480 resizes to 298x224: half-size decoding (320x240) is the smallest at least that big; 1280x960
+    # gives a quarter (320x240 again); 400x300 cannot be halved (200x150 < 298x224).
+    assert transform.draft_size(640, 480) == (298, 224)
+    assert transform.draft_size(400, 300) is None
+    assert FastImageTransform(clip224).draft_size is None  # off by default
+    big = photo(960, 1280, seed=3)
+    jpegs = [jpeg_bytes(big), jpeg_bytes(photo(480, 640, seed=4)), jpeg_bytes(photo(300, 400, seed=5))]
+    assert [load_image(j, draft=transform.draft_size).size for j in jpegs] == [(320, 240), (320, 240), (400, 300)]
+    out = transform(jpegs)
+    # Close to the exact pipeline on the same JPEGs (smooth content; the benchmark reports real photos).
+    exact = FastImageTransform(clip224)([jpeg_bytes(big)])
+    levels = ((out[:1] - exact) * torch.tensor(clip224.image_std).view(1, 3, 1, 1) * 255).abs()
+    assert 0 < levels.mean() < 2 and levels.max() < 40
+
+
+def test_draft_mode_reaches_the_collator_and_png_stays_full_size(tiny):
+    model, processor = tiny
+    transform = image_transform_for(processor.image_processor, "draft")
+    collator = ClipDataCollator(processor, image_transform=transform)
+    jpeg = {"bytes": jpeg_bytes(photo(480, 640, seed=6)), "path": None}
+    buffer = io.BytesIO()
+    photo(480, 640, seed=6).save(buffer, format="PNG")
+    png = {"bytes": buffer.getvalue(), "path": None}
+    parsed = collator.parse_row({"image": jpeg, "caption": "a"})
+    assert parsed["image"].size == (80, 60)  # the tiny model's 32 px input: an eighth of 640x480 suffices
+    assert collator.parse_row({"image": png, "caption": "a"})["image"].size == (640, 480)
+    assert collator([{"image": jpeg, "caption": "a"}, {"image": png, "caption": "b"}])["pixel_values"].shape == (
+        2, 3, 32, 32)

@@ -227,6 +227,15 @@ class ClipTrainerBase(Trainer):
     def _make_collator(self, processing_class: Any, args: ClipBaseConfig) -> Callable:
         return ClipDataCollator(processing_class, **self._collator_kwargs(processing_class, args))
 
+    def get_train_dataloader(self) -> Any:
+        # A `ShardStream` (webdataset shards) is already split per process and resumes itself exactly: it gets its
+        # own DataLoader and checkpointed position (clip_trl/shards.py says why accelerate's would not do).
+        from ..shards import ShardStream, train_dataloader
+
+        if isinstance(self.train_dataset, ShardStream):
+            return train_dataloader(self)
+        return super().get_train_dataloader()
+
     # ---------------------------------------------------------------------------------- reference model
     # Methods that compare the policy with its starting point (RL's KL leash, DPO's log-ratios) share this.
 

@@ -66,8 +66,10 @@ class ClipBaseConfig(TrainingArguments):
         image_processing (`str`, defaults to `"fast"`):
             `"fast"`: clip_trl's resize / center-crop / normalise
             ([`~clip_trl.image_processing.FastImageTransform`]), bitwise equal to the model's image processor and
-            faster; it falls back to the processor by itself for processors it does not implement. `"processor"`:
-            always call the model's image processor.
+            faster; it falls back to the processor by itself for processors it does not implement. `"draft"`: the
+            same, but JPEGs are decoded reduced (JPEG draft mode) to about the resize's size first — much faster on
+            large photos, not bitwise equal (see the performance docs). `"processor"`: always call the model's
+            image processor.
 
     Speed options inherited from `TrainingArguments`, with the defaults clip_trl gives them:
 
@@ -128,8 +130,9 @@ class ClipBaseConfig(TrainingArguments):
     image_processing: str = field(
         default="fast",
         metadata={
-            "help": "Image preprocessing: 'fast' (bitwise equal to the model's processor, faster) or 'processor'.",
-            "choices": ["fast", "processor"],
+            "help": "Image preprocessing: 'fast' (bitwise equal to the model's processor, faster), 'draft' (fast "
+            "plus reduced JPEG decoding: faster on large photos, not bitwise equal) or 'processor'.",
+            "choices": ["fast", "processor", "draft"],
         },
     )
 
