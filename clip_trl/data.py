@@ -1,6 +1,7 @@
-"""From dataset rows to model tensors: image decoding, caption checks, and the batch collator.
+"""From dataset rows to model tensors: row-indexed datasets and the batch collator.
 
-Everything here runs inside DataLoader workers, so decoding and resizing images happen in parallel
+Decoding one row's image and checking its caption live in [`clip_trl.rows`] (re-exported here). Everything
+here runs inside DataLoader workers, so decoding and resizing images happen in parallel
 with the training step (`dataloader_num_workers`). Bad rows are never dropped silently: they raise
 a [`BadRowError`] that names the row and the column, unless the user opted into skipping them, in
 which case the collator counts them and the trainer logs the count.
@@ -8,60 +9,56 @@ which case the collator counts them and the trainer logs the count.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
-import os
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
 from .encoding import image_batch, text_max_length, tokenize
+from .image_processing import FastImageTransform
+from .rows import (  # re-exported: the data path's public names have always been importable from here
+    EVAL_HINT,
+    SKIP_HINT,
+    BadRowError,
+    ProcessorImageTransform,
+    caption_choices,
+    check_caption,
+    content_key,
+    image_key,
+    load_image,
+    processor_image_inputs,
+    split_processor,
+    to_rgb,
+)
+
+__all__ = [
+    "EVAL_HINT",
+    "ROW_INDEX_KEY",
+    "SKIP_HINT",
+    "BadRowError",
+    "ClipDataCollator",
+    "IndexedDataset",
+    "IndexedIterableDataset",
+    "ProcessorImageTransform",
+    "caption_choices",
+    "check_caption",
+    "check_columns",
+    "content_key",
+    "image_key",
+    "load_image",
+    "processor_image_inputs",
+    "split_processor",
+    "to_rgb",
+    "with_row_index",
+]
 
 logger = logging.getLogger(__name__)
 
 # The trainer wraps datasets so every row carries its index; error messages quote it.
 ROW_INDEX_KEY = "__row_index__"
-
-SKIP_HINT = "Fix or remove the row, or pass `skip_bad_rows=True` to skip such rows (they are counted and logged)."
-# Evaluation scores every row, so `skip_bad_rows` (a training option) does not apply there.
-EVAL_HINT = (
-    "Evaluation does not skip bad rows (`skip_bad_rows` applies to training only): fix the row, or remove it from "
-    "the evaluation set (e.g. with `dataset.filter`) before evaluating."
-)
-
-
-class BadRowError(ValueError):
-    """A dataset row that cannot be turned into a training example (bad image or caption).
-
-    The message is `Row <index>, column '<name>': <problem>. <hint>`; `hint` says what to do about it.
-    """
-
-    def __init__(
-        self, row: int | str | None, column: str | None = None, problem: str | None = None, hint: str = SKIP_HINT
-    ) -> None:
-        if column is None and isinstance(row, str):
-            # A DataLoader worker's error is re-raised in the main process as `type(message)`; keep the type.
-            super().__init__(row)
-            self.row, self.column, self.problem = None, None, row
-            return
-        where = f"Row {row}" if row is not None else "A row"
-        super().__init__(f"{where}, column '{column}': {problem}. {hint}")
-        self.row = row
-        self.column = column
-        self.problem = problem
-
-    def with_hint(self, hint: str) -> BadRowError:
-        """The same error with another hint (e.g. [`EVAL_HINT`] where rows cannot be skipped)."""
-        if self.column is None:  # a message re-raised from a DataLoader worker: keep it as it is
-            return self
-        error = BadRowError(self.row, self.column, self.problem, hint=hint)
-        error.__cause__ = self.__cause__
-        return error
 
 
 def check_columns(dataset: Any, required: Mapping[str, str | None], dataset_name: str) -> None:
@@ -150,146 +147,7 @@ def _undecoded(dataset: Any, image_columns: Sequence[str]) -> Any:
     return dataset
 
 
-# --------------------------------------------------------------------------------------------- images
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB.
-
-    Transparent pixels are composited onto white (a plain `convert("RGB")` keeps whatever colour
-    hides under alpha 0, usually black, which turns every emoji or logo into a black square), and
-    16/32-bit greyscale is rescaled to 8 bits instead of being clipped.
-    """
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
-        array = np.clip(array / top * 255.0, 0, 255).astype(np.uint8)
-        return Image.fromarray(array, mode="L").convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def load_image(
-    value: Any, *, row: int | None = None, column: str = "image", draft: Callable[[int, int], Any] | None = None
-) -> Image.Image:
-    """Decode one image cell (PIL image, path, bytes, `datasets.Image` dict or array) to RGB.
-
-    `draft(width, height)`, when given, returns the smallest size a JPEG may be decoded at (or `None`): JPEG
-    draft mode then decodes it reduced by 1/2, 1/4 or 1/8 (see `FastImageTransform(draft=True)`).
-
-    Raises:
-        BadRowError: the cell is empty, the file does not exist, or the bytes are not an image.
-    """
-    try:
-        if isinstance(value, Image.Image):
-            image = value
-        elif isinstance(value, dict):  # datasets.Image(decode=False): {"bytes": ..., "path": ...}
-            if value.get("bytes") is not None:
-                image = Image.open(io.BytesIO(value["bytes"]))
-            elif value.get("path"):
-                image = _open_path(value["path"], row, column)
-            else:
-                raise BadRowError(row, column, "the image cell has neither bytes nor a path")
-        elif isinstance(value, (str, os.PathLike)):
-            image = _open_path(os.fspath(value), row, column)
-        elif isinstance(value, (bytes, bytearray)):
-            image = Image.open(io.BytesIO(value))
-        elif isinstance(value, np.ndarray):
-            image = Image.fromarray(value)
-        elif value is None:
-            raise BadRowError(row, column, "the image is missing (None)")
-        else:
-            raise BadRowError(row, column, f"cannot read an image from a {type(value).__name__}")
-        if draft is not None and getattr(image, "format", None) == "JPEG":
-            size = draft(*image.size)
-            if size is not None:
-                image.draft(None, size)
-        image.load()  # decode now, so truncated files fail here and not in a later transform
-        return to_rgb(image)
-    except BadRowError:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise BadRowError(row, column, f"cannot decode the image ({type(error).__name__}: {error})") from error
-
-
-def _open_path(path: str, row: int | None, column: str) -> Image.Image:
-    if not os.path.exists(path):
-        raise BadRowError(row, column, f"image file '{path}' does not exist")
-    return Image.open(path)
-
-
-def content_key(data: bytes | str) -> int:
-    """A stable 63-bit key of an image's pixels or a caption's text (same on every process)."""
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
-
-
-def image_key(image: Image.Image) -> int:
-    return content_key(image.size[0].to_bytes(4, "little") + image.size[1].to_bytes(4, "little") + image.tobytes())
-
-
-# ------------------------------------------------------------------------------------------- captions
-
-
-def check_caption(value: Any, *, row: int | None, column: str) -> str:
-    """Return a usable caption or raise a [`BadRowError`] saying what is wrong with it."""
-    if value is None:
-        raise BadRowError(row, column, "the caption is missing (None)")
-    if not isinstance(value, str):
-        raise BadRowError(row, column, f"the caption must be a string, got {type(value).__name__} {value!r}")
-    if not value.strip():
-        raise BadRowError(row, column, f"the caption is empty ({value!r})")
-    return value
-
-
-def caption_choices(value: Any, *, row: int | None, column: str) -> list[str]:
-    """All captions of a row: a string gives one, a list (COCO style) gives each of its entries."""
-    if isinstance(value, (list, tuple)):
-        if not value:
-            raise BadRowError(row, column, "the caption list is empty")
-        return [check_caption(v, row=row, column=f"{column}[{i}]") for i, v in enumerate(value)]
-    return [check_caption(value, row=row, column=column)]
-
-
 # ------------------------------------------------------------------------------------------- collator
-
-
-def split_processor(processing_class: Any) -> tuple[Any, Any]:
-    """Return `(image_processor, tokenizer)` from a CLIP-style processor."""
-    image_processor = getattr(processing_class, "image_processor", None)
-    tokenizer = getattr(processing_class, "tokenizer", None)
-    if image_processor is None or tokenizer is None:
-        raise TypeError(
-            "`processing_class` must be a processor with both an `image_processor` and a `tokenizer` "
-            f"(e.g. `CLIPProcessor`), got {type(processing_class).__name__}. Load one with "
-            "`AutoProcessor.from_pretrained(<model id>)`."
-        )
-    return image_processor, tokenizer
-
-
-class ProcessorImageTransform:
-    """Images -> `pixel_values` with the model's own image processor (the reference path)."""
-
-    def __init__(self, image_processor: Any) -> None:
-        self.image_processor = image_processor
-
-    def __call__(self, images: list[Image.Image]) -> torch.Tensor | dict[str, torch.Tensor]:
-        return processor_image_inputs(self.image_processor(images=images, return_tensors="pt"))
-
-
-def processor_image_inputs(output: Mapping[str, Any]) -> torch.Tensor | dict[str, torch.Tensor]:
-    """An image processor's output as the collator passes it on: the `pixel_values` tensor, or all its tensors
-    when it has more (SigLIP 2's `pixel_attention_mask` and `spatial_shapes` belong with the patches)."""
-    tensors = {key: value for key, value in output.items() if isinstance(value, torch.Tensor)}
-    return tensors["pixel_values"] if set(tensors) == {"pixel_values"} else tensors
 
 
 class ClipDataCollator:
@@ -328,7 +186,6 @@ class ClipDataCollator:
     ) -> None:
         image_processor, self.tokenizer = split_processor(processing_class)
         if image_transform is None:
-            from .image_processing import FastImageTransform  # imports this module
 
             image_transform = FastImageTransform(image_processor)
         self.image_transform = image_transform

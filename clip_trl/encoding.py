@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import modeling
+from .image_processing import FastImageTransform
 
 __all__ = [
     "MAX_TEXT_TOKENS",
@@ -148,12 +149,8 @@ def device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 def _image_transform(processor_or_transform: Any) -> Callable[[list[Any]], Any]:
     image_processor = getattr(processor_or_transform, "image_processor", None)
     if image_processor is not None:  # a processor: the fast pipeline of its image processor
-        from .image_processing import FastImageTransform
-
         return FastImageTransform(image_processor)
     if hasattr(processor_or_transform, "preprocess"):  # an image processor
-        from .image_processing import FastImageTransform
-
         return FastImageTransform(processor_or_transform)
     return processor_or_transform
 

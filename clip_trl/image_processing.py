@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import ProcessorImageTransform, load_image, processor_image_inputs, to_rgb
+from .rows import ProcessorImageTransform, load_image, processor_image_inputs, to_rgb
 
 logger = logging.getLogger(__name__)
 
