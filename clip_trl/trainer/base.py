@@ -1,7 +1,9 @@
 """What every clip_trl trainer shares: model and processor loading, tower freezing, peft wrapping, the reference model,
 row-indexed data, the logit-scale clamp and optimizer groups, metric logging, and retrieval evaluation.
 
-Method-specific work (the loss) lives in the subclasses; nothing here is copied between them.
+Method-specific work (the loss) lives in the subclasses; nothing here is copied between them. Two concerns have
+their own modules and are mixed in: crash-safe checkpoints ([`clip_trl.trainer.checkpointing`]) and the model
+card written on every save ([`clip_trl.trainer.cards`]).
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from transformers.utils import logging
 
 from .. import encoding, modeling
 from ..data import ClipDataCollator, check_columns, split_processor, with_row_index
-from ..hub import warn_if_base_is_local
 from ..image_processing import image_transform_for
-from ..plotting import TRAINING_CURVES_FILENAME, TrainingCurvesCallback
+from ..plotting import TrainingCurvesCallback
 from .base_config import ClipBaseConfig
+from .cards import ModelCardMixin
+from .checkpointing import CrashSafeCheckpointMixin
 
 logger = logging.get_logger(__name__)
 
@@ -82,7 +85,7 @@ def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([t.detach().float().norm().to(tensors[0].device) for t in tensors]).norm()
 
 
-class ClipTrainerBase(Trainer):
+class ClipTrainerBase(CrashSafeCheckpointMixin, ModelCardMixin, Trainer):
     """Shared machinery of [`ClipContrastiveTrainer`], [`ClipRLTrainer`] and [`ClipDPOTrainer`]; not used directly."""
 
     _method_name: str = "clip"
@@ -467,187 +470,3 @@ class ClipTrainerBase(Trainer):
     def _eval_method_metrics(self, model: nn.Module, dataset: Any) -> dict[str, float]:
         """Metrics only the method can compute on the eval set (names without the `eval_` prefix)."""
         return {}
-
-    # --- model card, saving and the Hub -----------------------------------------------------------------
-    # Every save writes a model card next to the weights, and `push_to_hub` (the Trainer's own: it saves,
-    # calls `create_model_card`, then uploads `output_dir`) publishes it with the training-curves picture.
-
-    def create_model_card(
-        self,
-        model_name: str | None = None,
-        dataset_name: str | list[str] | None = None,
-        tags: str | list[str] | None = None,
-        language: str | list[str] | None = None,
-        license: str | None = None,
-        finetuned_from: str | None = None,
-        tasks: str | list[str] | None = None,
-        dataset_tags: str | list[str] | None = None,
-        dataset: str | list[str] | None = None,
-        dataset_args: str | list[str] | None = None,
-    ) -> None:
-        r"""
-        Write `output_dir/README.md`: the model card of this run (main process only).
-
-        The card has front matter for the Hub (`base_model`, `datasets`, `library_name` — `transformers`, or
-        `peft` for an adapter —, `pipeline_tag: zero-shot-image-classification`, tags with `clip_trl` and the
-        method, and a `model-index` with the final `eval_*` metrics of `state.log_history`), then what was
-        trained and how, a quick-start snippet, the training curves (redrawn if evaluations were logged
-        since training ended), framework versions and citations. See [`clip_trl.model_card.build_model_card`].
-
-        The signature accepts both TRL's arguments (`model_name`, `dataset_name`, `tags`) and those of
-        [`~transformers.Trainer.create_model_card`], so `push_to_hub(dataset_name=..., license=...)` works.
-
-        Args:
-            model_name (`str`, *optional*): the card's title; defaults to the output folder's name.
-            dataset_name (`str` or `list[str]`, *optional*): Hub dataset id(s) trained on.
-            tags (`str` or `list[str]`, *optional*): tags added to `clip_trl`, the method and the model type.
-            language (`str` or `list[str]`, *optional*): front-matter `language`.
-            license (`str`, *optional*): front-matter `license`.
-            finetuned_from (`str`, *optional*): the base model's Hub id, when the model itself does not know it
-                (e.g. it was loaded from a local folder).
-            tasks, dataset_tags, dataset_args (*optional*): accepted for compatibility; the task is always
-                zero-shot image classification, and `dataset_tags` / `dataset` add to `dataset_name`.
-
-        Example:
-
-        ```python
-        >>> import os, tempfile
-        >>> from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer
-        >>> from clip_trl.offline import build_clip, load_emoji_dataset
-        >>> model, processor = build_clip("tiny")
-        >>> args = ClipContrastiveConfig(output_dir=tempfile.mkdtemp(), report_to="none")
-        >>> trainer = ClipContrastiveTrainer(model=model, args=args, processing_class=processor,
-        ...                                  train_dataset=load_emoji_dataset(max_examples=16)["train"])
-        >>> trainer.create_model_card(dataset_name="my-org/emoji", tags="emoji")
-        >>> os.path.isfile(os.path.join(args.output_dir, "README.md"))
-        True
-
-        ```
-        """
-        if not self.is_world_process_zero():
-            return
-        names: list[str] = []
-        for value in (dataset_name, dataset_tags, dataset):
-            for name in [value] if isinstance(value, str) else (value or []):
-                if name not in names:
-                    names.append(name)
-        # Remembered, so that the cards of later saves (checkpoints, `save_model()`) keep what was said here.
-        given = {"model_name": model_name, "dataset_name": names or None, "tags": tags, "language": language,
-                 "license": license, "finetuned_from": finetuned_from}
-        self._model_card_kwargs = {**getattr(self, "_model_card_kwargs", {}),
-                                   **{key: value for key, value in given.items() if value is not None}}
-        self._refresh_training_curves()
-        self._write_model_card(self.args.output_dir)
-
-    def _write_model_card(self, folder: str, strict: bool = True) -> None:
-        from ..model_card import build_model_card
-
-        try:
-            os.makedirs(folder, exist_ok=True)
-            card = build_model_card(self, folder=folder, **getattr(self, "_model_card_kwargs", {}))
-            card.save(os.path.join(folder, "README.md"))
-        except Exception as error:
-            if strict:
-                raise
-            # On the save path the weights are already written: a card problem must not end a long run.
-            logger.warning(f"Could not write the model card in {folder}: {type(error).__name__}: {error}")
-
-    def _refresh_training_curves(self) -> None:
-        """Redraw `output_dir/training_curves.png` when the log grew since it was drawn (e.g. by a final
-        `evaluate()` after training), so the card's picture shows the last evaluation too."""
-        callback = getattr(self, "_curves_callback", None)
-        picture = os.path.join(self.args.output_dir, TRAINING_CURVES_FILENAME)
-        if callback is None or callback.plotted_entries is None:
-            return  # not trained in this session: keep whatever picture is there
-        if callback.plotted_entries != len(self.state.log_history) or not os.path.isfile(picture):
-            callback.plot(self.args, self.state)
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the model (the adapter only, for a peft model), its processor and a model card (`README.md`).
-
-        Checkpoints get a card too, so any `checkpoint-*` folder is a self-describing, loadable model.
-        """
-        super().save_model(output_dir, _internal_call=True)  # the push, if any, comes after the card
-        folder = output_dir if output_dir is not None else self.args.output_dir
-        if self.args.should_save:
-            if os.path.abspath(folder) == os.path.abspath(self.args.output_dir):
-                self._refresh_training_curves()
-            self._write_model_card(folder, strict=False)
-            warn_if_base_is_local(self.accelerator.unwrap_model(self.model))
-        if self.args.push_to_hub and not _internal_call:
-            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        super()._save(output_dir, state_dict=state_dict)
-        # An adapter folder does not hold the base model's parameters: save those clip_trl added (`logit_bias`).
-        from .. import lora
-
-        lora.save_added_parameters(self.model, output_dir if output_dir is not None else self.args.output_dir)
-
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        # With `hub_strategy` pushing during training, the Trainer uploads `output_dir` (not the checkpoint
-        # folder), so that is where the card must be for the Hub repository to have one.
-        if self.args.push_to_hub and self.args.should_save:
-            self._write_model_card(self.args.output_dir, strict=False)
-        # Crash-safe: the Trainer writes into a staging folder (see `_get_output_dir`) that is renamed to
-        # `checkpoint-N` only once complete, so resuming never picks a half-written checkpoint
-        # (clip_trl/trainer/checkpointing.py says why the Trainer's own in-place writes are not enough).
-        from . import checkpointing
-
-        run_dir = super()._get_output_dir(trial)
-        if self.args.should_save:
-            checkpointing.remove_stale(run_dir)
-        self.accelerator.wait_for_everyone()  # no process writes into a folder that is being removed
-        self._checkpoint_stage = checkpointing.CheckpointStage(run_dir, self.state.global_step)
-        try:
-            super()._save_checkpoint(model, trial)  # with `push_to_hub`, publishes in `_push_from_checkpoint`
-            self._publish_checkpoint()
-        finally:
-            self._checkpoint_stage = None
-        # The Trainer rotated its run directory, the staging folder; rotate the real one.
-        if self.args.should_save:
-            try:
-                from transformers.trainer_utils import rotate_checkpoints
-            except ImportError:  # transformers < 5
-                self._rotate_checkpoints(use_mtime=False, output_dir=run_dir)
-            else:
-                rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
-                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
-
-    def _get_output_dir(self, trial: Any) -> str:
-        stage = getattr(self, "_checkpoint_stage", None)
-        if stage is not None and not stage.published:
-            return stage.staging_root
-        return super()._get_output_dir(trial)
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        # The Trainer pushes right after writing `trainer_state.json`, in a background upload that reads the
-        # folder later: publish first, so the upload reads the final folder, which stays where it is.
-        stage = getattr(self, "_checkpoint_stage", None)
-        if stage is not None and os.path.abspath(checkpoint_folder) == os.path.abspath(stage.staged_folder):
-            self._publish_checkpoint()
-            checkpoint_folder = stage.final_folder
-        super()._push_from_checkpoint(checkpoint_folder)
-
-    def _publish_checkpoint(self) -> None:
-        """Rename the complete staged checkpoint to `checkpoint-N` (every process calls this; the saving one renames)."""
-        from transformers.trainer import TRAINER_STATE_NAME
-
-        from . import checkpointing
-
-        stage = self._checkpoint_stage
-        if stage is None or stage.published:
-            return
-        self.accelerator.wait_for_everyone()  # every process's files (RNG states, sharded optimizer) are written
-        if self.state.best_model_checkpoint is not None and os.path.abspath(
-            self.state.best_model_checkpoint
-        ) == os.path.abspath(stage.staged_folder):
-            # The Trainer recorded the staging path as the best checkpoint: point it (and the saved state) at the
-            # final folder before publishing it.
-            self.state.best_model_checkpoint = stage.final_folder
-            if self.args.should_save:
-                self.state.save_to_json(os.path.join(stage.staged_folder, TRAINER_STATE_NAME))
-        if self.args.should_save:
-            checkpointing.publish(stage)
-        stage.published = True
-        self.accelerator.wait_for_everyone()  # nobody reads `checkpoint-N` before it exists

@@ -18,7 +18,7 @@ move it to `<run dir>/checkpoint-N` with one `os.replace` (atomic on POSIX and W
 files it uploads from `output_dir` (`ignore_patterns=["_*", ...]`), so a half-written checkpoint is never
 resumed from, rotated or pushed. Leftovers of a crash are removed by the next save.
 
-The trainer side (which process writes, renames and waits) is in `ClipTrainerBase._save_checkpoint`.
+The trainer side (which process writes, renames and waits) is [`CrashSafeCheckpointMixin`], below.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -127,3 +128,72 @@ def publish(stage: CheckpointStage) -> None:
     with contextlib.suppress(OSError):
         os.rmdir(stage.staging_root)
     stage.published = True
+
+
+class CrashSafeCheckpointMixin:
+    """`Trainer` overrides that write each checkpoint into a staging folder and publish it with one rename
+    (see the module docstring). Mixed into [`ClipTrainerBase`] ahead of `transformers.Trainer`."""
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        # With `hub_strategy` pushing during training, the Trainer uploads `output_dir` (not the checkpoint
+        # folder), so that is where the card must be for the Hub repository to have one.
+        if self.args.push_to_hub and self.args.should_save:
+            self._write_model_card(self.args.output_dir, strict=False)
+        # Crash-safe: the Trainer writes into a staging folder (see `_get_output_dir`) that is renamed to
+        # `checkpoint-N` only once complete, so resuming never picks a half-written checkpoint
+        # (clip_trl/trainer/checkpointing.py says why the Trainer's own in-place writes are not enough).
+        run_dir = super()._get_output_dir(trial)
+        if self.args.should_save:
+            remove_stale(run_dir)
+        self.accelerator.wait_for_everyone()  # no process writes into a folder that is being removed
+        self._checkpoint_stage = CheckpointStage(run_dir, self.state.global_step)
+        try:
+            super()._save_checkpoint(model, trial)  # with `push_to_hub`, publishes in `_push_from_checkpoint`
+            self._publish_checkpoint()
+        finally:
+            self._checkpoint_stage = None
+        # The Trainer rotated its run directory, the staging folder; rotate the real one.
+        if self.args.should_save:
+            try:
+                from transformers.trainer_utils import rotate_checkpoints
+            except ImportError:  # transformers < 5
+                self._rotate_checkpoints(use_mtime=False, output_dir=run_dir)
+            else:
+                rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+    def _get_output_dir(self, trial: Any) -> str:
+        stage = getattr(self, "_checkpoint_stage", None)
+        if stage is not None and not stage.published:
+            return stage.staging_root
+        return super()._get_output_dir(trial)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # The Trainer pushes right after writing `trainer_state.json`, in a background upload that reads the
+        # folder later: publish first, so the upload reads the final folder, which stays where it is.
+        stage = getattr(self, "_checkpoint_stage", None)
+        if stage is not None and os.path.abspath(checkpoint_folder) == os.path.abspath(stage.staged_folder):
+            self._publish_checkpoint()
+            checkpoint_folder = stage.final_folder
+        super()._push_from_checkpoint(checkpoint_folder)
+
+    def _publish_checkpoint(self) -> None:
+        """Rename the complete staged checkpoint to `checkpoint-N` (every process calls this; the saving one renames)."""
+        from transformers.trainer import TRAINER_STATE_NAME
+
+        stage = self._checkpoint_stage
+        if stage is None or stage.published:
+            return
+        self.accelerator.wait_for_everyone()  # every process's files (RNG states, sharded optimizer) are written
+        if self.state.best_model_checkpoint is not None and os.path.abspath(
+            self.state.best_model_checkpoint
+        ) == os.path.abspath(stage.staged_folder):
+            # The Trainer recorded the staging path as the best checkpoint: point it (and the saved state) at the
+            # final folder before publishing it.
+            self.state.best_model_checkpoint = stage.final_folder
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(stage.staged_folder, TRAINER_STATE_NAME))
+        if self.args.should_save:
+            publish(stage)
+        stage.published = True
+        self.accelerator.wait_for_everyone()  # nobody reads `checkpoint-N` before it exists
