@@ -100,3 +100,14 @@ def test_no_page_offers_accelerate_cpu_launch_as_a_multi_process_command():
             elif fence in ("", "bash", "sh", "shell", "console") and "accelerate launch" in line and "--cpu" in line:
                 offenders.append(f"{page.name}: {line.strip()}")
     assert offenders == []
+
+
+def test_fsdp_that_accelerate_did_not_enable_is_reported():
+    from clip_trl.trainer.launch_check import warn_if_fsdp_inactive
+
+    # Asked through the config field or an accelerate FSDP config, but not active (a CPU process group): warn.
+    assert warn_if_fsdp_inactive(["full_shard"], fsdp_enabled=False, environ={}) is True
+    assert warn_if_fsdp_inactive([], fsdp_enabled=False, environ={"ACCELERATE_USE_FSDP": "true"}) is True
+    # Active, or never asked for: nothing to say.
+    assert warn_if_fsdp_inactive(["full_shard"], fsdp_enabled=True, environ={}) is False
+    assert warn_if_fsdp_inactive([], fsdp_enabled=False, environ={"ACCELERATE_USE_FSDP": "false"}) is False

@@ -167,9 +167,10 @@ class ClipTrainerBase(CrashSafeCheckpointMixin, ModelCardMixin, Trainer):
             **kwargs,
         )
         if self.args.process_index == 0:  # e.g. `accelerate launch --cpu --num_processes 2` without MPI
-            from .launch_check import warn_if_fewer_processes
+            from .launch_check import warn_if_fewer_processes, warn_if_fsdp_inactive
 
             warn_if_fewer_processes(self.args.world_size)
+            warn_if_fsdp_inactive(self.args.fsdp, getattr(self, "is_fsdp_enabled", False))
         # Our losses are means over the batch; let the Trainer divide by the accumulation steps.
         self.model_accepts_loss_kwargs = False
         bound = modeling.max_logit_scale(self.model, args.max_logit_scale)

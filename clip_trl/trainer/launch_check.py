@@ -1,4 +1,4 @@
-"""Warn when a launch asked for several processes but the trainer runs in one.
+"""Warn when a launch asked for several processes but the trainer runs in one, or for FSDP that is not active.
 
 `accelerate launch --cpu --num_processes 2 train.py` (or an accelerate config with `distributed_type:
 MULTI_CPU`) on a machine without MPI starts *one* process, and the child is told nothing about the request: no
@@ -10,8 +10,9 @@ config file it would read. Linux only (`/proc`); elsewhere nothing is checked.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from transformers.utils import logging
 
@@ -99,5 +100,29 @@ def warn_if_fewer_processes(world_size: int, argv: Sequence[str] | None = None) 
     logger.warning(
         f"This launch asked for {count} processes ({how}) but the trainer runs in {world_size} "
         f"(world_size={world_size}): training is not distributed. {TORCHRUN_HINT}"
+    )
+    return True
+
+
+def fsdp_requested(fsdp_option: Sequence[Any] | str | None, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether FSDP was asked for: `TrainingArguments.fsdp`, or an accelerate config with `distributed_type: FSDP`
+    (which `accelerate launch` passes on as `ACCELERATE_USE_FSDP=true`)."""
+    environ = os.environ if environ is None else environ
+    return bool(fsdp_option) or environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+
+
+def warn_if_fsdp_inactive(fsdp_option: Sequence[Any] | str | None, fsdp_enabled: bool,
+                          environ: Mapping[str, str] | None = None) -> bool:
+    """Log a warning (and return True) when FSDP was asked for but the Trainer did not enable it.
+
+    accelerate turns FSDP on only for accelerator process groups (CUDA, XPU, ...); under `torchrun ... --use_cpu
+    true` the run is plain DDP — every process holds the whole model — with no word from accelerate.
+    """
+    if not fsdp_requested(fsdp_option, environ) or fsdp_enabled:
+        return False
+    logger.warning(
+        "FSDP was requested (`fsdp` / an accelerate FSDP config) but is not active: accelerate enables it only on "
+        "GPU/XPU process groups, so this run trains with plain DDP and every process holds the whole model. Run on "
+        "GPUs for sharded training, or drop the FSDP setting to silence this."
     )
     return True
