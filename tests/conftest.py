@@ -6,6 +6,12 @@ import torch
 
 from clip_trl.offline import build_clip, load_emoji_dataset
 
+# Under pytest-xdist each worker gets one core's worth of threads (two workers × two torch threads would
+# oversubscribe a 2-core machine); the variable is inherited by the processes a test launches.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 @pytest.fixture(scope="session")
 def emoji():
