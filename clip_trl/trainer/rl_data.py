@@ -47,6 +47,10 @@ class RLDataCollator(ClipDataCollator):
         - `distinct_image_rows` `[M]` (`text_to_image`): the row holding each of the batch's distinct images
           (candidate `k` is the image of row `distinct_image_rows[k]`);
         - `candidates` (list of lists of str), `ground_truth` (list), `rows` (decoded rows for rewards).
+
+    With `candidates="retrieved"` the candidate sets depend on the model, so the trainer builds them (and the
+    texts, `candidate_index`, `target_index`) in the step; the batch then carries the images, each row's
+    `captions` (list of str), `ground_truth` and `rows`.
     """
 
     def __init__(
@@ -70,7 +74,7 @@ class RLDataCollator(ClipDataCollator):
         self.label_template = label_template
         self.label_column = label_column
         self.include_captions = include_captions or direction == "text_to_image"
-        self.require_caption = candidates == "in_batch" or self.include_captions
+        self.require_caption = candidates in ("in_batch", "retrieved") or self.include_captions
 
     def _label(self, row: Mapping[str, Any], index: int | None) -> str | None:
         if self.label_column not in row or row[self.label_column] is None:
@@ -117,6 +121,14 @@ class RLDataCollator(ClipDataCollator):
         if not parsed:
             return batch
         keys = batch["image_keys"].tolist()
+        if self.candidates == "retrieved":
+            batch["captions"] = [list(p["captions"]) for p in parsed]
+            batch["ground_truth"] = [p["captions"][0] if len(p["captions"]) == 1 else list(p["captions"]) for p in parsed]
+            batch["rows"] = [
+                {k: v for k, v in row.items() if k != ROW_INDEX_KEY} | {self.image_column: p["image"]}
+                for row, p in zip(kept, parsed)
+            ]
+            return batch
         texts = _UniqueTexts()
         candidate_positions: list[list[int]] = []
         completions: list[list[str]] = []
