@@ -107,7 +107,9 @@ def clipped_policy_loss(
         mass = (old_probs * valid).sum(dim=1, keepdim=True).clamp(min=1e-12)
         baseline = (old_probs * filled).sum(dim=1, keepdim=True) / mass
         advantages = torch.where(valid, filled - baseline, torch.zeros_like(filled))
-        ratio = torch.where(valid, (log_probs - old_log_probs).exp(), torch.ones_like(log_probs))
+        # Masked candidates are -inf on both sides: take the difference of finite stand-ins, or its gradient is NaN.
+        zeros = torch.zeros_like(log_probs)
+        ratio = (torch.where(valid, log_probs, zeros) - torch.where(valid, old_log_probs, zeros)).exp()
         clipped = ratio.clamp(1 - epsilon_low, 1 + epsilon_high)
         per_action = -torch.min(ratio * advantages, clipped * advantages)
         loss = (old_probs * torch.where(valid, per_action, torch.zeros_like(per_action))).sum(dim=1).mean()
