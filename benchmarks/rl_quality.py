@@ -44,7 +44,14 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers.utils import logging as hf_logging
 
-from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer, ClipRLConfig, ClipRLTrainer, evaluation, modeling
+from clip_trl import (
+    ClipContrastiveConfig,
+    ClipContrastiveTrainer,
+    ClipRLConfig,
+    ClipRLTrainer,
+    evaluation,
+    modeling,
+)
 from clip_trl.offline import build_clip, load_emoji_dataset
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from . import evaluation, modeling
+from .rewards import RewardSet
 
 if TYPE_CHECKING:
     import datasets
@@ -252,25 +253,23 @@ def greedy_rewards(
 
     ```
     """
-    # The trainer's own reward plumbing: name resolution, and the checks on what a reward returns.
-    from .trainer.rl_trainer import _call_reward, _resolve_rewards
-
-    funcs, names = _resolve_rewards(reward_funcs)
-    weights = torch.tensor(list(reward_weights) if reward_weights is not None else [1.0] * len(funcs))
-    if len(weights) != len(funcs):
-        raise ValueError(f"{len(weights)} reward weights for {len(funcs)} reward functions.")
+    rewards = RewardSet(reward_funcs, reward_weights)
     n = embeddings.num_images
     if n == 0:
         raise ValueError("The mean reward needs at least one image.")
     others = [c for c in dataset.column_names if c != image_column]
     columns = {c: list(dataset[c]) for c in others}
     totals: list[float] = []
-    per_reward: dict[str, list[float]] = {name: [] for name in names}
+    per_reward: dict[str, list[float]] = {name: [] for name in rewards.names}
     texts = embeddings.text_embeds.float()
     for start in range(0, n, batch_size):
         rows = list(range(start, min(start + batch_size, n)))
-        candidate_ids = list(dict.fromkeys(embeddings.first_caption[rows].tolist()))
+        first_row_of_caption: dict[int, int] = {}
+        for row in rows:
+            first_row_of_caption.setdefault(int(embeddings.first_caption[row]), row)
+        candidate_ids = list(first_row_of_caption)
         candidates = [embeddings.captions[j] for j in candidate_ids]
+        candidate_rows = [{c: columns[c][row] for c in others} for row in first_row_of_caption.values()]
         logits = logit_scale * embeddings.image_embeds[rows].float() @ texts[candidate_ids].T
         probs = torch.softmax(logits / policy_temperature, dim=1)
         chosen = probs.argmax(dim=1).tolist()
@@ -278,9 +277,13 @@ def greedy_rewards(
         for row in rows:
             own = [embeddings.captions[j] for j in embeddings.positives[row].nonzero().flatten().tolist()]
             truths.append(own[0] if len(own) == 1 else own)
+        completions = [candidates[c] for c in chosen]
         kwargs: dict[str, Any] = {
             "candidates": [candidates] * len(rows),
+            "candidate_texts": [candidates] * len(rows),
             "chosen": chosen,
+            "chosen_text": completions,
+            "chosen_row": [candidate_rows[c] for c in chosen],
             "probs": [float(probs[i, c]) for i, c in enumerate(chosen)],
             "ground_truth": truths,
         }
@@ -289,17 +292,10 @@ def greedy_rewards(
         for column in others:
             kwargs.setdefault(column, [columns[column][row] for row in rows])
         kwargs["trainer_state"] = None
-        completions = [candidates[c] for c in chosen]
-        matrix = []
-        for func, name in zip(funcs, names):
-            values = _call_reward(func, name, completions, kwargs)
-            column = [math.nan if v is None else float(v) for v in values]
+        scores = rewards(completions, **kwargs)
+        for name, column in zip(scores.names, scores.per_function.T.tolist()):
             per_reward[name].extend(v for v in column if not math.isnan(v))
-            matrix.append(column)
-        scores = torch.tensor(matrix, dtype=torch.float32).T  # [rows, funcs]
-        weighted = torch.nansum(scores * weights[None, :], dim=1)
-        valid = ~torch.isnan(scores).all(dim=1)
-        totals.extend(weighted[valid].tolist())
+        totals.extend(scores.total[~torch.isnan(scores.total)].tolist())
     results = {"mean_reward": sum(totals) / len(totals) if totals else math.nan}
     for name, values in per_reward.items():
         results[f"rewards/{name}/mean"] = sum(values) / len(values) if values else math.nan

@@ -1,4 +1,5 @@
-"""Built-in reward callables for [`ClipRLTrainer`], and the helpers the trainer uses to name and look them up.
+"""Reward callables for [`ClipRLTrainer`], and the one place rewards are resolved, called, checked and combined
+([`RewardSet`]).
 
 A reward is any callable with TRL's signature
 
@@ -8,7 +9,8 @@ def my_reward(completions: list[str], **kwargs) -> list[float | None]: ...
 
 It is called once per RL step with one entry per scored action (query x sample). `completions[i]` is
 the chosen candidate; the keyword arguments are lists aligned with `completions` (`images`,
-`queries`, `candidates`, `chosen`, `probs`, `ground_truth` and every other dataset column), except
+`queries`, `candidates`, `chosen`, `candidate_texts`, `chosen_text`, `chosen_row`, `probs`,
+`ground_truth` and every other dataset column), except
 `trainer_state`, which is the single `TrainerState` of the run. A reward returns one float per action,
 or `None` where it does not apply (the trainer then leaves that action out of the baseline and the
 means). Built-ins accept and ignore keyword arguments they do not use, so that one call signature
@@ -19,13 +21,17 @@ Built-ins, also reachable by name (`reward_funcs=["correctness"]`, see [`get_rew
 - [`correctness`]: 1 if the chosen candidate is the ground truth, else 0.
 - [`confidence_correctness`]: correctness x pi(chosen | x), the seed research project's reward.
 - [`caption_similarity`]: partial credit, the word-overlap F1 between the choice and the ground truth.
-- [`ClipScoreReward`]: a frozen (typically larger) CLIP as a teacher, scoring CLIPScore. It needs a
-  model, so it is instantiated by the user rather than named.
+- [`ClipScoreReward`]: a frozen (typically larger) CLIP as a teacher, scoring CLIPScore of the text
+  the policy scored. It needs a model, so it is instantiated by the user rather than named.
+- [`TeacherProbabilityReward`]: the teacher's softmax probability of the chosen candidate over the
+  candidate set — a calibrated teacher reward, for distillation on unlabeled images.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import os
 import re
 import unicodedata
@@ -33,9 +39,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.utils import logging as hf_logging
 
 from .data import load_image, split_processor
 from .modeling import check_clip_like, image_features, text_features
@@ -44,6 +52,11 @@ __all__ = [
     "REWARD_FUNCTIONS",
     "ClipScoreReward",
     "RewardFunction",
+    "RewardScores",
+    "RewardSet",
+    "TeacherProbabilityReward",
+    "call_reward",
+    "score_rewards",
     "caption_similarity",
     "confidence_correctness",
     "correctness",
@@ -272,8 +285,14 @@ class ClipScoreReward:
     - text to image (`queries` passed): the chosen image `images[i]` against the query text
       `queries[i]`.
 
-    The paper also prefixes captions with "A photo depicts"; this class scores the text as given, so
-    add such a prefix to your candidates if you want it. Within one call each distinct image (by
+    In the RL trainer the text scored is `chosen_text`, the text the policy scored (with
+    `candidate_labels`, the templated prompt rather than the bare label name). The paper also prefixes
+    captions with "A photo depicts"; this class scores the text as given, so add such a prefix to your
+    candidates if you want it.
+
+    CLIPScore is an absolute score: it is not calibrated across the candidates of one query (a teacher
+    may give every candidate of a hard image a low cosine). For a reward that compares the choice with
+    its alternatives, see [`TeacherProbabilityReward`]. Within one call each distinct image (by
     object identity: the trainer repeats the same PIL object for every sample of a query) and each
     distinct text is embedded once, in batches of `batch_size`.
 
@@ -429,19 +448,26 @@ class ClipScoreReward:
         completions: list[str],
         images: Sequence[Any] | None = None,
         queries: Sequence[str | None] | None = None,
+        chosen_text: Sequence[str | None] | None = None,
         **kwargs: Any,
     ) -> list[float | None]:
         """Score each action; see the class docstring for which image and text are paired.
 
         Args:
             completions (`list[str]`):
-                The chosen caption of each action (image to text); unused in the text-to-image form.
+                The chosen caption of each action (image to text); unused in the text-to-image form, and
+                replaced by `chosen_text` when that is passed.
             images (`list`):
                 Image to text: the query image of each action; text to image: the chosen image. PIL
                 images, paths, bytes or `datasets.Image` dicts (anything `clip_trl.data.load_image`
                 decodes).
             queries (`list[str]`, *optional*):
                 Text to image: the query text of each action. Its presence selects that form.
+            chosen_text (`list[str]`, *optional*):
+                Image to text: the text the policy actually scored for the chosen candidate, as the RL
+                trainer passes it. With `candidate_labels` it is the templated prompt ("a photo of a
+                sneaker.") while the completion is the bare label ("sneaker"); the teacher scores the
+                prompt, the text it was trained to match.
             **kwargs:
                 Other reward inputs; ignored.
 
@@ -459,7 +485,12 @@ class ClipScoreReward:
                 "the chosen images for text to image), one per completion."
             )
         images = _aligned(images, n, "images", "clip_score")
-        texts = list(completions) if queries is None else _aligned(queries, n, "queries", "clip_score")
+        if queries is not None:
+            texts = _aligned(queries, n, "queries", "clip_score")
+        elif chosen_text is not None:
+            texts = _aligned(chosen_text, n, "chosen_text", "clip_score")
+        else:
+            texts = list(completions)
 
         # Each distinct image and text is embedded once. `id()` is a sound key here: every image stays
         # referenced by `images` until the call returns, so no two live objects share an id, and
@@ -496,6 +527,139 @@ class ClipScoreReward:
         return [None if pair is None else next(values) for pair in pairs]
 
 
+
+class TeacherProbabilityReward(ClipScoreReward):
+    """A frozen CLIP teacher's probability of the chosen candidate among the action's candidates.
+
+    For an image `x` with candidate texts `t_1..t_K` (the texts the policy scored: `candidate_texts`),
+    the teacher's own policy is `p(k | x) = softmax_k(exp(teacher.logit_scale) · cos(x, t_k))`, and the
+    reward of choosing `k` is `p(k | x)` (or `log p(k | x)` with `log_probability=True`). Unlike the
+    absolute [`ClipScoreReward`], it is calibrated over the candidate set: it says how much better the
+    choice is than its alternatives, in the teacher's judgement, so a student can be distilled from a
+    teacher on unlabeled images. With `"exact"` advantages the expected reward `Σ_k π(k|x) p(k|x)` is
+    maximised by putting π's mass on the teacher's favourite; `log_probability=True` instead rewards
+    matching the teacher's ranking of the alternatives too (it penalises choices the teacher finds
+    very unlikely much more strongly).
+
+    Needs the `images`, `candidate_texts` and `chosen` keyword arguments the RL trainer passes for
+    `direction="image_to_text"` (any candidate set). Each distinct image and text is embedded once per
+    call.
+
+    Args:
+        model, processor, batch_size, device: as for [`ClipScoreReward`].
+        log_probability (`bool`, *optional*, defaults to `False`):
+            Return `log p(chosen | x)` instead of `p(chosen | x)`.
+
+    Raises:
+        ValueError: the text-to-image form (`queries` passed), or missing `images` / `candidate_texts` /
+            `chosen`.
+
+    Example:
+
+    ```python
+    >>> from PIL import Image
+    >>> from clip_trl.offline import build_clip
+    >>> from clip_trl.rewards import TeacherProbabilityReward
+    >>> teacher, processor = build_clip("tiny")
+    >>> reward = TeacherProbabilityReward(teacher, processor)
+    >>> image = Image.new("RGB", (32, 32), "red")
+    >>> options = ["a photo of a red square.", "a photo of a cat."]
+    >>> p = reward(["red square", "cat"], images=[image, image], candidate_texts=[options, options], chosen=[0, 1])
+    >>> round(sum(p), 6)  # the teacher's probabilities of the two candidates of one image
+    1.0
+
+    ```
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | nn.Module,
+        processor: Any = None,
+        log_probability: bool = False,
+        batch_size: int = 64,
+        device: str | torch.device | None = None,
+    ) -> None:
+        super().__init__(model, processor, batch_size=batch_size, device=device)
+        self.log_probability = bool(log_probability)
+        self.__name__ = "teacher_log_probability" if self.log_probability else "teacher_probability"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={type(self.model).__name__}, log_probability={self.log_probability})"
+
+    def __call__(
+        self,
+        completions: list[str],
+        images: Sequence[Any] | None = None,
+        candidate_texts: Sequence[Sequence[str]] | None = None,
+        chosen: Sequence[int] | None = None,
+        queries: Sequence[str | None] | None = None,
+        **kwargs: Any,
+    ) -> list[float | None]:
+        """The teacher's (log-)probability of each action's choice; `None` where the image is `None`.
+
+        Args:
+            completions (`list[str]`): the chosen candidates (used only for their count).
+            images (`list`): the query image of each action.
+            candidate_texts (`list[list[str]]`): the texts the policy scored for the action's candidates.
+            chosen (`list[int]`): the index of the chosen candidate in `candidate_texts[i]`.
+            **kwargs: other reward inputs; ignored.
+        """
+        name = self.__name__
+        if queries is not None:
+            raise ValueError(
+                f"{name} scores an image's choice among candidate texts; it does not support "
+                "`direction='text_to_image'`. Use `ClipScoreReward` there."
+            )
+        missing = [key for key, value in (("images", images), ("candidate_texts", candidate_texts),
+                                          ("chosen", chosen)) if value is None]
+        if missing:
+            raise ValueError(
+                f"{name} needs the keyword arguments {', '.join(missing)} (the RL trainer passes them); "
+                "pass one entry per completion when calling it directly."
+            )
+        n = len(completions)
+        images = _aligned(images, n, "images", name)
+        candidate_texts = _aligned(candidate_texts, n, "candidate_texts", name)
+        chosen = _aligned(chosen, n, "chosen", name)
+
+        image_slot: dict[int, int] = {}
+        distinct_images: list[Any] = []
+        text_slot: dict[str, int] = {}
+        distinct_texts: list[str] = []
+        actions: list[tuple[int, list[int], int] | None] = []
+        for image, texts, k in zip(images, candidate_texts, chosen, strict=True):
+            if image is None:
+                actions.append(None)
+                continue
+            if not 0 <= int(k) < len(texts):
+                raise ValueError(f"{name}: `chosen` index {k} is outside its {len(texts)} candidates.")
+            if id(image) not in image_slot:
+                image_slot[id(image)] = len(distinct_images)
+                distinct_images.append(image)
+            slots = []
+            for text in texts:
+                if text not in text_slot:
+                    text_slot[text] = len(distinct_texts)
+                    distinct_texts.append(text)
+                slots.append(text_slot[text])
+            actions.append((image_slot[id(image)], slots, int(k)))
+        if not distinct_images:
+            return [None] * n
+
+        with torch.no_grad():
+            image_embeds = self._embed_images(distinct_images)
+            text_embeds = self._embed_texts(distinct_texts)
+            scale = self.model.logit_scale.detach().float().exp().to(image_embeds.device)
+            logits = scale * image_embeds @ text_embeds.T  # [distinct images, distinct texts]
+            scores: list[float | None] = []
+            for action in actions:
+                if action is None:
+                    scores.append(None)
+                    continue
+                image, slots, k = action
+                log_p = torch.log_softmax(logits[image, slots], dim=0)[k]
+                scores.append(float(log_p if self.log_probability else log_p.exp()))
+        return scores
 # ------------------------------------------------------------------------------------------- registry
 
 REWARD_FUNCTIONS: dict[str, RewardFunction] = {
@@ -568,3 +732,198 @@ def reward_name(func: Callable[..., Any]) -> str:
         func = func.func
     name = getattr(func, "__name__", None)
     return name if isinstance(name, str) else type(func).__name__
+
+
+# ------------------------------------------------------------------------------------------- scoring
+
+
+@dataclasses.dataclass
+class RewardScores:
+    """What [`RewardSet`] returns for one batch of actions.
+
+    Attributes:
+        total (`torch.Tensor` `[N]`): the weighted sum over the reward functions, ignoring the ones that
+            returned `None` for an action; NaN where every function returned `None`.
+        per_function (`torch.Tensor` `[N, F]`): each function's raw values, NaN for `None`.
+        names (`list[str]`): the functions' logged names, in column order.
+    """
+
+    total: torch.Tensor
+    per_function: torch.Tensor
+    names: list[str]
+
+    def metrics(self) -> dict[str, torch.Tensor]:
+        """`rewards/{name}/mean` and `rewards/{name}/std` over each function's non-`None` values (a function
+        that applied to no action is left out)."""
+        out: dict[str, torch.Tensor] = {}
+        for name, column in zip(self.names, self.per_function.T):
+            valid = column[~torch.isnan(column)]
+            if valid.numel():
+                out[f"rewards/{name}/mean"] = valid.mean()
+                out[f"rewards/{name}/std"] = valid.std(unbiased=False)
+        return out
+
+
+class RewardSet:
+    """Reward functions resolved, named, weighted and checked: the one place rewards are scored.
+
+    Used by [`ClipRLTrainer`] every step and by the pipeline's greedy evaluation, so both apply the same
+    rules (TRL's): a function returns one number or `None` per completion; `None` means "does not apply"
+    and becomes NaN; the total is the weighted sum over the functions that apply, NaN where none does.
+
+    Args:
+        reward_funcs (callable, `str`, or a list of them): reward callables and/or names of built-ins
+            ([`REWARD_FUNCTIONS`]). Two functions with the same name get `_2`, `_3`... suffixes, so their
+            logged metrics stay apart.
+        weights (`Sequence[float]`, *optional*): one weight per function; all 1 by default.
+
+    Raises:
+        ValueError: no reward, an unknown built-in name, or a wrong number of weights.
+        TypeError: an entry that is neither a callable nor a string.
+
+    Example:
+
+    ```python
+    >>> from clip_trl.rewards import RewardSet
+    >>> rewards = RewardSet(["correctness", "caption_similarity"], weights=[1.0, 0.5])
+    >>> scores = rewards(["a red car", "a cat"], ground_truth=["a red car", None])
+    >>> scores.names, scores.total.tolist()
+    (['correctness', 'caption_similarity'], [1.5, nan])
+
+    ```
+    """
+
+    def __init__(self, reward_funcs: Any, weights: Sequence[float] | None = None) -> None:
+        funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        if not funcs:
+            raise ValueError("`reward_funcs` is empty; pass at least one reward, e.g. `reward_funcs='correctness'`.")
+        self.funcs: list[RewardFunction] = []
+        self.names: list[str] = []
+        for func in funcs:
+            if isinstance(func, str):
+                func = get_reward_function(func)
+            elif not callable(func):
+                raise TypeError(
+                    f"Each reward must be a callable or a built-in's name, got {type(func).__name__} {func!r}."
+                )
+            name = base = reward_name(func)
+            suffix = 2
+            while name in self.names:  # two rewards of the same name must not share a logged metric
+                name, suffix = f"{base}_{suffix}", suffix + 1
+            self.funcs.append(func)
+            self.names.append(name)
+        if weights is not None and len(weights) != len(self.funcs):
+            raise ValueError(
+                f"`reward_weights` has {len(weights)} entries but there are {len(self.funcs)} reward "
+                f"functions ({', '.join(self.names)}); give one weight per function."
+            )
+        self.weights = torch.tensor(list(weights) if weights is not None else [1.0] * len(self.funcs),
+                                    dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.funcs)
+
+    def __call__(self, completions: list[str], **kwargs: Any) -> RewardScores:
+        """Call every function once on the actions and combine; see the class docstring."""
+        columns = []
+        for func, name in zip(self.funcs, self.names):
+            values = call_reward(func, name, completions, kwargs)
+            columns.append(torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32))
+        matrix = torch.stack(columns, dim=1) if completions else torch.zeros(0, len(self.funcs))
+        total = torch.nansum(matrix * self.weights[None, :], dim=1)
+        total[torch.isnan(matrix).all(dim=1)] = math.nan
+        return RewardScores(total=total, per_function=matrix, names=list(self.names))
+
+
+def call_reward(func: RewardFunction, name: str, completions: list[str], kwargs: dict[str, Any]) -> list:
+    """Call one reward function once and check what it returned: one finite number or `None` per completion.
+
+    Raises:
+        RuntimeError: the function raised (chained to its exception). When it failed while handling one
+            completion (a local variable of the failing frame is one of the completions passed), that
+            completion and its index are named; the function is never called again to find out.
+        ValueError: it returned something other than a list (a tensor or NumPy array is accepted), a list of
+            the wrong length, a non-number, NaN or ±inf — naming the index.
+    """
+    try:
+        values = func(completions, **kwargs)
+    except Exception as error:
+        index = _failing_completion(error, completions)
+        where = f"at index {index} (completion {completions[index]!r})" if index is not None else "on the batch"
+        raise RuntimeError(
+            f"Reward function '{name}' raised {type(error).__name__}: {error} {where}, while scoring "
+            f"{len(completions)} completions. Fix the reward, or return None for completions it cannot score."
+        ) from error
+    if isinstance(values, (torch.Tensor, np.ndarray)):
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)):
+        raise ValueError(
+            f"Reward function '{name}' returned a {type(values).__name__}; it must return a list with one float "
+            f"(or None) per completion ({len(completions)} here)."
+        )
+    if len(values) != len(completions):
+        raise ValueError(
+            f"Reward function '{name}' returned {len(values)} rewards for {len(completions)} completions; it must "
+            "return one float (or None) per completion."
+        )
+    for index, value in enumerate(values):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            raise ValueError(
+                f"Reward function '{name}' returned {value!r} ({type(value).__name__}) at index {index}; "
+                "rewards must be numbers, or None for completions the reward does not apply to."
+            )
+        if not math.isfinite(float(value)):
+            raise ValueError(
+                f"Reward function '{name}' returned {value} at index {index} (completion {completions[index]!r}); "
+                "rewards must be finite. Return None for completions the reward does not apply to."
+            )
+    if values and all(value is None for value in values):
+        # Legal (None = "does not apply"), but a reward that never applies is usually a bug: say so, once.
+        hf_logging.get_logger(__name__).warning_once(
+            f"Reward function '{name}' returned None for every completion of a step, so it gave that step no signal "
+            "(when no reward applies, only the KL and entropy terms train). Check the reward if it should apply; "
+            "this is reported once per reward function."
+        )
+    return list(values)
+
+
+def _failing_completion(error: BaseException, completions: list[str]) -> int | None:
+    """The index of the completion a reward was handling when it raised, read from the failing call's own
+    frames (innermost first): a local variable that *is* one of the completion objects passed — the loop
+    variable of the usual `for completion in completions`. `None` when no frame holds one, or when that
+    object sits at several indices."""
+    positions: dict[int, list[int]] = {}
+    for index, completion in enumerate(completions):
+        positions.setdefault(id(completion), []).append(index)
+    frames = []
+    tb = error.__traceback__.tb_next if error.__traceback__ is not None else None  # skip call_reward's frame
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            found = positions.get(id(value))
+            if found is not None and isinstance(value, str):
+                return found[0] if len(found) == 1 else None
+    return None
+
+
+def score_rewards(
+    reward_funcs: Any, completions: list[str], *, reward_weights: Sequence[float] | None = None, **kwargs: Any
+) -> RewardScores:
+    """Score `completions` with `reward_funcs` once: `RewardSet(reward_funcs, reward_weights)(completions, **kwargs)`.
+
+    For one-off scoring (tests, notebooks, evaluation scripts); a training loop keeps one [`RewardSet`].
+
+    Example:
+
+    ```python
+    >>> from clip_trl.rewards import score_rewards
+    >>> score_rewards("correctness", ["a cat", "a dog"], ground_truth=["a cat", "a cat"]).total.tolist()
+    [1.0, 0.0]
+
+    ```
+    """
+    return RewardSet(reward_funcs, reward_weights)(completions, **kwargs)

@@ -28,8 +28,8 @@ from PIL import Image
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer, ClipRLConfig, evaluation
 from clip_trl.data import EVAL_HINT, ROW_INDEX_KEY, SKIP_HINT, BadRowError, ClipDataCollator, check_columns
 from clip_trl.offline import build_clip
+from clip_trl.rewards import call_reward
 from clip_trl.trainer.rl_data import RLDataCollator
-from clip_trl.trainer.rl_trainer import _call_reward
 
 # ------------------------------------------------------------------------------------------- set-up
 
@@ -87,8 +87,9 @@ def without(batch: list[dict[str, Any]], row: int, column: str) -> list[dict[str
 def reward(values: Any, name: str = "my_reward") -> Callable[..., Any]:
     def func(completions: list[str], **kwargs: Any) -> Any:
         if isinstance(values, Exception):
-            if "b" in completions:
-                raise values
+            for completion in completions:  # fails while handling "b": the error names it
+                if completion == "b":
+                    raise values
             return [0.0] * len(completions)
         return values
 
@@ -96,9 +97,13 @@ def reward(values: Any, name: str = "my_reward") -> Callable[..., Any]:
     return func
 
 
+def batch_failure(completions: list[str], **kwargs: Any) -> list:
+    raise KeyError("score")
+
+
 def score(func: Callable[..., Any]) -> list:
     completions = ["a", "b", "c", "d"]
-    return _call_reward(func, func.__name__, completions, {"ground_truth": completions, "trainer_state": None})
+    return call_reward(func, func.__name__, completions, {"ground_truth": completions, "trainer_state": None})
 
 
 def rl_args(**overrides: Any) -> ClipRLConfig:
@@ -299,6 +304,10 @@ CASES = [
                  Raises(RuntimeError, exact("Reward function 'my_reward' raised KeyError: 'score' at index 1 (completion "
                                             "'b'), while scoring 4 completions. Fix the reward, or return None for "
                                             "completions it cannot score.")), id="reward-raises"),
+    pytest.param(lambda clip: score(batch_failure),
+                 Raises(RuntimeError, exact("Reward function 'batch_failure' raised KeyError: 'score' on the batch, "
+                                            "while scoring 4 completions. Fix the reward, or return None for "
+                                            "completions it cannot score.")), id="reward-raises-on-the-batch"),
     pytest.param(lambda clip: score(reward([None] * 4, name="never_applies")),
                  Handled(lambda values: values == [None] * 4,
                          logged="Reward function 'never_applies' returned None for every completion of a step, so it gave "

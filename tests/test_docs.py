@@ -135,7 +135,8 @@ def test_reward_guide_examples_run_and_fit_the_trainer(in_tmp_offline, tiny, emo
     train = train.add_column("difficulty", [i % 3 for i in range(len(train))])
     trainer = ClipRLTrainer(
         model=model,
-        reward_funcs=[strict_similarity, harder_is_worth_more, "correctness", teacher],
+        reward_funcs=[strict_similarity, harder_is_worth_more, "correctness", teacher,
+                      namespace["same_group_half_credit"]],
         args=ClipRLConfig(output_dir="rl", max_steps=1, per_device_train_batch_size=8, num_samples=2,
                           logging_steps=1, save_strategy="no", report_to="none"),
         train_dataset=train,
@@ -143,7 +144,8 @@ def test_reward_guide_examples_run_and_fit_the_trainer(in_tmp_offline, tiny, emo
     )
     trainer.train()
     logged = trainer.state.log_history[0]
-    for name in ("strict_similarity", "harder_is_worth_more", "correctness", reward_name(teacher)):
+    for name in ("strict_similarity", "harder_is_worth_more", "correctness", reward_name(teacher),
+                 "same_group_half_credit"):
         assert f"rewards/{name}/mean" in logged, (name, sorted(logged))
 
 

@@ -1,7 +1,6 @@
 import functools
 import math
 
-import datasets
 import pytest
 import torch
 from clip_test_utils import colour_dataset
@@ -175,6 +174,33 @@ def test_candidate_column_and_label_candidate_sets(tmp_path, tiny):
     assert set(completions) <= set(labels)  # completions are label names, not templated prompts
     assert kwargs["candidates"][0] == labels
     assert sorted(set(kwargs["ground_truth"])) == sorted(labels)
+    # ... while the texts the policy scored travel beside them, aligned.
+    prompts = [f"a photo of a {label}." for label in labels]
+    assert kwargs["candidate_texts"] == [prompts] * len(completions)
+    assert kwargs["chosen_text"] == [f"a photo of a {c}." for c in completions]
+    assert kwargs["chosen_row"] == [None] * len(completions)  # label candidates come from no row
+
+
+def test_rewards_see_the_chosen_candidates_row(tmp_path, tiny):
+    model, processor = tiny
+    captions = ["red apple", "green apple", "red car", "blue car", "pear", "bus"]
+    groups = ["fruit", "fruit", "vehicle", "vehicle", "fruit", "vehicle"]
+    data = colour_dataset(captions).add_column("group", groups)
+
+    def same_group(completions, group, chosen_row, **kwargs):
+        return [float(row["group"] == g) for row, g in zip(chosen_row, group, strict=True)]
+
+    recorder = Recorder()
+    trainer = ClipRLTrainer(model=model, reward_funcs=[recorder, same_group], train_dataset=data,
+                            processing_class=processor, args=make_args(tmp_path, max_steps=1, per_device_train_batch_size=6))
+    trainer.train()
+    completions, kwargs = recorder.calls[0]
+    group_of = dict(zip(captions, groups))
+    for completion, row in zip(completions, kwargs["chosen_row"], strict=True):
+        assert row == {"caption": completion, "group": group_of[completion]}  # the chosen caption's own row
+    assert kwargs["chosen_text"] == completions  # in-batch captions are scored as they are
+    expected = sum(group_of[c] == g for c, g in zip(completions, kwargs["group"])) / len(completions)
+    assert trainer.state.log_history[0]["rewards/same_group/mean"] == pytest.approx(expected)
 
 
 def test_text_to_image_direction(tmp_path, tiny, emoji):
@@ -240,7 +266,7 @@ def bad_scalar(completions, **kwargs):
         (bad_type, ValueError, "Reward function 'bad_type' returned 'good' (str) at index 0"),
         (bad_nan, ValueError, "Reward function 'bad_nan' returned nan at index 2"),
         (bad_inf, ValueError, "Reward function 'bad_inf' returned inf at index 5"),
-        (bad_raise, RuntimeError, "Reward function 'bad_raise' raised KeyError: 'score' at index "),
+        (bad_raise, RuntimeError, "Reward function 'bad_raise' raised KeyError: 'score' on the batch, while scoring"),
         (bad_scalar, ValueError, "Reward function 'bad_scalar' returned a float; it must return a list"),
     ],
 )
@@ -305,22 +331,26 @@ def test_iterable_dataset_trains(tmp_path, tiny, emoji):
     assert trainer.state.global_step == 2
 
 
-def test_datasets_is_real(emoji):
-    assert isinstance(emoji["train"], datasets.Dataset)
+def test_a_raising_reward_is_called_once_and_the_failing_completion_is_named():
+    from clip_trl.rewards import call_reward
 
-
-def test_first_failing_index_finds_the_completion_that_raises():
-    from clip_trl.trainer.rl_trainer import _first_failing_index
+    calls = []
 
     def picky(completions, **kwargs):
-        if "bad" in completions:
-            raise ValueError("no")
+        calls.append(len(completions))
+        for completion in completions:
+            if completion == "bad":
+                raise ValueError("no")
         return [0.0] * len(completions)
 
-    state = object()
-    kwargs = {"ground_truth": ["a", "b", "c"], "trainer_state": state}
-    assert _first_failing_index(picky, ["ok", "fine", "bad"], kwargs) == 2
-    assert _first_failing_index(picky, ["ok", "fine", "good"], kwargs) is None
+    with pytest.raises(RuntimeError) as info:
+        call_reward(picky, "picky", ["ok", "fine", "bad"], {"trainer_state": None})
+    assert calls == [3]  # never re-called one completion at a time (a teacher model would pay for each)
+    assert str(info.value).startswith("Reward function 'picky' raised ValueError: no at index 2 (completion 'bad')")
+    # The same text at two indices cannot be told apart: the message falls back to the batch.
+    with pytest.raises(RuntimeError, match="raised ValueError: no on the batch"):
+        bad = "bad"
+        call_reward(picky, "picky", [bad, "fine", bad], {"trainer_state": None})
 
 
 def test_same_seed_gives_the_same_weights(tmp_path, emoji):

@@ -43,6 +43,7 @@ class ClipContrastiveConfig(ClipBaseConfig):
     >>> args = ClipContrastiveConfig(output_dir="clip-coco", per_device_train_batch_size=64, loss_type="clip")
     >>> args.learning_rate
     1e-05
+
     ```
     """
 

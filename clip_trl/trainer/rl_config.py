@@ -90,6 +90,7 @@ class ClipRLConfig(ClipBaseConfig):
     >>> args = ClipRLConfig(output_dir="clip-rl", num_samples=8, advantage="grpo", beta=0.04)
     >>> args.policy_temperature
     1.0
+
     ```
     """
 

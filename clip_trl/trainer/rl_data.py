@@ -46,11 +46,15 @@ class RLDataCollator(ClipDataCollator):
         - `caption_index` `[B]`: each row's caption among the texts (-1 when captions are not needed);
         - `distinct_image_rows` `[M]` (`text_to_image`): the row holding each of the batch's distinct images
           (candidate `k` is the image of row `distinct_image_rows[k]`);
-        - `candidates` (list of lists of str), `ground_truth` (list), `rows` (decoded rows for rewards).
+        - `candidates` (list of lists of str: the names rewards receive), `candidate_texts` (the texts the policy
+          scores: with `candidate_labels` the templated prompts, else the names), `ground_truth` (list), `rows`
+          (decoded rows for rewards);
+        - `candidate_rows` (in-batch sets only): for each candidate, the columns of the row it comes from, less the
+          image.
 
     With `candidates="retrieved"` the candidate sets depend on the model, so the trainer builds them (and the
-    texts, `candidate_index`, `target_index`) in the step; the batch then carries the images, each row's
-    `captions` (list of str), `ground_truth` and `rows`.
+    texts, `candidate_index`, `target_index`, `candidate_texts`) in the step; the batch then carries the images,
+    each row's `captions` (list of str), `ground_truth` and `rows`.
     """
 
     def __init__(
@@ -132,8 +136,10 @@ class RLDataCollator(ClipDataCollator):
         texts = _UniqueTexts()
         candidate_positions: list[list[int]] = []
         completions: list[list[str]] = []
+        scored_texts: list[list[str]] = []
         ground_truth: list[Any] = []
         targets: list[int] = []
+        source_rows: list[int] | None = None  # the row each in-batch candidate comes from
 
         if self.direction == "text_to_image":
             first_row_of_image: dict[int, int] = {}
@@ -143,14 +149,20 @@ class RLDataCollator(ClipDataCollator):
             image_position = {keys[row]: pos for pos, row in enumerate(distinct)}
             batch["distinct_image_rows"] = torch.tensor(distinct)
             names = [parsed[row]["caption"] for row in distinct]  # an image is named by its caption
+            source_rows = distinct
             for p, key in zip(parsed, keys):
                 candidate_positions.append(list(range(len(distinct))))
                 completions.append(names)
+                scored_texts.append(names)
                 ground_truth.append(p["caption"])
                 targets.append(image_position[key])
         else:
             if self.candidates == "in_batch":
-                batch_captions = _dedupe([p["caption"] for p in parsed])
+                first_row_of_caption: dict[str, int] = {}
+                for i, p in enumerate(parsed):
+                    first_row_of_caption.setdefault(p["caption"], i)
+                batch_captions = list(first_row_of_caption)
+                source_rows = list(first_row_of_caption.values())
             for p in parsed:
                 if self.candidates == "in_batch":
                     names, prompts, truth = batch_captions, batch_captions, p["caption"]
@@ -163,6 +175,7 @@ class RLDataCollator(ClipDataCollator):
                     truth = p["label"]
                 candidate_positions.append([texts.add(t) for t in prompts])
                 completions.append(names)
+                scored_texts.append(prompts)
                 ground_truth.append(truth)
                 truths = truth if isinstance(truth, list) else [truth]
                 targets.append(next((names.index(t) for t in truths if t in names), -1))
@@ -184,10 +197,16 @@ class RLDataCollator(ClipDataCollator):
         if texts.items:
             batch.update(self.tokenize(texts.items))
         batch["candidates"] = completions
+        batch["candidate_texts"] = scored_texts
         batch["ground_truth"] = ground_truth
         batch["rows"] = [
             {k: v for k, v in row.items() if k != ROW_INDEX_KEY} | {self.image_column: p["image"]}
             for row, p in zip(kept, parsed)
         ]
+        if source_rows is not None:
+            # Rewards get the chosen candidate's row without its image (the query's image is `images`).
+            batch["candidate_rows"] = [
+                {k: v for k, v in batch["rows"][r].items() if k != self.image_column} for r in source_rows
+            ]
         return batch
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,7 +19,7 @@ from ..candidates import RepeatBatchSampler, RetrievedCandidates, resolve_candid
 from ..data import content_key
 from ..losses import contrastive_loss, gather_with_grad
 from ..policy import group_advantages, policy_log_probs, rl_loss, sample_actions
-from ..rewards import get_reward_function, reward_name
+from ..rewards import RewardSet
 from .base import ClipTrainerBase
 from .rl_config import ClipRLConfig
 from .rl_data import RLDataCollator, _UniqueTexts
@@ -57,12 +56,16 @@ class ClipRLTrainer(ClipTrainerBase):
     >>> data = load_emoji_dataset(max_examples=64)
     >>> model, processor = build_clip("tiny")
     >>> args = ClipRLConfig(output_dir="/tmp/clip-rl", max_steps=2, per_device_train_batch_size=8, num_samples=4,
-    ...                     report_to="none", save_strategy="no")
+    ...                     logging_steps=1, report_to="none", save_strategy="no")
     >>> trainer = ClipRLTrainer(model=model, reward_funcs="correctness", args=args,
     ...                         train_dataset=data["train"], processing_class=processor)
     >>> _ = trainer.train()
-    >>> "rewards/correctness/mean" in trainer.state.log_history[-2] or "reward" in trainer.state.log_history[0]
+    >>> logs = trainer.state.log_history[0]  # one entry per step
+    >>> sorted(name for name in logs if name.startswith("rewards/"))
+    ['rewards/correctness/mean', 'rewards/correctness/std']
+    >>> logs["reward"] == logs["rewards/correctness/mean"] and 0.0 <= logs["accuracy"] <= 1.0
     True
+
     ```
     """
 
@@ -83,7 +86,8 @@ class ClipRLTrainer(ClipTrainerBase):
         peft_config: Any = None,
         **kwargs: Any,
     ) -> None:
-        self.reward_funcs, self.reward_names = _resolve_rewards(reward_funcs)
+        # Checked before the model loads: a typo in a reward name should not cost a model download.
+        self.rewards = RewardSet(reward_funcs, args.reward_weights if args is not None else None)
         super().__init__(
             model=model,
             args=args,
@@ -93,13 +97,6 @@ class ClipRLTrainer(ClipTrainerBase):
             peft_config=peft_config,
             **kwargs,
         )
-        weights = self.args.reward_weights
-        if weights is not None and len(weights) != len(self.reward_funcs):
-            raise ValueError(
-                f"`reward_weights` has {len(weights)} entries but there are {len(self.reward_funcs)} reward "
-                f"functions ({', '.join(self.reward_names)}); give one weight per function."
-            )
-        self.reward_weights = torch.tensor(weights if weights is not None else [1.0] * len(self.reward_funcs))
         self.ref_model = None
         if self.args.beta > 0 and not self._uses_adapters:
             # A frozen copy of the starting policy; with peft, disabling the adapters gives it for free.
@@ -121,6 +118,18 @@ class ClipRLTrainer(ClipTrainerBase):
                 "`train_dataset` (with a length); an IterableDataset streams each row once. Use "
                 "`num_iterations=1` or a `datasets.Dataset`."
             )
+
+    @property
+    def reward_funcs(self) -> list[RewardFunc]:
+        return self.rewards.funcs
+
+    @property
+    def reward_names(self) -> list[str]:
+        return self.rewards.names
+
+    @property
+    def reward_weights(self) -> torch.Tensor:
+        return self.rewards.weights
 
     @property
     def _uses_adapters(self) -> bool:
@@ -301,8 +310,8 @@ class ClipRLTrainer(ClipTrainerBase):
         if args.num_iterations > 1:
             # Later updates score the same texts (retrieved sets change with the model; a caption list is
             # sampled anew by the collator), so the rollout keeps the batch's text side.
-            keys = ("input_ids", "attention_mask", "candidate_index", "target_index", "candidates", "ground_truth",
-                    "caption_index", "caption_keys")
+            keys = ("input_ids", "attention_mask", "candidate_index", "target_index", "candidates", "candidate_texts",
+                    "candidate_rows", "ground_truth", "caption_index", "caption_keys")
             candidate_inputs = {key: inputs[key] for key in keys if key in inputs}
         return _Rollout(actions, reward_matrix, advantages, log_probs.detach(), candidate_inputs)
 
@@ -352,7 +361,7 @@ class ClipRLTrainer(ClipTrainerBase):
         width = max(len(p) for p in positions)
         inputs["candidate_index"] = torch.tensor([p + [-1] * (width - len(p)) for p in positions], device=device)
         inputs["target_index"] = torch.tensor(targets, device=device)
-        inputs["candidates"] = sets
+        inputs["candidates"] = inputs["candidate_texts"] = sets  # retrieved names are the texts scored
 
     def _record_step(self, log_probs: torch.Tensor, actions: torch.Tensor | None, rewards: torch.Tensor,
                      targets: torch.Tensor, out: Any) -> None:
@@ -385,6 +394,7 @@ class ClipRLTrainer(ClipTrainerBase):
     def _reward_kwargs(self, entries: list[tuple[int, int]], inputs: dict[str, Any], log_probs: torch.Tensor
                        ) -> tuple[list[str], dict[str, Any]]:
         rows, candidates, truth = inputs["rows"], inputs["candidates"], inputs["ground_truth"]
+        candidate_texts = inputs["candidate_texts"]
         probs = log_probs.detach().exp().tolist()  # one transfer, not one per entry
         completions = [candidates[b][k] for b, k in entries]
         kwargs: dict[str, Any] = {
@@ -392,10 +402,16 @@ class ClipRLTrainer(ClipTrainerBase):
             "chosen": [k for _, k in entries],
             "probs": [probs[b][k] for b, k in entries],
             "ground_truth": [truth[b] for b, _ in entries],
+            "candidate_texts": [candidate_texts[b] for b, _ in entries],
         }
+        # The row each chosen candidate came from (in-batch sets), so a reward can compare the chosen
+        # candidate's columns with the query's (partial credit for the same `group`, say).
+        candidate_rows = inputs.get("candidate_rows")
+        kwargs["chosen_row"] = [None if candidate_rows is None else candidate_rows[k] for _, k in entries]
         image_column = self.args.image_column
         if self.args.direction == "image_to_text":
             kwargs["images"] = [rows[b][image_column] for b, _ in entries]
+            kwargs["chosen_text"] = [candidate_texts[b][k] for b, k in entries]
         else:
             # The candidate images: gathered from every rank with `gather_candidates`, else this batch's.
             candidate_images = inputs.get("candidate_images")
@@ -403,6 +419,7 @@ class ClipRLTrainer(ClipTrainerBase):
                 candidate_images = [rows[r][image_column] for r in inputs["distinct_image_rows"].tolist()]
             kwargs["images"] = [candidate_images[k] for _, k in entries]
             kwargs["queries"] = [truth[b] for b, _ in entries]
+            kwargs["chosen_text"] = kwargs["queries"]  # the text the policy scored is the query
         for column in rows[0]:
             if column != image_column and column not in kwargs:
                 kwargs[column] = [rows[b].get(column) for b, _ in entries]
@@ -412,19 +429,9 @@ class ClipRLTrainer(ClipTrainerBase):
     def _score(self, entries: list[tuple[int, int]], inputs: dict[str, Any], log_probs: torch.Tensor) -> torch.Tensor:
         """Weighted sum of every reward function's output per entry; NaN where all of them said `None`."""
         completions, kwargs = self._reward_kwargs(entries, inputs, log_probs)
-        columns = []
-        for func, name in zip(self.reward_funcs, self.reward_names):
-            values = _call_reward(func, name, completions, kwargs)
-            column = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
-            valid = column[~torch.isnan(column)]
-            if valid.numel():
-                self._record(**{f"rewards/{name}/mean": valid.mean(), f"rewards/{name}/std": valid.std(unbiased=False)})
-            columns.append(column)
-        matrix = torch.stack(columns, dim=1)  # [N, num_funcs]
-        weighted = matrix * self.reward_weights[None, :]
-        total = torch.nansum(weighted, dim=1)
-        total[torch.isnan(matrix).all(dim=1)] = math.nan
-        return total.to(log_probs.device)
+        scores = self.rewards(completions, **kwargs)
+        self._record(**scores.metrics())
+        return scores.total.to(log_probs.device)
 
 
 class _Rollout:
@@ -463,6 +470,7 @@ class _GlobalCandidates:
     def __init__(self, inputs: dict[str, Any], direction: str, image_column: str) -> None:
         # In-batch candidate sets are the same list for every query of a batch: the first row describes them.
         names: list[str] = list(inputs["candidates"][0])
+        rows: list[Any] = list(inputs["candidate_rows"])
         images = None
         if direction == "image_to_text":
             keys: list[Any] = names
@@ -474,21 +482,23 @@ class _GlobalCandidates:
             query_keys = image_keys
             # Rewards receive the chosen images, which may live on another rank.
             images = [inputs["rows"][row][image_column] for row in image_rows]
-        per_rank = _all_gather_objects((keys, names, images))
+        per_rank = _all_gather_objects((keys, names, images, rows))
         # Embeddings are gathered as equal-sized blocks (padded to the largest rank's count); `selection`
         # picks, in global order, the first copy of each distinct candidate out of those blocks.
-        self.width = max(len(rank_keys) for rank_keys, _, _ in per_rank)
+        self.width = max(len(rank_keys) for rank_keys, *_ in per_rank)
         position: dict[Any, int] = {}
         selection: list[int] = []
         self.names: list[str] = []
+        self.rows: list[Any] = []
         self.images: list[Any] | None = [] if images is not None else None
-        for rank, (rank_keys, rank_names, rank_images) in enumerate(per_rank):
+        for rank, (rank_keys, rank_names, rank_images, rank_rows) in enumerate(per_rank):
             for i, key in enumerate(rank_keys):
                 if key in position:
                     continue
                 position[key] = len(self.names)
                 selection.append(rank * self.width + i)
                 self.names.append(rank_names[i])
+                self.rows.append(rank_rows[i])
                 if self.images is not None:
                     self.images.append(rank_images[i])
         device = inputs["candidate_index"].device
@@ -500,6 +510,8 @@ class _GlobalCandidates:
             "candidate_index": self.candidate_index,
             "target_index": torch.tensor([position[key] for key in query_keys], device=device),
             "candidates": [self.names] * num_queries,
+            "candidate_texts": [self.names] * num_queries,
+            "candidate_rows": self.rows,
         }
         if self.images is not None:
             self.overrides["candidate_images"] = self.images
@@ -519,83 +531,3 @@ def _all_gather_objects(obj: Any) -> list[Any]:
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
-
-
-def _resolve_rewards(reward_funcs: Any) -> tuple[list[RewardFunc], list[str]]:
-    funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
-    if not funcs:
-        raise ValueError("`reward_funcs` is empty; pass at least one reward, e.g. `reward_funcs='correctness'`.")
-    resolved, names = [], []
-    for func in funcs:
-        if isinstance(func, str):
-            func = get_reward_function(func)
-        elif not callable(func):
-            raise TypeError(
-                f"Each reward must be a callable or a built-in's name, got {type(func).__name__} {func!r}."
-            )
-        name = base = reward_name(func)
-        suffix = 2
-        while name in names:  # two rewards of the same name must not share a logged metric
-            name, suffix = f"{base}_{suffix}", suffix + 1
-        resolved.append(func)
-        names.append(name)
-    return resolved, names
-
-
-def _call_reward(func: RewardFunc, name: str, completions: list[str], kwargs: dict[str, Any]) -> list:
-    """Call one reward function and check what it returned: one finite number or None per completion."""
-    try:
-        values = func(completions, **kwargs)
-    except Exception as error:
-        index = _first_failing_index(func, completions, kwargs)
-        where = f"at index {index} (completion {completions[index]!r})" if index is not None else "on the batch"
-        raise RuntimeError(
-            f"Reward function '{name}' raised {type(error).__name__}: {error} {where}, while scoring "
-            f"{len(completions)} completions. Fix the reward, or return None for completions it cannot score."
-        ) from error
-    if isinstance(values, (torch.Tensor, np.ndarray)):
-        values = values.tolist()
-    if not isinstance(values, (list, tuple)):
-        raise ValueError(
-            f"Reward function '{name}' returned a {type(values).__name__}; it must return a list with one float "
-            f"(or None) per completion ({len(completions)} here)."
-        )
-    if len(values) != len(completions):
-        raise ValueError(
-            f"Reward function '{name}' returned {len(values)} rewards for {len(completions)} completions; it must "
-            "return one float (or None) per completion."
-        )
-    for index, value in enumerate(values):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-            raise ValueError(
-                f"Reward function '{name}' returned {value!r} ({type(value).__name__}) at index {index}; "
-                "rewards must be numbers, or None for completions the reward does not apply to."
-            )
-        if not math.isfinite(float(value)):
-            raise ValueError(
-                f"Reward function '{name}' returned {value} at index {index} (completion {completions[index]!r}); "
-                "rewards must be finite. Return None for completions the reward does not apply to."
-            )
-    if values and all(value is None for value in values):
-        from transformers.utils import logging as hf_logging
-
-        # Legal (None = "does not apply"), but a reward that never applies is usually a bug: say so, once.
-        hf_logging.get_logger(__name__).warning_once(
-            f"Reward function '{name}' returned None for every completion of a step, so it gave that step no signal "
-            "(when no reward applies, only the KL and entropy terms train). Check the reward if it should apply; "
-            "this is reported once per reward function."
-        )
-    return list(values)
-
-
-def _first_failing_index(func: RewardFunc, completions: list[str], kwargs: dict[str, Any]) -> int | None:
-    """Re-score one completion at a time to say which one made the reward raise (error path only)."""
-    for index in range(len(completions)):
-        single = {k: (v if k == "trainer_state" else v[index : index + 1]) for k, v in kwargs.items()}
-        try:
-            func(completions[index : index + 1], **single)
-        except Exception:
-            return index
-    return None
