@@ -240,20 +240,21 @@ RUNS = Path(__file__).parent / "scripts" / "rl_retrieved.py"
 
 @pytest.mark.slow
 def test_retrieved_candidate_sets_under_two_processes_equal_one_process(tmp_path):
-    def launch(processes, per_device_batch):
-        out = tmp_path / f"p{processes}.pt"
-        command = [sys.executable]
-        if processes > 1:
-            command += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-        command += [str(RUNS), "--per_device_batch", str(per_device_batch), "--out", str(out),
-                    "--output_dir", str(tmp_path / f"o{processes}")]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        return torch.load(out)
+    import importlib.util
 
-    one, two = launch(1, 8), launch(2, 4)
-    assert two["world_size"] == 2
-    assert one["sets"] and one["sets"] == two["sets"]  # per row caption: its candidate set, every step
+    spec = importlib.util.spec_from_file_location("rl_retrieved", RUNS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    one = module.run(8, str(tmp_path / "one"))  # the 1-process reference, in this process
+    out = tmp_path / "two.pt"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(RUNS),
+               "--per_device_batch", "4", "--out", str(out), "--output_dir", str(tmp_path / "two")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    two = torch.load(out)
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    # Per (step, row caption): the candidate set. Step 1's sets come from the pool re-embedded after an update.
+    assert len(one["sets"]) == 16 and one["sets"] == two["sets"]
     torch.testing.assert_close(two["index"], one["index"], atol=1e-5, rtol=0)
     assert math.isfinite(two["loss"])

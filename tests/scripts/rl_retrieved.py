@@ -28,17 +28,12 @@ class SetRecorder:
         return [1.0 if c == g else 0.0 for c, g in zip(completions, kwargs["ground_truth"])]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--per_device_batch", type=int, required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--output_dir", required=True)
-    args = parser.parse_args()
-    torch.use_deterministic_algorithms(True)
+def run(per_device_batch: int, output_dir: str) -> dict:
+    """Train two steps; return (on rank 0; None elsewhere) the candidate sets, the pool index and the loss."""
     data = load_emoji_dataset()["train"].select(range(32))
     model, processor = build_clip("tiny", seed=0)
     recorder = SetRecorder()
-    config = ClipRLConfig(output_dir=args.output_dir, per_device_train_batch_size=args.per_device_batch, max_steps=2,
+    config = ClipRLConfig(output_dir=output_dir, per_device_train_batch_size=per_device_batch, max_steps=2,
                           learning_rate=0.5, optim="sgd", max_grad_norm=0.0, report_to="none", save_strategy="no",
                           logging_steps=1, seed=0, use_cpu=True, disable_tqdm=True, lr_scheduler_type="constant",
                           advantage="exact", beta=0.0, candidates="retrieved", num_candidates=4,
@@ -51,10 +46,22 @@ def main() -> None:
         gathered = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, sets)
         sets = {key: value for part in gathered for key, value in part.items()}
-    if trainer.args.process_index == 0:
-        loss = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
-        torch.save({"sets": sets, "index": trainer.retrieved_candidates.embeds, "loss": loss,
-                    "world_size": trainer.args.world_size}, args.out)
+    if trainer.args.process_index != 0:
+        return None
+    loss = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
+    return {"sets": sets, "index": trainer.retrieved_candidates.embeds, "loss": loss,
+            "world_size": trainer.args.world_size}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--per_device_batch", type=int, required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--output_dir", required=True)
+    args = parser.parse_args()
+    record = run(args.per_device_batch, args.output_dir)
+    if record is not None:
+        torch.save(record, args.out)
 
 
 if __name__ == "__main__":
