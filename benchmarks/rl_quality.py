@@ -52,6 +52,7 @@ from clip_trl import (
     evaluation,
     modeling,
 )
+from clip_trl.graded import GradedReward
 from clip_trl.offline import build_clip, load_emoji_dataset
 from clip_trl.rewards import TeacherProbabilityReward
 
@@ -113,19 +114,6 @@ def load_emoji(test_size: float) -> dict[str, datasets.Dataset]:
 
 
 # --------------------------------------------------------------------------------------------- rewards
-
-
-class GradedReward:
-    """1 for the right answer, 0.5 for a wrong one of the same kind (`kind_of` maps a completion to its kind)."""
-
-    __name__ = "graded"
-
-    def __init__(self, kind_of: dict[str, str]) -> None:
-        self.kind_of = kind_of
-
-    def __call__(self, completions: list[str], ground_truth: list[str], **kwargs: Any) -> list[float]:
-        return [1.0 if c == t else 0.5 if self.kind_of.get(c) == self.kind_of.get(t) else 0.0
-                for c, t in zip(completions, ground_truth)]
 
 
 class OriginalObjectiveTrainer(ClipRLTrainer):
@@ -199,10 +187,10 @@ def rl(checkpoint: str, data: datasets.Dataset, seed: int, workdir: str, rewards
 
 def make_task(name: str, train: datasets.Dataset) -> dict[str, Any]:
     if name == "fashion":
-        graded = GradedReward(FASHION_KIND)
+        graded = GradedReward(kind_of=FASHION_KIND)
         return {"answers": [TEMPLATE.format(label) for label in FASHION_LABELS], "answer_names": FASHION_LABELS,
                 "truth_column": "label", "graded": graded, "labels": FASHION_LABELS}
-    graded = GradedReward({})
+    graded = GradedReward(kind_of={})  # filled in by run_seed: caption -> group
     return {"answers": None, "answer_names": None, "truth_column": "caption", "graded": graded, "labels": None}
 
 
@@ -241,15 +229,18 @@ def run_seed(seed: int, data: dict[str, datasets.Dataset], settings: argparse.Na
     record("baseline: more contrastive", model, processor)
 
     labels = dict(candidate_labels=task["labels"], label_template=TEMPLATE) if task["labels"] else {}
+    where = "labels" if task["labels"] else "in-batch"
     recipes: list[tuple[str, Any, dict[str, Any]]] = [
         ("(a) correctness, in-batch", "correctness", {}),
-        ("(b) graded, " + ("labels" if task["labels"] else "in-batch"), task["graded"], labels),
+        (f"(b) graded, {where}", task["graded"], labels),
+        # The same reward with the contrastive loss mixed in (`contrastive_coef`): RL adds what the reward knows
+        # (the kinds) on top of what the captions teach, in the same steps.
+        (f"(b) graded + contrastive_coef=1, {where}", task["graded"], dict(labels, contrastive_coef=1.0)),
         ("(d) correctness, retrieved top-k", "correctness",
          dict(candidates="retrieved", num_candidates=settings.num_candidates, candidate_refresh_steps=20)),
     ]
     if settings.dataset == "emoji":  # no label set: grade in-batch choices, and retrieved ones, by group
-        recipes[1] = ("(b) graded, in-batch", task["graded"], {})
-        recipes.insert(2, ("(b) graded, retrieved top-k", task["graded"],
+        recipes.insert(3, ("(b) graded, retrieved top-k", task["graded"],
                            dict(candidates="retrieved", num_candidates=settings.num_candidates,
                                 candidate_refresh_steps=20)))
     for name, reward, overrides in recipes:
@@ -292,6 +283,8 @@ VERDICTS = [  # (recipe row, its baseline row, the reward's own metric)
     ("(a) correctness, in-batch", "baseline: more contrastive", "accuracy"),
     ("(b) graded, labels", "baseline: more contrastive", "graded"),
     ("(b) graded, in-batch", "baseline: more contrastive", "graded"),
+    ("(b) graded + contrastive_coef=1, labels", "baseline: more contrastive", "graded"),
+    ("(b) graded + contrastive_coef=1, in-batch", "baseline: more contrastive", "graded"),
     ("(b) graded, retrieved top-k", "baseline: more contrastive", "graded"),
     ("(d) correctness, retrieved top-k", "baseline: more contrastive", "accuracy"),
     ("(o) original objective", "baseline: more contrastive", "accuracy"),
