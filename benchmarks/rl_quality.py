@@ -312,20 +312,25 @@ def summarize(per_seed: list[dict[str, dict[str, float]]], dataset: str) -> str:
             else:
                 cells.append("")
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
-    lines += ["", f"| recipe | reward metric | baseline | RL | Δ | 2×std | {guard}: baseline → RL | verdict |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    # Verdict: RL beats the baseline on the reward's own metric by more than twice the larger of the two seed stds,
+    # without lowering the guard metric by more than one std (and, for the teacher, not below the student).
+    # "paired Δ" is the per-seed difference (same seed = same start), for information.
+    lines += ["", f"| recipe | reward metric | baseline | RL | Δ | 2×std | paired Δ | {guard}: baseline → RL | verdict |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for recipe, baseline, metric in VERDICTS:
         if recipe not in per_seed[0]:
             continue
         (b_mean, b_std), (r_mean, r_std) = stats(baseline, metric), stats(recipe, metric)
         (gb_mean, gb_std), (gr_mean, gr_std) = stats(baseline, guard), stats(recipe, guard)
         threshold = 2 * max(b_std, r_std)
+        diffs = [r[recipe][metric] - r[baseline][metric] for r in per_seed]
+        paired = f"{statistics.mean(diffs):+.3f} ± {statistics.stdev(diffs) if len(diffs) > 1 else 0.0:.3f}"
         wins = r_mean - b_mean > threshold and gr_mean >= gb_mean - max(gb_std, gr_std)
         if recipe.startswith("(c)"):
             student_mean, _ = stats("student (few labels)", guard)
             wins = wins and gr_mean >= student_mean
         lines.append(f"| {recipe} | {metric} | {b_mean:.3f} ± {b_std:.3f} | {r_mean:.3f} ± {r_std:.3f} | "
-                     f"{r_mean - b_mean:+.3f} | {threshold:.3f} | {gb_mean:.3f} → {gr_mean:.3f} | "
+                     f"{r_mean - b_mean:+.3f} | {threshold:.3f} | {paired} | {gb_mean:.3f} → {gr_mean:.3f} | "
                      f"{'**RL wins**' if wins else 'no win'} |")
     return "\n".join(lines)
 
@@ -346,7 +351,13 @@ def main() -> None:
     parser.add_argument("--num_test", type=int, default=1000, help="Fashion-MNIST held-out rows used.")
     parser.add_argument("--test_size", type=float, default=0.25, help="Emoji: held-out share of the rows.")
     parser.add_argument("--json", default=None, help="Also write the raw results here.")
+    parser.add_argument("--summarize", default=None, help="Only print the tables of a JSON file this script wrote.")
     settings = parser.parse_args()
+    if settings.summarize:
+        with open(settings.summarize) as handle:
+            saved = json.load(handle)
+        print(summarize(saved["results"], saved["settings"]["dataset"]))
+        return
     hf_logging.set_verbosity_error()
     start = time.time()
     data = load_fashion(settings.num_train, settings.num_test) if settings.dataset == "fashion" else load_emoji(settings.test_size)
