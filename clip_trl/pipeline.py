@@ -67,7 +67,8 @@ DEFAULT_CONTRASTIVE: dict[str, Any] = {
 # gradient over in-batch candidates (mixing the contrastive loss in did worse there: `contrastive_coef` 0).
 DEFAULT_RL: dict[str, Any] = {
     "epochs": 1.0,
-    "learning_rate": 1e-3,
+    # 1e-3 (the benchmark's tiny model) flattens the small model's policy (entropy up, graded reward 0.205 → 0.118)
+    "learning_rate": 1e-4,
     "batch_size": 32,  # the candidate set: 32 captions, as in the seed project and in_batch_accuracy
     "num_samples": 8,
     "advantage": "exact",
