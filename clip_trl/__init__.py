@@ -2,11 +2,14 @@
 
 from . import evaluation, hub, rewards
 from .hub import default_lora_config, load_model
+from .interpolation import wise_ft
 from .rerank import generate_candidates, rerank
 from .trainer import (
     ClipBaseConfig,
     ClipContrastiveConfig,
     ClipContrastiveTrainer,
+    ClipDPOConfig,
+    ClipDPOTrainer,
     ClipRLConfig,
     ClipRLTrainer,
 )
@@ -17,6 +20,8 @@ __all__ = [
     "ClipBaseConfig",
     "ClipContrastiveConfig",
     "ClipContrastiveTrainer",
+    "ClipDPOConfig",
+    "ClipDPOTrainer",
     "ClipRLConfig",
     "ClipRLTrainer",
     "__version__",
@@ -27,4 +32,5 @@ __all__ = [
     "load_model",
     "rerank",
     "rewards",
+    "wise_ft",
 ]

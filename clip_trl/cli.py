@@ -1,4 +1,4 @@
-"""The `clip-trl` command: `clip-trl contrastive|rl|evaluate|pipeline|env ...`.
+"""The `clip-trl` command: `clip-trl contrastive|rl|dpo|evaluate|interpolate|pipeline|env ...`.
 
 Each training command takes the flags of its dataclasses (`clip-trl <command> --help` lists them) and, as in
 TRL, `--config file.yaml` whose keys are those flags' names; flags given on the command line win over the file.
@@ -7,10 +7,16 @@ TRL, `--config file.yaml` whose keys are those flags' names; flags given on the 
 clip-trl pipeline --output_dir runs/emoji                    # the whole workflow, offline, ~10 min on a CPU
 clip-trl contrastive --config examples/configs/contrastive.yaml
 clip-trl rl --config examples/configs/rl.yaml --reward_funcs correctness confidence_correctness
+clip-trl dpo --config examples/configs/dpo.yaml                # preference pairs; needs --model_name_or_path
+clip-trl interpolate --base clip_finetuned --tuned clip_dpo --alpha 0.5 --output_dir clip_wise_ft   # WiSE-FT
 clip-trl evaluate --model_name_or_path runs/emoji/clip_rl_finetuned
 accelerate launch -m clip_trl.cli rl --config examples/configs/rl.yaml   # several processes
 clip-trl env                                                 # versions, for bug reports
 ```
+
+A mistake in a command (a missing column, file or model, a bad value) prints the library's message, one
+paragraph, and exits with status 1 (argparse's own errors, such as an unknown flag, exit with 2). Add `--debug`
+or set `CLIP_TRL_DEBUG=1` to see the traceback.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ __all__ = ["EvaluateArguments", "main", "make_parser", "parse_dataclasses"]
 _COMMANDS = {
     "contrastive": "Contrastive (InfoNCE / SigLIP) fine-tuning of a CLIP model; evaluates on the test split.",
     "rl": "RL fine-tuning: CLIP as a policy choosing captions, with reward functions; evaluates on the test split.",
+    "dpo": "Preference optimization (DPO / IPO): chosen vs rejected captions per image; evaluates on the test split.",
     "evaluate": "Retrieval recall@k, in-batch accuracy and greedy mean reward of a model on a split.",
+    "interpolate": "WiSE-FT: write the model (1 - alpha)·base + alpha·tuned (full models or a LoRA adapter).",
     "pipeline": "Split, contrastive, RL, test: the whole workflow, with a results table and pictures.",
     "env": "Print the versions of Python, clip_trl and its libraries (paste them into bug reports).",
 }
@@ -77,6 +85,15 @@ def _dataclass_types(command: str) -> tuple[type, ...]:
         return RLScriptArguments, ClipRLConfig, ModelConfig
     if command == "evaluate":
         return ScriptArguments, EvaluateArguments, ModelConfig
+    if command == "dpo":
+        from .dpo_script import DPOScriptArguments
+        from .trainer import ClipDPOConfig
+
+        return DPOScriptArguments, ClipDPOConfig, ModelConfig
+    if command == "interpolate":
+        from .interpolation import InterpolateArguments
+
+        return (InterpolateArguments,)
     if command == "pipeline":
         from .pipeline import PipelineArguments
 
@@ -104,6 +121,9 @@ def make_parser(command: str, prog: str | None = None) -> Any:
                        description=_COMMANDS.get(command), allow_abbrev=False)
     parser.add_argument("--config", metavar="FILE.yaml",
                         help="YAML file of flag values (keys: the flag names); command-line flags override it.")
+    if "--debug" not in parser._option_string_actions:  # training commands: TrainingArguments has a --debug
+        parser.add_argument("--debug", action="store_true",
+                            help="Show the full traceback of an error (also: CLIP_TRL_DEBUG=1).")
     return parser
 
 
@@ -134,16 +154,16 @@ def parse_dataclasses(parser: Any, args: Sequence[str] | None = None) -> tuple[A
 
 
 def _run_training(command: str, parsed: tuple[Any, ...]) -> int:
-    from .scripts import evaluate_on_test, load_data, print_metrics, run_contrastive, run_rl
+    from .scripts import evaluate_on_test, load_data, run_contrastive, run_rl
 
     script_args, training_args, model_args = parsed
     data = load_data(script_args)
     run = run_contrastive if command == "contrastive" else run_rl
     trainer = run(script_args, training_args, model_args, data=data)
-    metrics = evaluate_on_test(trainer, data, script_args)
+    evaluate_on_test(trainer, data, script_args)  # prints the test metrics (once) and writes them
     if trainer.is_world_process_zero():
-        print_metrics(metrics, f"Test split ({len(data[script_args.dataset_test_split])} rows), "
-                               f"model saved to {training_args.output_dir}:")
+        print(f"Test split: {len(data[script_args.dataset_test_split])} rows. Model saved to "
+              f"{training_args.output_dir}; test metrics in test_results.json there.")
     return 0
 
 
@@ -157,8 +177,8 @@ def _run_evaluate(parsed: tuple[Any, ...], parser: Any) -> int:
     split = eval_args.split or script_args.dataset_test_split
     if eval_args.split:
         script_args.dataset_test_split = split
+    model, processor = _load_for_evaluation(model_args)  # first: a wrong model path fails before the data loads
     data = load_data(script_args)
-    model, processor = _load_for_evaluation(model_args)
     metrics, _ = evaluate_model(
         model, processor, data[split],
         reward_funcs=list(eval_args.reward_funcs),
@@ -172,6 +192,26 @@ def _run_evaluate(parsed: tuple[Any, ...], parser: Any) -> int:
     if eval_args.output_file:
         dump_json(metrics, eval_args.output_file)
         print(f"\nWritten to {eval_args.output_file}")
+    return 0
+
+
+def _run_dpo(parsed: tuple[Any, ...], parser: Any) -> int:
+    from .dpo_script import load_preference_data, run_dpo
+    from .scripts import evaluate_on_test, print_metrics
+
+    script_args, training_args, model_args = parsed
+    if not model_args.model_name_or_path:
+        parser.error("--model_name_or_path is required: DPO refines a model that already ranks captions (e.g. the "
+                     "output of `clip-trl contrastive`).")
+    try:
+        data = load_preference_data(script_args, training_args)
+    except ValueError as error:
+        parser.error(str(error))
+    trainer = run_dpo(script_args, training_args, model_args, data=data)
+    metrics = evaluate_on_test(trainer, data, script_args)
+    if trainer.is_world_process_zero():
+        print_metrics(metrics, f"Test split ({len(data[script_args.dataset_test_split])} rows), "
+                               f"model saved to {training_args.output_dir}:")
     return 0
 
 
@@ -258,7 +298,8 @@ def _top_parser() -> argparse.ArgumentParser:
         description="Contrastive and reinforcement-learning fine-tuning of CLIP models. "
         "Run `clip-trl <command> --help` for a command's flags.",
         epilog="Each command also reads `--config file.yaml` (keys: flag names). Under several processes: "
-        "`accelerate launch -m clip_trl.cli <command> ...`.",
+        "`accelerate launch -m clip_trl.cli <command> ...`. An error prints its message only; `--debug` (or "
+        "CLIP_TRL_DEBUG=1) shows the traceback.",
     )
     parser.add_argument("--version", action="version", version=f"clip_trl {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="command", title="commands")
@@ -281,6 +322,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     ```
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    argv, debug = _pop_debug_flag(argv)
+    debug = debug or os.environ.get("CLIP_TRL_DEBUG", "").lower() in ("1", "true", "yes")
+    try:
+        return _main(argv)
+    except _USER_ERRORS as error:
+        # A mistake in the command (a column, a path, a value) is the user's to fix: the library's message says
+        # what and where, and a traceback into transformers only hides it. Bugs (other exceptions) keep theirs.
+        if debug:
+            raise
+        prog = f"clip-trl {argv[0]}" if argv and argv[0] in _COMMANDS else "clip-trl"
+        print(f"{prog}: error: {str(error).strip() or type(error).__name__}", file=sys.stderr)
+        print("(run again with --debug, or CLIP_TRL_DEBUG=1, for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _pop_debug_flag(argv: list[str]) -> tuple[list[str], bool]:
+    """Remove a bare `--debug` (ours: show tracebacks) from `argv`. `--debug underflow_overflow` (a value of
+    `TrainingArguments.debug`) is transformers' flag and stays."""
+    kept, debug = [], False
+    for index, arg in enumerate(argv):
+        if arg == "--debug" and (index + 1 == len(argv) or argv[index + 1] not in _TRANSFORMERS_DEBUG_VALUES):
+            debug = True
+        else:
+            kept.append(arg)
+    return kept, debug
+
+
+_TRANSFORMERS_DEBUG_VALUES = ("underflow_overflow", "tpu_metrics_debug")
+# Exceptions that mean "the command asked for something wrong" (a missing column or file, a bad value, a
+# missing optional package): reported in one paragraph, without a traceback, unless debugging.
+_USER_ERRORS = (ValueError, KeyError, OSError, ImportError)
+
+
+def _main(argv: list[str]) -> int:
     top = _top_parser()
     if not argv or argv[0] not in _COMMANDS:
         top.parse_args(argv[:1])  # --help / --version / an unknown command: argparse prints and exits
@@ -298,6 +373,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_training(command, parsed)
     if command == "evaluate":
         return _run_evaluate(parsed, parser)
+    if command == "dpo":
+        return _run_dpo(parsed, parser)
+    if command == "interpolate":
+        from .interpolation import run_interpolate
+
+        args = parsed[0]
+        print(f"Wrote (1 - {args.alpha:g})·base + {args.alpha:g}·tuned to {run_interpolate(args)}")
+        return 0
     from .pipeline import run_pipeline
 
     run_pipeline(parsed[0])

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .encoding import image_batch, text_max_length, tokenize
+
 logger = logging.getLogger(__name__)
 
 # The trainer wraps datasets so every row carries its index; error messages quote it.
@@ -270,8 +272,15 @@ class ProcessorImageTransform:
     def __init__(self, image_processor: Any) -> None:
         self.image_processor = image_processor
 
-    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
-        return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor | dict[str, torch.Tensor]:
+        return processor_image_inputs(self.image_processor(images=images, return_tensors="pt"))
+
+
+def processor_image_inputs(output: Mapping[str, Any]) -> torch.Tensor | dict[str, torch.Tensor]:
+    """An image processor's output as the collator passes it on: the `pixel_values` tensor, or all its tensors
+    when it has more (SigLIP 2's `pixel_attention_mask` and `spatial_shapes` belong with the patches)."""
+    tensors = {key: value for key, value in output.items() if isinstance(value, torch.Tensor)}
+    return tensors["pixel_values"] if set(tensors) == {"pixel_values"} else tensors
 
 
 class ClipDataCollator:
@@ -288,7 +297,9 @@ class ClipDataCollator:
         image_column / caption_column: column names.
         negative_column: optional column of hard-negative captions (a string or list per row).
         skip_bad_rows: drop undecodable / caption-less rows (counted) instead of raising.
-        max_length: token limit (defaults to the tokenizer's `model_max_length`).
+        max_length: token limit (defaults to the tokenizer's `model_max_length`, capped by 77 if it has none).
+        text_padding: `"longest"` (pad to the batch's longest caption) or `"max_length"` (SigLIP-family towers);
+            the trainers pass the model's rule ([`clip_trl.encoding.text_padding`]).
         image_transform: images -> pixel_values; defaults to a [`~clip_trl.image_processing.FastImageTransform`]
             of the processor's image processor (bitwise-equal output, faster).
         keep_rows: also return the decoded rows under `"rows"` (the RL trainer's rewards need them).
@@ -304,6 +315,7 @@ class ClipDataCollator:
         max_length: int | None = None,
         image_transform: Callable[[list[Image.Image]], torch.Tensor] | None = None,
         keep_rows: bool = False,
+        text_padding: str = "longest",
     ) -> None:
         image_processor, self.tokenizer = split_processor(processing_class)
         if image_transform is None:
@@ -315,16 +327,15 @@ class ClipDataCollator:
         self.caption_column = caption_column
         self.negative_column = negative_column
         self.skip_bad_rows = skip_bad_rows
-        self.max_length = max_length or min(getattr(self.tokenizer, "model_max_length", 77), 512)
+        self.max_length = text_max_length(None, self.tokenizer, max_length)
+        self.text_padding = text_padding
         self.keep_rows = keep_rows
         # The RL trainer's label / column candidate sets do not need a caption on every row.
         self.require_caption = True
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        encoded = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        """`input_ids` (and `attention_mask` when the tokenizer makes one) by [`clip_trl.encoding.tokenize`]."""
+        return tokenize(None, self.tokenizer, texts, self.max_length, self.text_padding)
 
     def parse_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """Decode one row; raises [`BadRowError`] on bad input."""
@@ -371,7 +382,7 @@ class ClipDataCollator:
         }
         if parsed:
             images = [p["image"] for p in parsed]
-            batch["pixel_values"] = self.image_transform(images)
+            batch.update(image_batch(self.image_transform, images))
             batch["image_keys"] = torch.tensor([image_key(im) for im in images], dtype=torch.long)
         return batch
 

@@ -23,7 +23,6 @@ only when a positive strictly beats every negative; with real-valued scores this
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from . import encoding
 from .data import (
     EVAL_HINT,
     BadRowError,
@@ -45,7 +45,6 @@ from .data import (
     split_processor,
 )
 from .image_processing import FastImageTransform
-from .modeling import image_features, text_features, unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +63,6 @@ __all__ = [
 ]
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
-# CLIP's text tower has 77 positions; longer prompts are truncated like the original CLIP tokenizer does.
-MAX_TEXT_TOKENS = 77
 # Similarity blocks are computed this many scores at a time (64 MiB of float32), so that a large eval set
 # (e.g. 5k images x 25k COCO captions) never materialises its full similarity matrix at once.
 _SCORE_BLOCK_ELEMENTS = 1 << 24
@@ -207,86 +204,6 @@ def index_captions(
 # ----------------------------------------------------------------------------------------- model plumbing
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put `model` in eval mode and restore every submodule's own mode afterwards.
-
-    Restoring module by module (not `model.train(was_training)`) keeps deliberately frozen parts, such as
-    a tower the user put in eval mode, as they were.
-    """
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-def _device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """Where the inputs must go, and the floating dtype pixel values must have (e.g. bf16 weights)."""
-    device, dtype = torch.device("cpu"), torch.float32
-    for index, parameter in enumerate(model.parameters()):
-        if index == 0:
-            device = parameter.device
-        if parameter.is_floating_point():
-            return device, parameter.dtype
-    return device, dtype
-
-
-def _max_text_tokens(model: nn.Module, tokenizer: Any) -> int:
-    limit = getattr(tokenizer, "model_max_length", None) or MAX_TEXT_TOKENS
-    config = getattr(getattr(unwrap(model), "config", None), "text_config", None)
-    positions = getattr(config, "max_position_embeddings", None)
-    # Tokenizers saved without a limit report a huge sentinel (1e30); the text tower's positions are the cap.
-    return int(min(limit, MAX_TEXT_TOKENS, positions or MAX_TEXT_TOKENS))
-
-
-def _embed_images(
-    model: nn.Module,
-    transform: ImageTransform,
-    images: list[Image.Image],
-    device: torch.device,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    pixel_values = transform(images)
-    if isinstance(pixel_values, Mapping):  # a raw image processor output (BatchFeature)
-        pixel_values = pixel_values["pixel_values"]
-    pixel_values = torch.as_tensor(pixel_values).to(device=device, dtype=dtype)
-    # Normalise in float32: a bf16 norm loses enough precision to reorder close candidates.
-    return F.normalize(image_features(model, pixel_values).float(), dim=-1).cpu()
-
-
-def _embed_texts(model: nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int) -> torch.Tensor:
-    """L2-normalised float32 CPU embeddings of `texts`, in the given order."""
-    if not texts:
-        raise ValueError("There are no texts to embed.")
-    device, _ = _device_and_dtype(model)
-    max_length = _max_text_tokens(model, tokenizer)
-    # Batch texts of similar length together so that short captions are not padded to the longest one in a
-    # random batch (CLIP's causal text tower pools at the end-of-text token, so the padding after a text
-    # does not change its embedding; it only costs compute).
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    chunks: list[torch.Tensor] = []
-    with _eval_mode(model), torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            batch = [texts[i] for i in order[start : start + batch_size]]
-            encoded = tokenizer(
-                batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-            )
-            attention_mask = encoded.get("attention_mask")
-            features = text_features(
-                model,
-                encoded["input_ids"].to(device),
-                attention_mask.to(device) if attention_mask is not None else None,
-            )
-            chunks.append(F.normalize(features.float(), dim=-1).cpu())
-    stacked = torch.cat(chunks)
-    embeds = torch.empty_like(stacked)
-    embeds[torch.tensor(order, dtype=torch.long)] = stacked
-    return embeds
-
-
 def _rows(dataset: Any, image_column: str | None) -> Iterator[tuple[int, Mapping[str, Any]]]:
     """Yield `(row index, row)` for a `datasets.Dataset`, an `IterableDataset` or a sequence of dicts."""
     if isinstance(dataset, Mapping):
@@ -341,12 +258,11 @@ def _encode_rows(
     )
     image_processor, _ = split_processor(processor)
     transform = image_transform or FastImageTransform(image_processor)
-    device, dtype = _device_and_dtype(model)
     chunks: list[torch.Tensor] = []
     pending: list[Image.Image] = []
     row_captions: list[list[str]] | None = [] if caption_column is not None else None
     row_labels: list[Any] | None = [] if label_column is not None else None
-    with _eval_mode(model), torch.no_grad():
+    with encoding.eval_mode(model), torch.no_grad():
         for index, row in _rows(dataset, image_column):
             try:
                 # Captions and labels are checked before the image is decoded: a bad row fails fast and cheaply.
@@ -360,10 +276,10 @@ def _encode_rows(
             except BadRowError as error:
                 raise error.with_hint(EVAL_HINT) from error.__cause__
             if len(pending) == batch_size:
-                chunks.append(_embed_images(model, transform, pending, device, dtype))
+                chunks.append(encoding.embed_images(model, None, pending, batch_size, image_transform=transform))
                 pending = []
         if pending:
-            chunks.append(_embed_images(model, transform, pending, device, dtype))
+            chunks.append(encoding.embed_images(model, None, pending, batch_size, image_transform=transform))
     if not chunks:
         raise ValueError("The dataset is empty: there is nothing to evaluate.")
     image_embeds = torch.cat(chunks)
@@ -371,11 +287,13 @@ def _encode_rows(
     return _Encoded(image_embeds, row_captions, row_labels)
 
 
-def _embedding_set(model: nn.Module, processor: Any, encoded: _Encoded, batch_size: int) -> EmbeddingSet:
+def _embedding_set(
+    model: nn.Module, processor: Any, encoded: _Encoded, batch_size: int, max_length: int | None = None
+) -> EmbeddingSet:
     assert encoded.row_captions is not None
     _, tokenizer = split_processor(processor)
     captions, positives, first = index_captions(encoded.row_captions)
-    text_embeds = _embed_texts(model, tokenizer, captions, batch_size)
+    text_embeds = encoding.embed_texts(model, tokenizer, captions, batch_size, max_length)
     logger.info("Embedded %d unique captions.", len(captions))
     return EmbeddingSet(encoded.image_embeds, text_embeds, captions, positives, first)
 
@@ -389,6 +307,7 @@ def compute_embeddings(
     caption_column: str = "caption",
     batch_size: int = 64,
     image_transform: ImageTransform | None = None,
+    max_length: int | None = None,
 ) -> EmbeddingSet:
     """Embed every image and every unique caption of `dataset` with a CLIP-style model.
 
@@ -411,6 +330,9 @@ def compute_embeddings(
             Images (and texts) per forward pass.
         image_transform (`Callable[[list[PIL.Image.Image]], torch.Tensor]`, *optional*):
             Images to `pixel_values`; defaults to the processor's image processor.
+        max_length (`int`, *optional*):
+            Caption token limit; defaults to the tokenizer's, capped by the text tower's positions. Captions are
+            tokenised by [`clip_trl.encoding.tokenize`], the rule training uses (SigLIP: max-length padding).
 
     Returns:
         [`EmbeddingSet`]: L2-normalised float32 CPU embeddings and the positive matrix.
@@ -435,7 +357,7 @@ def compute_embeddings(
         batch_size=batch_size,
         image_transform=image_transform,
     )
-    return _embedding_set(model, processor, encoded, batch_size)
+    return _embedding_set(model, processor, encoded, batch_size, max_length)
 
 
 # ------------------------------------------------------------------------------------ metrics on tensors
@@ -908,7 +830,7 @@ def zero_shot_accuracy(
             )
     targets = _label_indices(cells, labels, label_column, _label_feature_names(dataset, label_column))
     _, tokenizer = split_processor(processor)
-    label_embeds = _embed_texts(model, tokenizer, prompts, batch_size)
+    label_embeds = encoding.embed_texts(model, tokenizer, prompts, batch_size)
     return {"zero_shot_accuracy": zero_shot_scores(image_embeds, label_embeds, targets)}
 
 
@@ -984,6 +906,6 @@ def evaluate_all(
             _label_feature_names(dataset, label_column),
         )
         _, tokenizer = split_processor(processor)
-        label_embeds = _embed_texts(model, tokenizer, prompts, batch_size)
+        label_embeds = encoding.embed_texts(model, tokenizer, prompts, batch_size)
         results["zero_shot_accuracy"] = zero_shot_scores(encoded.image_embeds, label_embeds, targets)
     return results

@@ -33,7 +33,7 @@ import torch
 
 __all__ = ["CachedBackwardOutput", "RandomState", "cached_backward", "split_into_chunks"]
 
-IMAGE_KEYS = ("pixel_values",)
+IMAGE_KEYS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")  # SigLIP 2 sends all three
 TEXT_KEYS = ("input_ids", "attention_mask")
 
 

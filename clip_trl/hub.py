@@ -22,15 +22,23 @@ from typing import TYPE_CHECKING, Any
 from transformers import AutoModel, AutoProcessor
 from transformers.utils import cached_file, find_adapter_config_file
 
+from . import lora, modeling
+from .local_hub import LocalHub, local_hub
+from .lora import DEFAULT_LORA_TARGET_MODULES
+
 if TYPE_CHECKING:
     from peft import LoraConfig
     from torch import nn
 
-__all__ = ["DEFAULT_LORA_TARGET_MODULES", "default_lora_config", "load_model"]
+__all__ = [
+    "DEFAULT_LORA_TARGET_MODULES",
+    "LocalHub",
+    "default_lora_config",
+    "load_model",
+    "local_hub",
+    "warn_if_base_is_local",
+]
 
-#: The attention query and value projections. In transformers' CLIP and SigLIP both towers name them
-#: this way, so the one list puts adapters in the image and the text encoder alike.
-DEFAULT_LORA_TARGET_MODULES: tuple[str, ...] = ("q_proj", "v_proj")
 
 _PEFT_HINT = "This needs the peft library: `pip install peft`."
 
@@ -144,6 +152,9 @@ def load_model(
 
     Raises:
         ValueError: an adapter whose config names no base model, and no `base_model=` given.
+        OSError: an adapter whose base model cannot be loaded here (the message names it; pass `base_model=`).
+        FileNotFoundError: a local folder with no model in it but training checkpoints (`checkpoint-N/`): the
+            message names the latest one to pass instead.
         ImportError: an adapter, and peft is not installed.
 
     Example:
@@ -166,10 +177,13 @@ def load_model(
     location = {key: kwargs.pop(key) for key in _LOCATION_KWARGS if key in kwargs}
     hub = {key: kwargs.pop(key) for key in _HUB_KWARGS if key in kwargs}
     model_kwargs = kwargs
+    if os.path.isdir(id_or_path) and "subfolder" not in location:
+        _check_not_only_checkpoints(id_or_path)
 
     adapter_config_file = find_adapter_config_file(id_or_path, **location, **hub)
     if adapter_config_file is None:
-        model = AutoModel.from_pretrained(id_or_path, **location, **hub, **model_kwargs)
+        # `load_pretrained`: AutoModel, keeping parameters clip_trl added (a sigmoid loss's `logit_bias`).
+        model = modeling.load_pretrained(id_or_path, **location, **hub, **model_kwargs)
         processor = AutoProcessor.from_pretrained(id_or_path, **location, **hub)
         return model.eval(), processor
 
@@ -183,8 +197,21 @@ def load_model(
             "adapter_config.json has no `base_model_name_or_path`, as happens when the base model was built in "
             "memory). Pass it: `load_model(..., base_model=<base model id or folder>)`."
         )
-    model = AutoModel.from_pretrained(base, **hub, **model_kwargs)
+    try:
+        model = AutoModel.from_pretrained(base, **hub, **model_kwargs)
+    except OSError as error:
+        # transformers' message says the files are missing, not that they are the *base* of an adapter.
+        reason = str(error).strip().splitlines()[0]
+        if base_model is not None:
+            raise OSError(f"Cannot load the base model {base!r} given as `base_model=`: {reason}") from error
+        raise OSError(
+            f"The adapter {id_or_path!r} was trained on the base model {base!r} (its adapter_config.json's "
+            f"`base_model_name_or_path`), which cannot be loaded here: {reason} If that is a folder of the "
+            "machine the adapter was trained on, or a repository you cannot reach, pass the base model yourself: "
+            f"`load_model({id_or_path!r}, base_model=<Hub id or local folder of that model>)`."
+        ) from error
     model = peft.PeftModel.from_pretrained(model, id_or_path, **location, **hub)
+    lora.load_added_parameters(model, id_or_path, **location, **hub)  # e.g. a sigmoid loss's `logit_bias`
     if merge:
         model = model.merge_and_unload()
     # A processor saved with the adapter reflects what training used (e.g. a changed `model_max_length`).
@@ -197,6 +224,70 @@ def load_model(
     else:
         processor = AutoProcessor.from_pretrained(base, **hub)
     return model.eval(), processor
+
+
+def _check_not_only_checkpoints(folder: str) -> None:
+    """A training output folder without the final model (no `save_model()` call) but with checkpoints: say so."""
+    if any(os.path.isfile(os.path.join(folder, name)) for name in ("config.json", "adapter_config.json")):
+        return
+    steps = {}
+    for name in os.listdir(folder):
+        step = name.removeprefix("checkpoint-")
+        if name.startswith("checkpoint-") and step.isdigit() and os.path.isdir(os.path.join(folder, name)):
+            steps[int(step)] = name
+    if steps:
+        latest = os.path.join(folder, steps[max(steps)])
+        others = f" (and {len(steps) - 1} earlier)" if len(steps) > 1 else ""
+        raise FileNotFoundError(
+            f"No model in {folder!r} (no config.json or adapter_config.json); found {steps[max(steps)]}{others} — "
+            f"pass that folder: {latest!r}. To have the final model in {folder!r}, call `trainer.save_model()` "
+            "after `trainer.train()`."
+        )
+
+
+def warn_if_base_is_local(model: Any) -> str | None:
+    r"""
+    Warn when `model` is a peft adapter whose recorded base model is a local path: saved or pushed, the adapter
+    then names a base that nobody else can load (peft and [`load_model`] look for that path, and fail).
+
+    The trainers call this on every save and push. Returns the warning's text, or `None` when there is nothing
+    to warn about (a full model, or a base recorded by Hub id).
+
+    Example:
+
+    ```python
+    >>> from clip_trl.hub import default_lora_config, warn_if_base_is_local
+    >>> from clip_trl.offline import build_clip
+    >>> from peft import get_peft_model
+    >>> model = get_peft_model(build_clip("tiny")[0], default_lora_config(r=2))
+    >>> model.peft_config["default"].base_model_name_or_path = "openai/clip-vit-base-patch32"
+    >>> warn_if_base_is_local(model) is None
+    True
+
+    ```
+    """
+    import warnings
+
+    from .model_card import _is_hub_id
+
+    configs = getattr(model, "peft_config", None)
+    if not isinstance(configs, dict):
+        return None
+    for name, config in configs.items():
+        base = getattr(config, "base_model_name_or_path", None)
+        if not base or _is_hub_id(base):
+            continue
+        message = (
+            # No folder in the text: Python shows a warning once per text, and each checkpoint is a new folder.
+            f"The adapter being saved names its base model by a local path, {base!r} "
+            f"(adapter_config.json's `base_model_name_or_path`): on the Hub or another machine, loading it will "
+            "look for that path and fail. Train from the base model's Hub id, or record it before saving: "
+            f"`model.peft_config[{name!r}].base_model_name_or_path = \"<org>/<base model>\"`; whoever loads this "
+            "adapter can also pass `clip_trl.hub.load_model(..., base_model=<id or folder>)`."
+        )
+        warnings.warn(message, UserWarning, stacklevel=2)
+        return message
+    return None
 
 
 def _find(repo: str, filename: str, location: dict[str, Any], hub: dict[str, Any]) -> str | None:

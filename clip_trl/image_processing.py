@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import ProcessorImageTransform, load_image, to_rgb
+from .data import ProcessorImageTransform, load_image, processor_image_inputs, to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -151,11 +151,11 @@ class FastImageTransform:
         """Whether the fast path is in use (`False`: every call goes to the processor)."""
         return self.spec is not None
 
-    def __call__(self, images: Sequence[Any]) -> torch.Tensor:
+    def __call__(self, images: Sequence[Any]) -> torch.Tensor | dict[str, torch.Tensor]:
         images = [image if isinstance(image, Image.Image) else load_image(image) for image in images]
         images = [to_rgb(image) for image in images]
         if self.spec is None:
-            return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+            return processor_image_inputs(self.image_processor(images=images, return_tensors="pt"))
         arrays = [self._resize_and_crop(image) for image in images]
         if len({a.shape for a in arrays}) > 1:  # no crop, aspect-preserving resize: sizes differ
             raise ValueError(

@@ -26,6 +26,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .citations import bibtex_entries
 from .plotting import TRAINING_CURVES_FILENAME
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "build_model_card",
     "citations",
     "final_eval_metrics",
+    "final_training_metrics",
     "framework_versions",
 ]
 
@@ -46,87 +48,10 @@ FRAMEWORKS: tuple[str, ...] = ("clip_trl", "transformers", "torch", "datasets", 
 # Logged evaluation values that describe the run, not the model.
 _BOOKKEEPING_SUFFIXES = ("runtime", "samples_per_second", "steps_per_second", "samples", "epoch")
 
-# Settings shown in the card, per method, when the config has them and they are "on". Shared settings
-# come first; a name missing from the config (an older or newer version) is skipped, not an error.
-_SHARED_FIELDS = (
-    "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
-    "max_steps", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "seed",
-    "bf16", "fp16", "freeze_vision", "freeze_text", "max_logit_scale", "logit_scale_learning_rate",
-)
-_METHOD_FIELDS: dict[str, tuple[str, ...]] = {
-    "contrastive": ("loss_type", "siglip_bias_init", "negative_column", "contrastive_chunk_size"),
-    "rl": (
-        "candidates", "direction", "candidate_column", "candidate_labels", "label_template", "advantage",
-        "num_samples", "scale_rewards", "beta", "policy_temperature", "entropy_coef", "contrastive_coef",
-    ),
-}
-# Fields whose value only matters in some settings; `_relevant` decides.
+# What each method shows (its settings, description and citations) comes from the trainer's config: see
+# `ClipBaseConfig.model_card_fields` / `model_card_description` / `model_card_citations`. This module knows
+# no method by name, so a new trainer needs no change here.
 _LORA_FIELDS = ("r", "lora_alpha", "lora_dropout", "target_modules", "use_dora")
-
-_METHOD_DESCRIPTIONS = {
-    "contrastive": (
-        "Supervised contrastive fine-tuning: for each batch of image–caption pairs, the {loss} over the "
-        "image–text similarity matrix `S = exp(logit_scale) · norm(f_img) · norm(f_txt)ᵀ`; rows sharing a "
-        "caption or an image count as positives."
-    ),
-    "rl": (
-        "Reinforcement-learning fine-tuning: the model is a policy `π(c | x) = softmax_c(s(x, c) / τ)` over a "
-        "candidate set of {candidates} for each {query}. Each step {sampling}, scores the choices with the "
-        "reward functions below and follows the policy gradient with {advantage}, plus `β · KL(π ‖ π_ref)` "
-        "(exact over the candidates) to the {reference}."
-    ),
-}
-
-_BIBTEX = {
-    "clip": """@inproceedings{radford2021clip,
-  title     = {Learning Transferable Visual Models From Natural Language Supervision},
-  author    = {Radford, Alec and Kim, Jong Wook and Hallacy, Chris and Ramesh, Aditya and Goh, Gabriel and
-               Agarwal, Sandhini and Sastry, Girish and Askell, Amanda and Mishkin, Pamela and Clark, Jack and
-               Krueger, Gretchen and Sutskever, Ilya},
-  booktitle = {Proceedings of the 38th International Conference on Machine Learning (ICML)},
-  series    = {Proceedings of Machine Learning Research},
-  volume    = {139},
-  pages     = {8748--8763},
-  year      = {2021}
-}""",
-    "siglip": """@inproceedings{zhai2023siglip,
-  title     = {Sigmoid Loss for Language Image Pre-Training},
-  author    = {Zhai, Xiaohua and Mustafa, Basil and Kolesnikov, Alexander and Beyer, Lucas},
-  booktitle = {Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
-  pages     = {11975--11986},
-  year      = {2023}
-}""",
-    "grpo": """@article{shao2024deepseekmath,
-  title   = {{DeepSeekMath}: Pushing the Limits of Mathematical Reasoning in Open Language Models},
-  author  = {Shao, Zhihong and Wang, Peiyi and Zhu, Qihao and Xu, Runxin and Song, Junxiao and Bi, Xiao and
-             Zhang, Haowei and Zhang, Mingchuan and Li, Y. K. and Wu, Y. and Guo, Daya},
-  journal = {arXiv preprint arXiv:2402.03300},
-  year    = {2024}
-}""",
-    "rloo": """@inproceedings{ahmadian2024rloo,
-  title     = {Back to Basics: Revisiting {REINFORCE}-Style Optimization for Learning from Human Feedback
-               in {LLMs}},
-  author    = {Ahmadian, Arash and Cremer, Chris and Gall{\\'e}, Matthias and Fadaee, Marzieh and Kreutzer, Julia
-               and Pietquin, Olivier and {\\"U}st{\\"u}n, Ahmet and Hooker, Sara},
-  booktitle = {Proceedings of the 62nd Annual Meeting of the Association for Computational Linguistics (ACL)},
-  year      = {2024}
-}""",
-    "reinforce": """@article{williams1992reinforce,
-  title   = {Simple Statistical Gradient-Following Algorithms for Connectionist Reinforcement Learning},
-  author  = {Williams, Ronald J.},
-  journal = {Machine Learning},
-  volume  = {8},
-  pages   = {229--256},
-  year    = {1992}
-}""",
-    "lora": """@inproceedings{hu2022lora,
-  title     = {{LoRA}: Low-Rank Adaptation of Large Language Models},
-  author    = {Hu, Edward J. and Shen, Yelong and Wallis, Phillip and Allen-Zhu, Zeyuan and Li, Yuanzhi and
-               Wang, Shean and Wang, Lu and Chen, Weizhu},
-  booktitle = {International Conference on Learning Representations (ICLR)},
-  year      = {2022}
-}""",
-}
 
 
 # ------------------------------------------------------------------------------------------- pieces
@@ -165,6 +90,29 @@ def final_eval_metrics(log_history: Sequence[dict[str, Any]]) -> dict[str, float
     return metrics
 
 
+def final_training_metrics(log_history: Sequence[dict[str, Any]],
+                           names: Sequence[str] = ("reward", "reward_std", "kl", "accuracy")) -> dict[str, Any]:
+    r"""
+    The RL training metrics of the last logging step that has a `reward` (`reward`, `kl`, ... and its `step`).
+
+    Example:
+
+    ```python
+    >>> from clip_trl.model_card import final_training_metrics
+    >>> final_training_metrics([{"loss": 1.0, "reward": 0.2, "kl": 0.0, "step": 5},
+    ...                         {"loss": 0.9, "reward": 0.4, "kl": 0.01, "step": 10}, {"eval_loss": 2.0, "step": 10}])
+    {'step': 10, 'reward': 0.4, 'kl': 0.01}
+
+    ```
+    """
+    for entry in reversed(log_history):
+        if "reward" in entry:
+            values = {name: entry[name] for name in names
+                      if isinstance(entry.get(name), (int, float)) and math.isfinite(entry[name])}
+            return {"step": entry.get("step"), **values}
+    return {}
+
+
 def framework_versions(packages: Iterable[str] = FRAMEWORKS) -> dict[str, str]:
     """Installed version of each package, or `"not installed"`.
 
@@ -186,30 +134,25 @@ def framework_versions(packages: Iterable[str] = FRAMEWORKS) -> dict[str, str]:
     return versions
 
 
-def citations(method: str, loss_type: str | None = None, advantage: str | None = None,
-              adapter: bool = False) -> list[str]:
+def citations(keys: Iterable[str] = (), adapter: bool = False) -> list[str]:
     r"""
-    BibTeX entries for what a run used: CLIP always; SigLIP for the sigmoid loss; GRPO (Shao et al., 2024),
-    RLOO (Ahmadian et al., 2024) or REINFORCE (Williams, 1992, for the exact policy gradient) for RL; LoRA
-    for adapters.
+    BibTeX entries for what a run used: CLIP always, then the method's works (`keys`, from
+    [`ClipBaseConfig.model_card_citations`][clip_trl.ClipBaseConfig.model_card_citations]), then LoRA for adapters.
+
+    Keys are looked up in [`clip_trl.citations.BIBTEX`]; a key that starts with `@` is a whole entry.
 
     Example:
 
     ```python
+    >>> from clip_trl import ClipRLConfig
     >>> from clip_trl.model_card import citations
-    >>> [entry.split("{")[1].split(",")[0] for entry in citations("rl", advantage="grpo")]
-    ['radford2021clip', 'shao2024deepseekmath']
+    >>> keys = ClipRLConfig(output_dir="out", advantage="grpo").model_card_citations()
+    >>> [entry.split("{")[1].split(",")[0] for entry in citations(keys, adapter=True)]
+    ['radford2021clip', 'shao2024deepseekmath', 'hu2022lora']
 
     ```
     """
-    keys = ["clip"]
-    if loss_type == "siglip":
-        keys.append("siglip")
-    if method == "rl":
-        keys.append({"grpo": "grpo", "rloo": "rloo"}.get(advantage or "", "reinforce"))
-    if adapter:
-        keys.append("lora")
-    return [_BIBTEX[key] for key in keys]
+    return bibtex_entries(["clip", *keys, *(["lora"] if adapter else [])])
 
 
 def _is_hub_id(name: str | None) -> bool:
@@ -231,35 +174,14 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-def _relevant(name: str, value: Any, args: Any) -> bool:
-    """Whether a setting is worth a line: skip unset/off values and those the chosen options ignore."""
-    if value is None or value is False or (isinstance(value, (list, tuple, str)) and not value):
-        return False
-    if name in ("entropy_coef", "contrastive_coef", "warmup_steps", "weight_decay") and value == 0:
-        return False
-    if name == "gradient_accumulation_steps" and value == 1:
-        return False
-    if name == "max_steps" and value <= 0:
-        return False
-    if name == "num_train_epochs" and getattr(args, "max_steps", -1) > 0:
-        return False  # max_steps wins over epochs
-    advantage = getattr(args, "advantage", None)
-    if name == "num_samples" and advantage == "exact":
-        return False
-    if name == "scale_rewards" and advantage != "grpo":
-        return False
-    if name == "siglip_bias_init" and getattr(args, "loss_type", None) != "siglip":
-        return False
-    if name in ("candidate_labels", "label_template") and getattr(args, "candidates", None) != "labels":
-        return False
-    return not (name == "candidate_column" and getattr(args, "candidates", None) != "column")
+def _is_set(value: Any) -> bool:
+    """Whether a LoRA setting is worth a line (not unset, off or empty)."""
+    return not (value is None or value is False or (isinstance(value, (list, tuple, str)) and not value))
 
 
-def _hyperparameters(args: Any, method: str, world_size: int, global_step: int) -> list[tuple[str, str]]:
-    rows = []
-    for name in (*_SHARED_FIELDS, *_METHOD_FIELDS.get(method, ())):
-        if hasattr(args, name) and _relevant(name, getattr(args, name), args):
-            rows.append((name, _format_value(getattr(args, name))))
+def _hyperparameters(args: Any, world_size: int, global_step: int) -> list[tuple[str, str]]:
+    names = args.model_card_fields() if hasattr(args, "model_card_fields") else []
+    rows = [(name, _format_value(getattr(args, name))) for name in names]
     batch = getattr(args, "per_device_train_batch_size", 0) * getattr(args, "gradient_accumulation_steps", 1)
     rows.insert(2, ("total_train_batch_size", str(batch * world_size)))
     rows.append(("optimizer steps done", str(global_step)))
@@ -279,8 +201,9 @@ def _base_model_of(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _quick_start(repo: str, base_repo: str | None, class_name: str, adapter: bool, model_type: str,
+def _quick_start(repo: str, base_name: str | None, class_name: str, adapter: bool, model_type: str,
                  labels: list[str]) -> str:
+    """The card's usage snippet: it must run as written once `repo` (and an adapter's base) can be reached."""
     import transformers
 
     # Custom lookalike classes are not importable from transformers; AutoModel finds them by config.
@@ -292,20 +215,35 @@ def _quick_start(repo: str, base_repo: str | None, class_name: str, adapter: boo
         f"from transformers import AutoProcessor, {import_name}",
     ]
     if adapter:
+        if not base_name:
+            base_line = (f'base = {import_name}.from_pretrained("<base model id or folder>")'
+                         "  # the adapter config names none")
+        elif _is_hub_id(base_name):
+            base_line = f'base = {import_name}.from_pretrained("{base_name}")'
+        else:
+            base_line = (f'base = {import_name}.from_pretrained("{base_name}")'
+                         "  # a local folder where this was trained: use its Hub id elsewhere")
         lines += [
             "from peft import PeftModel",
             "",
-            f'base = {import_name}.from_pretrained("{base_repo or "<base model id or folder>"}")',
+            base_line,
             f'model = PeftModel.from_pretrained(base, "{repo}").eval()',
             "model = model.merge_and_unload()  # optional: plain transformers model, no adapter overhead",
+            # An adapter repository has no config.json, which AutoProcessor looks for (offline, it fails on
+            # that): the processor comes from the base model, whose preprocessing the adapter was trained with.
+            f'processor = AutoProcessor.from_pretrained("{base_name or "<base model id or folder>"}")',
         ]
     else:
-        lines += ["", f'model = {import_name}.from_pretrained("{repo}").eval()']
+        lines += [
+            "",
+            f'model = {import_name}.from_pretrained("{repo}").eval()',
+            f'processor = AutoProcessor.from_pretrained("{repo}")',
+        ]
     lines += [
-        f'processor = AutoProcessor.from_pretrained("{repo}")',
         "",
         f"labels = {labels!r}",
         'image = Image.open("photo.jpg").convert("RGB")',
+        # SigLIP was trained on texts padded to the full length; its text features depend on the padding.
         "inputs = processor(text=labels, images=image, return_tensors=\"pt\", "
         + ('padding="max_length")' if siglip else "padding=True)"),
         "with torch.no_grad():",
@@ -433,15 +371,15 @@ def build_model_card(
     if base_repo:
         card_data.base_model_relation = "adapter" if adapter else "finetune"
 
-    loss_type = getattr(args, "loss_type", None)
-    description = _describe_method(method, args, loss_type, adapter)
+    description = (args.model_card_description(adapter) if hasattr(args, "model_card_description")
+                   else "Fine-tuning of a CLIP-style dual encoder.")
     rewards = []
     if hasattr(trainer, "reward_names"):
         weights = getattr(trainer, "reward_weights", None)
         weights = weights.tolist() if hasattr(weights, "tolist") else list(weights or [1.0] * len(trainer.reward_names))
         rewards = [(name, _format_value(float(w))) for name, w in zip(trainer.reward_names, weights)]
     lora_rows = [(name, _format_value(getattr(lora, name))) for name in _LORA_FIELDS
-                 if adapter and _relevant(name, getattr(lora, name, None), lora)]
+                 if adapter and _is_set(getattr(lora, name, None))]
     labels = getattr(args, "candidate_labels", None)
     template = getattr(args, "label_template", "a photo of a {}.")
     example_labels = [template.format(label) for label in labels[:3]] if labels else [
@@ -461,39 +399,15 @@ def build_model_card(
         method_description=description,
         dataset_names=datasets_list or [],
         num_train_rows=len(train_dataset) if train_dataset is not None and hasattr(train_dataset, "__len__") else None,
-        hyperparameters=_hyperparameters(args, method, getattr(args, "world_size", 1), trainer.state.global_step),
+        hyperparameters=_hyperparameters(args, getattr(args, "world_size", 1), trainer.state.global_step),
         lora=lora_rows,
         rewards=rewards,
         metrics=[(key.removeprefix("eval_"), f"{value:.4f}") for key, value in metrics.items()],
-        quick_start=_quick_start(repo, base_repo, type(base).__name__, adapter, model_type, example_labels),
+        training_metrics=final_training_metrics(trainer.state.log_history),
+        quick_start=_quick_start(repo, named_base if adapter else base_repo, type(base).__name__, adapter,
+                                 model_type, example_labels),
         curves=TRAINING_CURVES_FILENAME if os.path.isfile(os.path.join(folder, TRAINING_CURVES_FILENAME)) else None,
         versions=framework_versions(),
-        citations=citations(method, loss_type, getattr(args, "advantage", None), adapter),
+        citations=citations(args.model_card_citations() if hasattr(args, "model_card_citations") else (), adapter),
     )
 
-
-def _describe_method(method: str, args: Any, loss_type: str | None, adapter: bool) -> str:
-    if method == "contrastive":
-        loss = "pairwise sigmoid loss (SigLIP)" if loss_type == "siglip" else "symmetric InfoNCE loss (CLIP)"
-        return _METHOD_DESCRIPTIONS["contrastive"].format(loss=loss)
-    if method == "rl":
-        direction = getattr(args, "direction", "image_to_text")
-        candidates = {"in_batch": "the batch's", "column": "the row's", "labels": "the label set's"}.get(
-            getattr(args, "candidates", "in_batch"), "the")
-        kind = "images" if direction == "text_to_image" else "captions"
-        advantage = getattr(args, "advantage", "grpo")
-        sampling = ("scores every candidate (no sampling)" if advantage == "exact"
-                    else f"samples {getattr(args, 'num_samples', '?')} choices per query")
-        advantage_text = {
-            "grpo": "GRPO-style group-normalised advantages",
-            "rloo": "a leave-one-out (RLOO) baseline",
-            "exact": "the exact expected-reward gradient",
-        }.get(advantage, f"`{advantage}` advantages")
-        beta = getattr(args, "beta", 0.0)
-        reference = ("starting model (the same weights with the adapters disabled)" if adapter
-                     else "starting model") if beta > 0 else "starting model, here switched off (`β = 0`)"
-        return _METHOD_DESCRIPTIONS["rl"].format(
-            candidates=f"{candidates} {kind}", query="caption" if direction == "text_to_image" else "image",
-            sampling=sampling, advantage=advantage_text, reference=reference,
-        )
-    return "Fine-tuning of a CLIP-style dual encoder."

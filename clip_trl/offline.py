@@ -44,6 +44,7 @@ __all__ = [
     "EMOJI_CREDIT",
     "OFFLINE_MODEL_SIZES",
     "build_clip",
+    "build_siglip",
     "clip_tokenizer",
     "load_emoji_dataset",
 ]
@@ -774,6 +775,61 @@ def build_clip(
     processor = CLIPProcessor(
         image_processor=_clip_image_processor(vision_kwargs["image_size"]), tokenizer=tokenizer
     )
+    if output_dir is not None:
+        os.makedirs(output_dir, exist_ok=True)
+        model.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+    return model, processor
+
+
+# SigLIP's text tower has 64 positions (and its processor pads every text to them).
+_SIGLIP_TEXT_POSITIONS = 64
+
+
+def build_siglip(
+    size: str = "tiny",
+    *,
+    seed: int = 0,
+    output_dir: str | os.PathLike[str] | None = None,
+) -> tuple[Any, Any]:
+    """A randomly initialised transformers `SiglipModel` with the shapes of [`build_clip`]'s preset, and its
+    `SiglipProcessor`: the offline stand-in for `google/siglip-base-patch16-224` in examples and tests.
+
+    SigLIP's architecture (last-position text pooling, attention-pooling image head, `logit_scale` and
+    `logit_bias` for the sigmoid loss) with [`clip_tokenizer`] as its tokenizer, 64 text positions (what
+    SigLIP's processor pads every text to), and [`build_clip`]'s image preprocessing at the preset's size.
+
+    Example:
+
+    ```python
+    >>> from clip_trl.offline import build_siglip
+    >>> model, processor = build_siglip("tiny")
+    >>> type(model).__name__, type(processor).__name__, model.logit_bias is not None
+    ('SiglipModel', 'SiglipProcessor', True)
+
+    ```
+    """
+    import torch
+    from transformers import SiglipConfig, SiglipModel, SiglipProcessor
+
+    if size not in OFFLINE_MODEL_SIZES:
+        raise ValueError(f"Unknown size {size!r}; choose one of {sorted(OFFLINE_MODEL_SIZES)}.")
+    preset = copy.deepcopy(OFFLINE_MODEL_SIZES[size])
+    tokenizer = clip_tokenizer(model_max_length=_SIGLIP_TEXT_POSITIONS)
+    text_kwargs = {key: value for key, value in preset["text_config"].items() if key != "hidden_act"}
+    text_kwargs.update(
+        max_position_embeddings=_SIGLIP_TEXT_POSITIONS,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision_kwargs = {key: value for key, value in preset["vision_config"].items() if key != "hidden_act"}
+    config = SiglipConfig(text_config=text_kwargs, vision_config=vision_kwargs, attn_implementation="sdpa")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SiglipModel(config)
+    processor = SiglipProcessor(image_processor=_clip_image_processor(vision_kwargs["image_size"]), tokenizer=tokenizer)
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)
         model.save_pretrained(output_dir)

@@ -64,8 +64,8 @@ def _label(key: str, metric: str = "") -> str:
 def plot_training_curves(log_history: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> str | None:
     r"""
     Draw the curves of a training run into one PNG: training (and evaluation) loss; for RL runs the mean
-    reward (± its standard deviation) and the KL to the reference policy; and recall@1 when the run was
-    evaluated.
+    reward (± its standard deviation) and the KL to the reference policy; for preference optimization the
+    implicit rewards and the reward accuracy; and recall@1 when the run was evaluated.
 
     Panels without data are left out; a log with nothing to plot writes no file.
 
@@ -102,6 +102,14 @@ def plot_training_curves(log_history: Sequence[dict[str, Any]], path: str | os.P
     reward_std = _train_series(log_history, "reward_std")
     panels.append(("Reward", "mean reward", [("reward", _train_series(log_history, "reward"), reward_std)]))
     panels.append(("KL to the reference policy", "KL(π ‖ π_ref)", [("KL", _train_series(log_history, "kl"), None)]))
+    # Preference optimization (DPO / IPO): TRL's implicit-reward metrics.
+    panels.append(("Implicit rewards β·log(π/π_ref)", "reward",
+                   [(name.removeprefix("rewards/"), _train_series(log_history, name), None)
+                    for name in ("rewards/chosen", "rewards/rejected", "rewards/margins")]))
+    panels.append(("Preference (reward) accuracy", "rewards/accuracies",
+                   [("train", _train_series(log_history, "rewards/accuracies"), None)]
+                   + [(_label(key, "rewards/accuracies"), _series(log_history, key), None)
+                      for key in _eval_keys(log_history, "rewards/accuracies")]))
     panels.append(("Evaluation recall@1", "recall@1",
                    [(_label(key), _series(log_history, key), None) for key in _eval_keys(log_history, "recall@1")]))
     panels = [(title, ylabel, [line for line in lines if line[1][0]]) for title, ylabel, lines in panels]

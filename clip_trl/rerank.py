@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
+from . import encoding
 from .data import load_image, split_processor
-from .evaluation import _device_and_dtype, _embed_images, _embed_texts, _eval_mode
 from .image_processing import FastImageTransform
 from .modeling import check_clip_like, logit_scale
 
@@ -35,14 +35,9 @@ __all__ = ["generate_candidates", "rerank"]
 def _load_clip(model: Any, processor: Any) -> tuple[Any, Any]:
     """A model and its processor from a model object or a Hub id / folder (full model or LoRA adapter)."""
     if isinstance(model, str):
-        try:
-            from .hub import load_model
-        except ImportError:
-            from transformers import AutoModel, AutoProcessor
+        from .hub import load_model
 
-            loaded, loaded_processor = AutoModel.from_pretrained(model).eval(), AutoProcessor.from_pretrained(model)
-        else:
-            loaded, loaded_processor = load_model(model)
+        loaded, loaded_processor = load_model(model)
         return loaded, processor if processor is not None else loaded_processor
     if processor is None:
         source = getattr(getattr(model, "config", None), "_name_or_path", None)
@@ -114,16 +109,15 @@ def rerank(
     check_clip_like(model)
     image_processor, tokenizer = split_processor(processor)
     transform = FastImageTransform(image_processor)
-    device, dtype = _device_and_dtype(model)
     scale = float(logit_scale(model).detach().float().exp())
     ranked: list[list[tuple[str, float]]] = []
-    with _eval_mode(model), torch.no_grad():
+    with encoding.eval_mode(model), torch.no_grad():
         for start in range(0, len(images), batch_size):
             batch = [load_image(cell, row=start + i) for i, cell in enumerate(images[start : start + batch_size])]
-            image_embeds = _embed_images(model, transform, batch, device, dtype)
+            image_embeds = encoding.embed_images(model, None, batch, len(batch), image_transform=transform)
             lists = candidates[start : start + batch_size]
             texts = list(dict.fromkeys(text for options in lists for text in options))
-            text_embeds = _embed_texts(model, tokenizer, texts, batch_size=max(batch_size, 64))
+            text_embeds = encoding.embed_texts(model, tokenizer, texts, batch_size=max(batch_size, 64))
             position = {text: i for i, text in enumerate(texts)}
             scores = scale * image_embeds @ text_embeds.T  # [images in batch, distinct texts]
             for row, options in enumerate(lists):

@@ -41,12 +41,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.utils import logging as hf_logging
 
 from .data import load_image, split_processor
-from .modeling import check_clip_like, image_features, text_features
+from .modeling import check_clip_like, logit_scale
 
 __all__ = [
     "REWARD_FUNCTIONS",
@@ -410,38 +409,22 @@ class ClipScoreReward:
         return torch.float32
 
     def _embed_images(self, images: list[Any]) -> torch.Tensor:
-        device, dtype = self.device, self._floating_dtype()
+        from . import encoding
+        from .data import ProcessorImageTransform
+
+        transform = ProcessorImageTransform(self.image_processor)
         chunks = []
         for start in range(0, len(images), self.batch_size):
             # Decoded per batch, not all at once, to bound memory with many large images.
             pil = [load_image(image) for image in images[start : start + self.batch_size]]
-            pixel_values = self.image_processor(images=pil, return_tensors="pt")["pixel_values"]
-            features = image_features(self.model, pixel_values.to(device=device, dtype=dtype))
-            chunks.append(F.normalize(features.float(), dim=-1))
-        return torch.cat(chunks)
+            chunks.append(encoding.embed_images(self.model, None, pil, self.batch_size, image_transform=transform))
+        return torch.cat(chunks).to(self.device)
 
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:
-        device = self.device
-        # SigLIP-family towers were trained on texts padded to the full length, and their features
-        # change with the padding; CLIP's causal tower pools at EOS, so padding to the batch is enough.
-        padding: bool | str = "max_length" if "siglip" in self._model_type else True
-        chunks = []
-        for start in range(0, len(texts), self.batch_size):
-            encoded = self.tokenizer(
-                texts[start : start + self.batch_size],
-                padding=padding,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
-            attention_mask = encoded.get("attention_mask")
-            features = text_features(
-                self.model,
-                encoded["input_ids"].to(device),
-                None if attention_mask is None else attention_mask.to(device),
-            )
-            chunks.append(F.normalize(features.float(), dim=-1))
-        return torch.cat(chunks)
+        from . import encoding
+
+        # The family's padding rule (SigLIP: max length), the same as in training and evaluation.
+        return encoding.embed_texts(self.model, self.tokenizer, texts, self.batch_size, self.max_length).to(self.device)
 
     def __call__(
         self,
@@ -649,7 +632,7 @@ class TeacherProbabilityReward(ClipScoreReward):
         with torch.no_grad():
             image_embeds = self._embed_images(distinct_images)
             text_embeds = self._embed_texts(distinct_texts)
-            scale = self.model.logit_scale.detach().float().exp().to(image_embeds.device)
+            scale = logit_scale(self.model).detach().float().exp().to(image_embeds.device)
             logits = scale * image_embeds @ text_embeds.T  # [distinct images, distinct texts]
             scores: list[float | None] = []
             for action in actions:

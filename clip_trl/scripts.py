@@ -23,6 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+# trl's `ModelConfig` leaves `lora_target_modules` unset, which peft cannot resolve for a dual encoder.
+from .lora import DEFAULT_LORA_TARGET_MODULES
+
 if TYPE_CHECKING:
     import datasets
     from trl import ModelConfig
@@ -44,9 +47,6 @@ __all__ = [
     "save_trainer",
 ]
 
-# The attention projections every CLIP-family model names this way (CLIP, SigLIP, ...); trl's `ModelConfig`
-# leaves `lora_target_modules` unset, which peft cannot resolve for a dual encoder.
-DEFAULT_LORA_TARGET_MODULES = ["q_proj", "v_proj"]
 
 # Below this learning rate a randomly initialised CLIP barely moves in a few epochs; the offline default model
 # is random, so we warn instead of silently wasting the run (the config default, 1e-5, suits pretrained CLIP).

@@ -22,15 +22,15 @@ from trl import ModelConfig, TrlParser
 
 from clip_trl import ClipRLConfig
 from clip_trl.cli import parse_dataclasses
-from clip_trl.scripts import RLScriptArguments, evaluate_on_test, load_data, print_metrics, run_rl
+from clip_trl.scripts import RLScriptArguments, evaluate_on_test, load_data, run_rl
 
 
 def main(script_args: RLScriptArguments, training_args: ClipRLConfig, model_args: ModelConfig) -> dict:
     data = load_data(script_args)
     trainer = run_rl(script_args, training_args, model_args, data=data)  # trains and saves
-    metrics = evaluate_on_test(trainer, data, script_args)
+    metrics = evaluate_on_test(trainer, data, script_args)  # prints the test metrics (once) and writes them
     if trainer.is_world_process_zero():
-        print_metrics(metrics, f"Test split, model saved to {training_args.output_dir}:")
+        print(f"Model saved to {training_args.output_dir}; test metrics in test_results.json there.")
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
     return metrics

@@ -317,9 +317,11 @@ CASES = [
     pytest.param(lambda clip: ClipContrastiveTrainer(model=torch.nn.Linear(2, 2), processing_class=clip[1],
                                                      args=ClipContrastiveConfig(output_dir=tempfile.mkdtemp())),
                  Raises(TypeError, exact("Linear is not a CLIP-like dual encoder: it has no get_image_features, "
-                                         "get_text_features, logit_scale. clip_trl trains models with `get_image_features`, "
-                                         "`get_text_features` and a `logit_scale` parameter, such as transformers' "
-                                         "`CLIPModel` (e.g. 'openai/clip-vit-base-patch32').")),
+                                         "get_text_features, logit_scale (or temperature). clip_trl trains models with "
+                                         "`get_image_features`, `get_text_features` and a `logit_scale` (or "
+                                         "`temperature`) parameter, such as transformers' `CLIPModel` (e.g. "
+                                         "'openai/clip-vit-base-patch32'); see the 'Supported models' page of the "
+                                         "documentation.")),
                  id="model-not-clip-like"),
 ]
 

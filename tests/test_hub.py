@@ -3,17 +3,17 @@ stubbed out, and loading pushed repositories back from a Hub cache laid out on d
 
 import json
 import os
+import re
 import shutil
+from pathlib import Path
 
-import huggingface_hub
 import pytest
 import torch
-from huggingface_hub import HfApi, ModelCard, RepoUrl
-from huggingface_hub.utils import filter_repo_objects
+from huggingface_hub import ModelCard
 from transformers import AutoModel, AutoProcessor, CLIPModel
 
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer
-from clip_trl.hub import load_model
+from clip_trl.hub import load_model, local_hub
 from clip_trl.offline import build_clip
 
 BASE_REPO = "clip-trl-test/tiny-base"
@@ -22,47 +22,16 @@ ADAPTER_REPO = "clip-trl-test/tiny-lora"
 CAPTIONS = ["grinning face", "red heart", "thumbs up"]
 
 
-def cache_snapshot(hf_home, repo_id, folder, commit="0123456789abcdef0123456789abcdef01234567"):
-    """Copy `folder` into the Hub cache as the `main` revision of `repo_id` (what a download leaves)."""
-    repo_dir = os.path.join(hf_home, "hub", "models--" + repo_id.replace("/", "--"))
-    snapshot = os.path.join(repo_dir, "snapshots", commit)
-    shutil.copytree(folder, snapshot, ignore=shutil.ignore_patterns("checkpoint-*", "runs"), dirs_exist_ok=True)
-    os.makedirs(os.path.join(repo_dir, "refs"), exist_ok=True)
-    with open(os.path.join(repo_dir, "refs", "main"), "w") as file:
-        file.write(commit)
-    return snapshot
-
-
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory, emoji):
-    """An empty Hub cache in a temporary HF_HOME, offline for the whole module (any download would raise),
-    holding the base model as `BASE_REPO`; and two runs trained from that repo id: a full model and a LoRA
-    adapter, each saved and pushed (with the upload stubbed)."""
+    """A local Hub (`clip_trl.hub.local_hub`: offline, any download would raise) holding the base model as
+    `BASE_REPO`, pushed there with `push_to_hub`; and two runs trained from that repo id: a full model and a
+    LoRA adapter, each saved and pushed to it."""
     root = tmp_path_factory.mktemp("hub")
-    hf_home = str(root / "hf_home")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HOME", hf_home)
-        patch.setenv("HF_HUB_CACHE", os.path.join(hf_home, "hub"))
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        patch.setattr(huggingface_hub.constants, "HF_HOME", hf_home)
-        patch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", os.path.join(hf_home, "hub"))
-        patch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-        _, processor = build_clip("tiny", seed=0, output_dir=root / "base")
-        cache_snapshot(hf_home, BASE_REPO, root / "base")
-        uploads = []
-
-        def create_repo(self, repo_id, **kwargs):
-            return RepoUrl(f"https://huggingface.co/{repo_id}")
-
-        def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, **kwargs):
-            files = [os.path.relpath(os.path.join(d, f), folder_path) for d, _, fs in os.walk(folder_path) for f in fs]
-            kept = sorted(filter_repo_objects(files, ignore_patterns=ignore_patterns))
-            uploads.append({"repo_id": repo_id, "folder": folder_path, "files": kept, **kwargs})
-            return f"https://huggingface.co/{repo_id}/commit/0"
-
-        patch.setattr(HfApi, "create_repo", create_repo)
-        patch.setattr(HfApi, "upload_folder", upload_folder)
+    with local_hub(root / "hub-cache") as local:
+        model, processor = build_clip("tiny", seed=0, output_dir=root / "base")
+        model.push_to_hub(BASE_REPO)
+        processor.push_to_hub(BASE_REPO)
 
         runs = {}
         for name, repo, peft_config in (("full", FULL_REPO, None), ("adapter", ADAPTER_REPO, "lora")):
@@ -78,8 +47,8 @@ def hub(tmp_path_factory, emoji):
                                              peft_config=peft_config)
             trainer.train()
             trainer.push_to_hub(dataset_name="clip-trl-test/emoji")
-            runs[name] = {"trainer": trainer, "folder": args.output_dir, "upload": uploads[-1]}
-        yield {"hf_home": hf_home, "root": root, "processor": processor, "uploads": uploads, **runs}
+            runs[name] = {"trainer": trainer, "folder": args.output_dir, "upload": local.commits[-1]}
+        yield {"local": local, "root": root, "processor": processor, "uploads": local.commits, **runs}
 
 
 def logits(model, processor, images):
@@ -101,14 +70,15 @@ def test_trainer_loads_model_and_processor_from_the_offline_cache(hub):
 
 def test_push_uploads_weights_processor_card_and_curves(hub):
     upload = hub["full"]["upload"]
-    assert upload["repo_id"] == FULL_REPO and upload["folder"] == hub["full"]["folder"]
-    files = set(upload["files"])
+    assert upload.repo_id == FULL_REPO and upload.folder == hub["full"]["folder"]
+    files = set(upload.added)
+    assert set(hub["local"].files(FULL_REPO)) == files
     assert {"config.json", "model.safetensors", "README.md", "training_curves.png"} <= files
     assert {"tokenizer.json", "tokenizer_config.json"} <= files
     assert files & {"processor_config.json", "preprocessor_config.json"}
     assert not any(f.startswith("adapter_") for f in files)
 
-    card = ModelCard.load(os.path.join(upload["folder"], "README.md"))
+    card = ModelCard.load(os.path.join(upload.folder, "README.md"))
     assert card.data.base_model == BASE_REPO
     assert card.data.datasets == ["clip-trl-test/emoji"]
     assert card.data.library_name == "transformers"
@@ -117,7 +87,7 @@ def test_push_uploads_weights_processor_card_and_curves(hub):
 
 
 def test_push_of_an_adapter_uploads_the_adapter_not_the_model(hub):
-    files = set(hub["adapter"]["upload"]["files"])
+    files = set(hub["adapter"]["upload"].added)
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "training_curves.png",
             "tokenizer.json"} <= files
     assert "model.safetensors" not in files
@@ -136,8 +106,8 @@ def test_save_model_with_push_to_hub_pushes_once_with_the_card(hub, emoji):
     trainer.save_model()
     assert len(hub["uploads"]) == before + 1
     upload = hub["uploads"][-1]
-    assert upload["repo_id"] == "clip-trl-test/auto-push" and upload["commit_message"] == "Model save"
-    assert {"README.md", "model.safetensors", "config.json"} <= set(upload["files"])
+    assert upload.repo_id == "clip-trl-test/auto-push" and upload.message == "Model save"
+    assert {"README.md", "model.safetensors", "config.json"} <= set(upload.added)
 
 
 def test_load_model_full_model_gives_identical_logits(hub, images):
@@ -189,7 +159,6 @@ def test_load_model_needs_a_base_for_an_adapter_that_names_none(hub, tmp_path):
 
 
 def test_pull_full_model_from_the_hub_cache_offline(hub, images):
-    cache_snapshot(hub["hf_home"], FULL_REPO, hub["full"]["folder"])
     expected = logits(hub["full"]["trainer"].model.eval(), hub["processor"], images)
     model = AutoModel.from_pretrained(FULL_REPO)
     processor = AutoProcessor.from_pretrained(FULL_REPO)
@@ -201,7 +170,6 @@ def test_pull_full_model_from_the_hub_cache_offline(hub, images):
 def test_pull_adapter_and_its_base_from_the_hub_cache_offline(hub, images):
     from peft import PeftModel
 
-    cache_snapshot(hub["hf_home"], ADAPTER_REPO, hub["adapter"]["folder"])
     expected = logits(hub["adapter"]["trainer"].model.eval(), hub["processor"], images)
     model, processor = load_model(ADAPTER_REPO)
     assert isinstance(model, PeftModel)
@@ -223,6 +191,25 @@ def test_docstring_examples_run(tmp_path, monkeypatch):
     import doctest
 
     from clip_trl import hub as clip_hub
+    from clip_trl import local_hub as local_hub_module
 
     monkeypatch.chdir(tmp_path)
     assert doctest.testmod(clip_hub).failed == 0
+    assert doctest.testmod(local_hub_module).failed == 0
+
+
+def test_docs_rehearsal_of_push_and_pull_runs_as_written(tmp_path, monkeypatch, capsys):
+    """docs/sharing.md's "Rehearse the round trip offline" block, executed as a user would, then checked."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "sharing.md").read_text(encoding="utf-8")
+    section = page.split("## Rehearse the round trip offline", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "docs/sharing.md", "exec"), namespace)
+    assert "'adapter_config.json'" in capsys.readouterr().out
+    hub = namespace["hub"]
+    assert [commit.repo_id for commit in hub.commits] == ["your-name/tiny-clip"] * 2 + ["your-name/clip-emoji-lora"]
+    assert os.path.isfile(os.path.join(hub.repo_dir("your-name/clip-emoji-lora"), "refs", "main"))
+    assert type(namespace["model"].get_base_model()).__name__ == "CLIPModel"
+    # Outside the block the Hub is the real one again: nothing resolves from the local folder.
+    assert not os.environ.get("HF_HUB_CACHE", "").startswith(str(tmp_path))

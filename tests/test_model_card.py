@@ -140,6 +140,41 @@ def test_siglip_card_cites_siglip_and_accepts_trainer_style_arguments(tmp_path, 
     assert ModelCard.load(os.path.join(args.output_dir, "README.md")).data.base_model is None
 
 
+def test_a_new_method_describes_itself_without_touching_model_card(tmp_path, emoji):
+    """A third trainer's config supplies its description, citations and settings; the card shows them."""
+    import dataclasses
+    from typing import ClassVar
+
+    @dataclasses.dataclass
+    class ToyConfig(ClipContrastiveConfig):
+        toy_strength: float = 0.0
+        toy_unused: int = 3
+        _card_fields: ClassVar[tuple[str, ...]] = ("toy_strength", "toy_unused")
+
+        def _card_shows(self, name, value):
+            return name != "toy_unused" and super()._card_shows(name, value)
+
+        def model_card_description(self, adapter=False):
+            return f"Toy objective of strength {self.toy_strength} (adapter: {adapter})."
+
+        def model_card_citations(self):
+            return ["dpo", "@misc{toy2026, title = {Toy}}"]
+
+    model, processor = build_clip("tiny", seed=0)
+    args = ToyConfig(output_dir=str(tmp_path / "toy"), toy_strength=0.25, **COMMON)
+    trainer = ClipContrastiveTrainer(model=model, args=args, train_dataset=emoji["train"].select(range(16)),
+                                     processing_class=processor)
+    trainer.create_model_card()
+    text = ModelCard.load(os.path.join(args.output_dir, "README.md")).text
+    assert "Toy objective of strength 0.25 (adapter: False)." in text
+    assert "| toy_strength | `0.25` |" in text and "toy_unused" not in text
+    assert "rafailov2023dpo" in text and "@misc{toy2026, title = {Toy}}" in text and "radford2021clip" in text
+    with pytest.raises(KeyError, match="No BibTeX entry for citation key 'nope'"):
+        from clip_trl.citations import bibtex_entries
+
+        bibtex_entries(["nope"])
+
+
 RL_HISTORY = [
     {"loss": 0.5, "reward": 0.2, "reward_std": 0.1, "kl": 0.0, "step": 1},
     {"loss": 0.3, "reward": 0.4, "reward_std": 0.2, "kl": 0.01, "step": 2},
@@ -188,13 +223,17 @@ def test_curves_callback_draws_on_the_main_process_only(tmp_path):
 def test_docstring_examples_run(tmp_path, monkeypatch):
     import doctest
 
-    from clip_trl import model_card, plotting
+    from clip_trl import citations, model_card, plotting
     from clip_trl.trainer.base import ClipTrainerBase
+    from clip_trl.trainer.base_config import ClipBaseConfig
 
     monkeypatch.chdir(tmp_path)
     assert doctest.testmod(model_card).failed == 0
+    assert doctest.testmod(citations).failed == 0
     assert doctest.testmod(plotting).failed == 0
     runner = doctest.DocTestRunner()
     for test in doctest.DocTestFinder().find(ClipTrainerBase.create_model_card, "create_model_card", globs={}):
+        runner.run(test)
+    for test in doctest.DocTestFinder().find(ClipBaseConfig.model_card_fields, "model_card_fields", globs={}):
         runner.run(test)
     assert runner.summarize(verbose=False).failed == 0

@@ -4,6 +4,8 @@ from .base import ClipTrainerBase
 from .base_config import ClipBaseConfig
 from .contrastive_config import ClipContrastiveConfig
 from .contrastive_trainer import ClipContrastiveTrainer
+from .dpo_config import ClipDPOConfig
+from .dpo_trainer import ClipDPOTrainer
 from .rl_config import ClipRLConfig
 from .rl_trainer import ClipRLTrainer
 
@@ -11,6 +13,8 @@ __all__ = [
     "ClipBaseConfig",
     "ClipContrastiveConfig",
     "ClipContrastiveTrainer",
+    "ClipDPOConfig",
+    "ClipDPOTrainer",
     "ClipRLConfig",
     "ClipRLTrainer",
     "ClipTrainerBase",

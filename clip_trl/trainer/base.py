@@ -1,4 +1,4 @@
-"""What both clip_trl trainers share: model and processor loading, tower freezing, peft wrapping,
+"""What every clip_trl trainer shares: model and processor loading, tower freezing, peft wrapping, the reference model,
 row-indexed data, the logit-scale clamp and optimizer groups, metric logging, and retrieval evaluation.
 
 Method-specific work (the loss) lives in the subclasses; nothing here is copied between them.
@@ -6,20 +6,22 @@ Method-specific work (the loss) lives in the subclasses; nothing here is copied 
 
 from __future__ import annotations
 
-import math
+import contextlib
+import copy
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoProcessor, PreTrainedModel, Trainer, TrainerCallback
+from transformers import AutoProcessor, PreTrainedModel, Trainer, TrainerCallback
 from transformers.utils import logging
 
-from .. import modeling
+from .. import encoding, modeling
 from ..data import ClipDataCollator, check_columns, split_processor, with_row_index
+from ..hub import warn_if_base_is_local
 from ..image_processing import image_transform_for
 from ..plotting import TRAINING_CURVES_FILENAME, TrainingCurvesCallback
 from .base_config import ClipBaseConfig
@@ -28,23 +30,33 @@ logger = logging.get_logger(__name__)
 
 
 class LogitScaleClampCallback(TrainerCallback):
-    """Clamp `logit_scale` to `ln(max_logit_scale)` after every optimizer step (CLIP's practice)."""
+    """Clamp `exp(logit_scale)` to `max_logit_scale` after every optimizer step (CLIP's practice).
+
+    Only a temperature that trains is clamped: a loaded model's value is never altered at construction, nor a
+    frozen one (e.g. under LoRA, where the base model must stay untouched).
+    """
 
     def __init__(self, max_logit_scale: float) -> None:
-        self.max_log = math.log(max_logit_scale)
+        self.max_logit_scale = max_logit_scale
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any) -> None:
-        if model is not None:
-            with torch.no_grad():
-                modeling.logit_scale(model).clamp_(max=self.max_log)
+        if model is not None and modeling.temperature_parameter(model).requires_grad:
+            modeling.clamp_logit_scale(model, self.max_logit_scale)
 
 
 def _prepare_peft_model(model: nn.Module, peft_config: Any) -> nn.Module:
-    """Wrap `model` with `get_peft_model(model, peft_config)` after checking the combination makes sense."""
+    """Wrap `model` with `get_peft_model(model, peft_config)` after checking the combination makes sense.
+
+    Unset `target_modules` become the attention projections of *both* towers, named as the model names them
+    ([`clip_trl.lora.default_lora_targets`]); targets that leave a tower without adapters are warned about.
+    """
     try:
         from peft import PeftConfig, PeftModel, get_peft_model
     except ImportError as error:
         raise ImportError("`peft_config` needs the peft library: `pip install peft`.") from error
+
+    from .. import lora
+
     if not isinstance(peft_config, PeftConfig):
         raise TypeError(
             f"`peft_config` must be a peft `PeftConfig` (e.g. `LoraConfig(target_modules=['q_proj', 'v_proj'])`), "
@@ -55,7 +67,11 @@ def _prepare_peft_model(model: nn.Module, peft_config: Any) -> nn.Module:
             "`model` is already a PeftModel and a `peft_config` was given too. Pass the base model with "
             "`peft_config`, or the PeftModel without it (to keep training its adapters)."
         )
-    return get_peft_model(model, peft_config)
+    peft_config = lora.with_default_targets(model, peft_config)
+    wrapped = get_peft_model(model, peft_config)
+    lora.warn_on_missed_towers(wrapped)
+    lora.freeze_batch_norm_statistics(wrapped)
+    return wrapped
 
 
 def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -67,7 +83,7 @@ def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 class ClipTrainerBase(Trainer):
-    """Shared machinery of [`ClipContrastiveTrainer`] and [`ClipRLTrainer`]; not used directly."""
+    """Shared machinery of [`ClipContrastiveTrainer`], [`ClipRLTrainer`] and [`ClipDPOTrainer`]; not used directly."""
 
     _method_name: str = "clip"
     _config_class: type[ClipBaseConfig] = ClipBaseConfig
@@ -97,7 +113,7 @@ class ClipTrainerBase(Trainer):
             )
         model_id = model if isinstance(model, str) else None
         if isinstance(model, str):
-            model = AutoModel.from_pretrained(model, **(args.model_init_kwargs or {}))
+            model = modeling.load_pretrained(model, **(args.model_init_kwargs or {}))
         elif args.model_init_kwargs:
             logger.warning("`model_init_kwargs` is ignored because `model` is already instantiated.")
         modeling.check_clip_like(model)
@@ -125,6 +141,10 @@ class ClipTrainerBase(Trainer):
         # Evaluation reads the raw rows; training reads row-indexed views (indices go into error messages).
         self._raw_eval_dataset = eval_dataset
 
+        # One text-encoding rule per architecture (SigLIP: the processor's max-length padding), used by the
+        # collators here and by evaluation, rewards and reranking through `clip_trl.encoding`.
+        self._text_padding = encoding.text_padding(model)
+        self._text_max_length = encoding.text_max_length(model, split_processor(processing_class)[1], args.max_length)
         if data_collator is None:
             data_collator = self._make_collator(processing_class, args)
         self._metrics: dict[str, list[float]] = defaultdict(list)
@@ -145,15 +165,15 @@ class ClipTrainerBase(Trainer):
         )
         # Our losses are means over the batch; let the Trainer divide by the accumulation steps.
         self.model_accepts_loss_kwargs = False
-        self.add_callback(LogitScaleClampCallback(args.max_logit_scale))
+        bound = modeling.max_logit_scale(self.model, args.max_logit_scale)
+        if bound is not None:
+            self.add_callback(LogitScaleClampCallback(bound))
         # Model card support: the curves picture at the end of training, and tags that `push_to_hub` (and a
         # user's own `model.push_to_hub`) put on the repository.
         self._curves_callback = TrainingCurvesCallback()
         self.add_callback(self._curves_callback)
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
-        with torch.no_grad():  # a checkpoint above the clamp would otherwise train one step unclamped
-            modeling.logit_scale(self.model).clamp_(max=math.log(args.max_logit_scale))
 
     # ------------------------------------------------------------------------------------- set-up hooks
 
@@ -195,12 +215,38 @@ class ClipTrainerBase(Trainer):
             "image_column": args.image_column,
             "caption_column": args.caption_column,
             "skip_bad_rows": args.skip_bad_rows,
-            "max_length": args.max_length,
+            "max_length": getattr(self, "_text_max_length", args.max_length),
             "image_transform": self._image_transform(processing_class, args),
+            "text_padding": getattr(self, "_text_padding", "longest"),
         }
 
     def _make_collator(self, processing_class: Any, args: ClipBaseConfig) -> Callable:
         return ClipDataCollator(processing_class, **self._collator_kwargs(processing_class, args))
+
+    # ---------------------------------------------------------------------------------- reference model
+    # Methods that compare the policy with its starting point (RL's KL leash, DPO's log-ratios) share this.
+
+    @property
+    def _uses_adapters(self) -> bool:
+        return hasattr(modeling.unwrap(self.model), "disable_adapter")
+
+    def _create_reference_model(self) -> None:
+        """Set `self.ref_model` to a frozen copy of the starting model; with peft, to `None`: disabling the
+        adapters gives the starting model without a second copy of the weights (see `_reference`)."""
+        self.ref_model = None
+        if not self._uses_adapters:
+            self.ref_model = copy.deepcopy(modeling.unwrap(self.model)).eval().requires_grad_(False)
+            self.ref_model.to(self.args.device)
+
+    @contextlib.contextmanager
+    def _reference(self, model: nn.Module) -> Iterator[nn.Module]:
+        """The reference model: the frozen copy, or `model` with its adapters disabled."""
+        if self.ref_model is not None:
+            yield self.ref_model
+        else:
+            inner = modeling.unwrap(model)
+            with inner.disable_adapter():
+                yield inner
 
     # ---------------------------------------------------------------------------------------- optimizer
 
@@ -209,9 +255,7 @@ class ClipTrainerBase(Trainer):
         and `logit_scale_learning_rate` when set (temperature wants a different step size than weights)."""
         optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
         self._guard_optimizer(optimizer)
-        inner = modeling.unwrap(self.model)
-        special = [p for p in (getattr(inner, "logit_scale", None), getattr(inner, "logit_bias", None))
-                   if isinstance(p, nn.Parameter) and p.requires_grad]
+        special = [p for p in modeling.temperature_parameters(self.model) if p.requires_grad]
         if not special or getattr(optimizer, "_clip_trl_grouped", False):
             return optimizer
         special_ids = {id(p) for p in special}
@@ -320,7 +364,17 @@ class ClipTrainerBase(Trainer):
         Returns `{prefix}_image_to_text_recall@k`, `{prefix}_text_to_image_recall@k`, `{prefix}_in_batch_accuracy`,
         `{prefix}_loss` (the training loss over consecutive eval batches) and, with `candidate_labels`,
         `{prefix}_zero_shot_accuracy`.
+
+        A dict of named eval sets (e.g. `{"in_domain": ..., "retention": ...}`, given to the trainer or here) is
+        evaluated set by set, each metric named `{prefix}_{name}_...` — evaluations during training then show
+        forgetting as it happens. `eval_dataset="retention"` evaluates one named set of the trainer's dict.
         """
+        if isinstance(eval_dataset, str):  # a name of the trainer's eval sets (as `Trainer.evaluate` accepts)
+            named = self._raw_eval_dataset
+            if not isinstance(named, dict) or eval_dataset not in named:
+                have = f"its eval sets are {sorted(named)}" if isinstance(named, dict) else "it has no named eval sets"
+                raise KeyError(f"No eval set named {eval_dataset!r}: {have}. Pass `eval_dataset` as a dict of named sets.")
+            eval_dataset = named[eval_dataset]
         dataset = eval_dataset if eval_dataset is not None else self._raw_eval_dataset
         if isinstance(dataset, dict):
             metrics: dict[str, float] = {}
@@ -342,6 +396,7 @@ class ClipTrainerBase(Trainer):
             caption_column=self.args.caption_column,
             batch_size=self.args.per_device_eval_batch_size,
             image_transform=self._image_transform(self.processing_class, self.args),
+            max_length=self.args.max_length,  # the collators' token limit: the same tokens as in training
         )
         results = evaluation.scores_from_embeddings(
             embeddings, ks=tuple(self.args.eval_ks), in_batch_size=self.args.eval_in_batch_size
@@ -363,6 +418,7 @@ class ClipTrainerBase(Trainer):
         loss = self._eval_loss(model, embeddings)
         if loss is not None:
             results["loss"] = loss
+        results.update(self._eval_method_metrics(model, dataset))
         metrics = {f"{metric_key_prefix}_{name}": float(value) for name, value in results.items()}
         metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 4)
         metrics[f"{metric_key_prefix}_samples"] = int(embeddings.image_embeds.shape[0])
@@ -375,6 +431,10 @@ class ClipTrainerBase(Trainer):
         """The method's loss on the eval set, in consecutive batches of `per_device_eval_batch_size`
         (`None`: the method has no sampling-free loss to report)."""
         return None
+
+    def _eval_method_metrics(self, model: nn.Module, dataset: Any) -> dict[str, float]:
+        """Metrics only the method can compute on the eval set (names without the `eval_` prefix)."""
+        return {}
 
     # --- model card, saving and the Hub -----------------------------------------------------------------
     # Every save writes a model card next to the weights, and `push_to_hub` (the Trainer's own: it saves,
@@ -481,8 +541,16 @@ class ClipTrainerBase(Trainer):
             if os.path.abspath(folder) == os.path.abspath(self.args.output_dir):
                 self._refresh_training_curves()
             self._write_model_card(folder, strict=False)
+            warn_if_base_is_local(self.accelerator.unwrap_model(self.model))
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict=state_dict)
+        # An adapter folder does not hold the base model's parameters: save those clip_trl added (`logit_bias`).
+        from .. import lora
+
+        lora.save_added_parameters(self.model, output_dir if output_dir is not None else self.args.output_dir)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
         # With `hub_strategy` pushing during training, the Trainer uploads `output_dir` (not the checkpoint

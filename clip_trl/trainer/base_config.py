@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import TrainingArguments
+
+# Settings every model card shows (when set and "on"); each config appends its method's own `_card_fields`.
+_SHARED_CARD_FIELDS = (
+    "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
+    "max_steps", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "seed",
+    "bf16", "fp16", "freeze_vision", "freeze_text", "max_logit_scale", "logit_scale_learning_rate",
+)
 
 
 @dataclass
 class ClipBaseConfig(TrainingArguments):
     r"""
-    Configuration shared by [`ClipContrastiveConfig`] and [`ClipRLConfig`].
+    Configuration shared by [`ClipContrastiveConfig`], [`ClipRLConfig`] and [`ClipDPOConfig`].
 
     Only the fields specific to CLIP training are listed here; every [`~transformers.TrainingArguments`]
     field works as usual. Defaults that differ from `TrainingArguments`: `logging_steps=10`,
@@ -32,8 +39,11 @@ class ClipBaseConfig(TrainingArguments):
             Freeze the vision tower (encoder and projection).
         freeze_text (`bool`, defaults to `False`):
             Freeze the text tower (encoder and projection).
-        max_logit_scale (`float`, defaults to `100.0`):
-            After each optimizer step `logit_scale` is clamped to `ln(max_logit_scale)`, as in CLIP and open_clip.
+        max_logit_scale (`float` or `None`, defaults to `None`):
+            After each optimizer step `exp(logit_scale)` is clamped to this value, as in CLIP and open_clip. `None`
+            uses the model family's own bound: 100 for CLIP-style models (CLIP's practice, or the config's
+            `max_logit_scale`), none for SigLIP and ALIGN-style models (SigLIP checkpoints sit near 112). The
+            loaded model's value is never changed before training.
         logit_scale_learning_rate (`float` or `None`, defaults to `None`):
             Learning rate of `logit_scale` (and `logit_bias`), which never get weight decay; `None` uses
             `learning_rate`, `0.0` keeps the temperature fixed (useful in RL, where a policy can otherwise make
@@ -85,8 +95,10 @@ class ClipBaseConfig(TrainingArguments):
     )
     freeze_vision: bool = field(default=False, metadata={"help": "Freeze the vision tower and its projection."})
     freeze_text: bool = field(default=False, metadata={"help": "Freeze the text tower and its projection."})
-    max_logit_scale: float = field(
-        default=100.0, metadata={"help": "Clamp exp(logit_scale) to this value after each step (CLIP uses 100)."}
+    max_logit_scale: float | None = field(
+        default=None,
+        metadata={"help": "Clamp exp(logit_scale) to this value after each step; default: the model family's "
+                  "bound (100 for CLIP, none for SigLIP)."},
     )
     logit_scale_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate for logit_scale/logit_bias; default: learning_rate."}
@@ -137,6 +149,52 @@ class ClipBaseConfig(TrainingArguments):
         metadata={"help": "Keep False: the collator (and reward functions) read columns by name."},
     )
 
+    # The method's settings worth a line in the model card, after the shared ones (not dataclass fields).
+    _card_fields: ClassVar[tuple[str, ...]] = ()
+
+    # ------------------------------------------------------------------------------------ model card
+    # What the model card says about the method comes from here, so that a new trainer (with its own config)
+    # needs no change in `clip_trl/model_card.py`.
+
+    def model_card_fields(self) -> list[str]:
+        r"""
+        Names of the settings the model card's table shows: the shared ones, then the method's, skipping unset
+        or switched-off values and those the chosen options ignore (`_card_shows`).
+
+        Example:
+
+        ```python
+        >>> from clip_trl import ClipContrastiveConfig
+        >>> fields = ClipContrastiveConfig(output_dir="out", max_steps=10, loss_type="siglip").model_card_fields()
+        >>> "siglip_bias_init" in fields, "num_train_epochs" in fields
+        (True, False)
+
+        ```
+        """
+        return [name for name in (*_SHARED_CARD_FIELDS, *self._card_fields)
+                if hasattr(self, name) and self._card_shows(name, getattr(self, name))]
+
+    def _card_shows(self, name: str, value: Any) -> bool:
+        """Whether a setting is worth a line; subclasses add their method's rules and call this."""
+        if value is None or value is False or (isinstance(value, (list, tuple, str)) and not value):
+            return False
+        if name in ("warmup_steps", "weight_decay") and value == 0:
+            return False
+        if name == "gradient_accumulation_steps" and value == 1:
+            return False
+        if name == "max_steps" and value <= 0:
+            return False
+        return not (name == "num_train_epochs" and self.max_steps > 0)  # max_steps wins over epochs
+
+    def model_card_description(self, adapter: bool = False) -> str:
+        """One paragraph for the model card: what the method optimises (`adapter`: only LoRA adapters train)."""
+        return "Fine-tuning of a CLIP-style dual encoder."
+
+    def model_card_citations(self) -> list[str]:
+        """Keys in [`clip_trl.citations.BIBTEX`] of the works the method rests on (CLIP and LoRA are added by
+        the card), or whole BibTeX entries."""
+        return []
+
     def __post_init__(self) -> None:
         if self.accelerator_config is None:
             # Batches carry Python lists (candidates, rows for rewards); accelerate's dispatching of
@@ -153,7 +211,7 @@ class ClipBaseConfig(TrainingArguments):
             import json
 
             self.model_init_kwargs = json.loads(self.model_init_kwargs)
-        if self.max_logit_scale <= 0:
+        if self.max_logit_scale is not None and self.max_logit_scale <= 0:
             raise ValueError(f"`max_logit_scale` must be positive, got {self.max_logit_scale}.")
         if not self.eval_ks or any(k < 1 for k in self.eval_ks):
             raise ValueError(f"`eval_ks` must be positive integers, got {self.eval_ks}.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from .base_config import ClipBaseConfig
 
@@ -63,6 +64,25 @@ class ClipContrastiveConfig(ClipBaseConfig):
             "gradients (GradCache): big batches at a chunk's activation memory. Default: no chunking."
         },
     )
+
+    _card_fields: ClassVar[tuple[str, ...]] = (
+        "loss_type", "siglip_bias_init", "negative_column", "contrastive_chunk_size")
+
+    def _card_shows(self, name: str, value: Any) -> bool:
+        if name == "siglip_bias_init" and self.loss_type != "siglip":
+            return False
+        return super()._card_shows(name, value)
+
+    def model_card_description(self, adapter: bool = False) -> str:
+        loss = "pairwise sigmoid loss (SigLIP)" if self.loss_type == "siglip" else "symmetric InfoNCE loss (CLIP)"
+        return (
+            f"Supervised contrastive fine-tuning: for each batch of image–caption pairs, the {loss} over the "
+            "image–text similarity matrix `S = exp(logit_scale) · norm(f_img) · norm(f_txt)ᵀ`; rows sharing a "
+            "caption or an image count as positives."
+        )
+
+    def model_card_citations(self) -> list[str]:
+        return ["siglip"] if self.loss_type == "siglip" else []
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -94,9 +94,7 @@ class ClipContrastiveTrainer(ClipTrainerBase):
             return (loss, {}) if return_outputs else loss
         # Captions first, then hard negatives (if any): one text forward, as DDP expects one per backward.
         num_captions = inputs["pixel_values"].shape[0]
-        image_embeds, text_embeds = modeling.encode_pair(
-            model, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
-        )
+        image_embeds, text_embeds = modeling.encode_batch(model, inputs)
         loss = self._loss_from_embeddings(model, inputs, image_embeds, text_embeds)
         if model.training:
             self._record(logit_scale=modeling.logit_scale(model).detach().exp())
@@ -149,11 +147,11 @@ class ClipContrastiveTrainer(ClipTrainerBase):
         # As `Trainer.training_step`: our loss is a batch mean, so each micro-batch's share of an accumulated
         # step is 1 / (number of micro-batches in it). Outside `train()` the attribute is not set yet.
         accumulation = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
-        scale, bias = modeling.logit_scale(model), modeling.logit_bias(model)
+        scale = modeling.logit_scale(model)
 
         def encode(chunk: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
             # Through the (wrapped) model's forward, so that DDP sees each re-forward it must reduce.
-            return modeling.encode_pair(model, chunk["pixel_values"], chunk["input_ids"], chunk.get("attention_mask"))
+            return modeling.encode_batch(model, chunk)
 
         def loss_fn(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
             return self._loss_from_embeddings(model, inputs, image_embeds, text_embeds) / accumulation
@@ -162,7 +160,7 @@ class ClipContrastiveTrainer(ClipTrainerBase):
             encode,
             split_into_chunks(inputs, chunk_size),
             loss_fn,
-            parameters=[p for p in (scale, bias) if isinstance(p, torch.Tensor)],
+            parameters=modeling.temperature_parameters(model),
             backward=self.accelerator.backward,
             no_sync=functools.partial(self.accelerator.no_sync, model),
             forward_context=self.compute_loss_context_manager,

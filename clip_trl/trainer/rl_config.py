@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from ..policy import ADVANTAGES
 from .base_config import ClipBaseConfig
@@ -143,6 +144,48 @@ class ClipRLConfig(ClipBaseConfig):
     epsilon_high: float | None = field(
         default=None, metadata={"help": "Upper clip range of the importance ratio (1 + epsilon_high); default: epsilon."}
     )
+
+    _card_fields: ClassVar[tuple[str, ...]] = (
+        "candidates", "direction", "candidate_column", "candidate_labels", "label_template", "advantage",
+        "num_samples", "scale_rewards", "beta", "policy_temperature", "entropy_coef", "contrastive_coef",
+    )
+
+    def _card_shows(self, name: str, value: Any) -> bool:
+        if name in ("entropy_coef", "contrastive_coef") and value == 0:
+            return False
+        if (name == "num_samples" and self.advantage == "exact") or (name == "scale_rewards" and self.advantage != "grpo"):
+            return False
+        if name in ("candidate_labels", "label_template") and self.candidates != "labels":
+            return False
+        if name == "candidate_column" and self.candidates != "column":
+            return False
+        return super()._card_shows(name, value)
+
+    def model_card_description(self, adapter: bool = False) -> str:
+        candidates = {"in_batch": "the batch's", "column": "the row's", "labels": "the label set's",
+                      "retrieved": f"the model's own top-{self.num_candidates} retrieved"}.get(
+            self.candidates, "the")
+        kind = "images" if self.direction == "text_to_image" else "captions"
+        sampling = ("scores every candidate (no sampling)" if self.advantage == "exact"
+                    else f"samples {self.num_samples} choices per query")
+        advantage = {
+            "grpo": "GRPO-style group-normalised advantages",
+            "rloo": "a leave-one-out (RLOO) baseline",
+            "exact": "the exact expected-reward gradient",
+        }.get(self.advantage, f"`{self.advantage}` advantages")
+        reference = ("starting model (the same weights with the adapters disabled)" if adapter
+                     else "starting model") if self.beta > 0 else "starting model, here switched off (`β = 0`)"
+        query = "caption" if self.direction == "text_to_image" else "image"
+        return (
+            "Reinforcement-learning fine-tuning: the model is a policy `π(c | x) = softmax_c(s(x, c) / τ)` over a "
+            f"candidate set of {candidates} {kind} for each {query}. Each step {sampling}, scores the choices with "
+            f"the reward functions below and follows the policy gradient with {advantage}, plus "
+            f"`β · KL(π ‖ π_ref)` (exact over the candidates) to the {reference}."
+        )
+
+    def model_card_citations(self) -> list[str]:
+        # The exact gradient is REINFORCE's estimator without sampling.
+        return [{"grpo": "grpo", "rloo": "rloo"}.get(self.advantage, "reinforce")]
 
     def __post_init__(self) -> None:
         super().__post_init__()

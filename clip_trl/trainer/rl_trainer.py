@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -86,6 +84,9 @@ class ClipRLTrainer(ClipTrainerBase):
         peft_config: Any = None,
         **kwargs: Any,
     ) -> None:
+        if "reward_weights" in kwargs:  # as in TRL, a config field; Trainer's bare TypeError would not say so
+            raise TypeError("`reward_weights` is a `ClipRLConfig` field, not a trainer argument: pass "
+                            "`args=ClipRLConfig(..., reward_weights=[...])` (one weight per reward function).")
         # Checked before the model loads: a typo in a reward name should not cost a model download.
         self.rewards = RewardSet(reward_funcs, args.reward_weights if args is not None else None)
         super().__init__(
@@ -98,10 +99,8 @@ class ClipRLTrainer(ClipTrainerBase):
             **kwargs,
         )
         self.ref_model = None
-        if self.args.beta > 0 and not self._uses_adapters:
-            # A frozen copy of the starting policy; with peft, disabling the adapters gives it for free.
-            self.ref_model = copy.deepcopy(modeling.unwrap(self.model)).eval().requires_grad_(False)
-            self.ref_model.to(self.args.device)
+        if self.args.beta > 0:
+            self._create_reference_model()  # a frozen copy; with peft, the adapters disabled
         self._micro_step = (-1, 0)
         self.retrieved_candidates = None
         if self.args.candidates == "retrieved":
@@ -130,10 +129,6 @@ class ClipRLTrainer(ClipTrainerBase):
     @property
     def reward_weights(self) -> torch.Tensor:
         return self.rewards.weights
-
-    @property
-    def _uses_adapters(self) -> bool:
-        return hasattr(modeling.unwrap(self.model), "disable_adapter")
 
     def _required_columns(self, args: ClipRLConfig) -> dict[str, str | None]:
         columns: dict[str, str | None] = {"image_column": args.image_column}
@@ -187,15 +182,6 @@ class ClipRLTrainer(ClipTrainerBase):
         logits = logits.gather(1, candidate_index.clamp(min=0))
         return policy_log_probs(logits.float(), mask, self.args.policy_temperature)
 
-    @contextlib.contextmanager
-    def _reference(self, model: nn.Module) -> Iterator[nn.Module]:
-        if self.ref_model is not None:
-            yield self.ref_model
-        else:
-            inner = modeling.unwrap(model)
-            with inner.disable_adapter():
-                yield inner
-
     def _generator(self) -> torch.Generator:
         """Seeded by (seed, step, micro-step, rank): sampling replays exactly after a resume, with no state."""
         step = self.state.global_step
@@ -239,18 +225,14 @@ class ClipRLTrainer(ClipTrainerBase):
             # Before the forward: every rank must join the same collectives in the same order.
             global_candidates = _GlobalCandidates(inputs, args.direction, args.image_column)
             inputs.update(global_candidates.overrides)
-        image_embeds, text_embeds = modeling.encode_pair(
-            model, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
-        )
+        image_embeds, text_embeds = modeling.encode_batch(model, inputs)
         scale = modeling.logit_scale(model)
         log_probs = self._policy_log_probs(image_embeds, text_embeds, scale, inputs, global_candidates)
 
         ref_log_probs = None
         if args.beta > 0:
             with torch.no_grad(), self._reference(model) as reference:
-                ref_images, ref_texts = modeling.encode_pair(
-                    reference, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
-                )
+                ref_images, ref_texts = modeling.encode_batch(reference, inputs)
                 ref_log_probs = self._policy_log_probs(
                     ref_images, ref_texts, modeling.logit_scale(reference), inputs, global_candidates
                 )
