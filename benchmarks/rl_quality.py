@@ -52,6 +52,7 @@ from clip_trl import (
     evaluation,
     modeling,
 )
+from clip_trl.encoding import embed_texts
 from clip_trl.graded import GradedReward
 from clip_trl.offline import build_clip, load_emoji_dataset
 from clip_trl.rewards import TeacherProbabilityReward
@@ -143,7 +144,7 @@ def held_out_metrics(model: Any, processor: Any, test: datasets.Dataset, task: d
     metrics = {"i2t_R@1": scores["image_to_text_recall@1"], "t2i_R@1": scores["text_to_image_recall@1"]}
     # The greedy choice among the task's answer set: label prompts (clothes) or every test caption (emoji).
     answers = task["answers"] if task["answers"] is not None else embeds.captions
-    answer_embeds = evaluation._embed_texts(model, processor.tokenizer, answers, 256)
+    answer_embeds = embed_texts(model, processor.tokenizer, answers, 256)
     greedy = (embeds.image_embeds @ answer_embeds.T).argmax(dim=1).tolist()
     truth = test[task["truth_column"]]
     names = task["answer_names"] if task["answers"] is not None else answers

@@ -3,7 +3,7 @@ r"""On-policy candidate sets and rollout reuse for [`ClipRLTrainer`].
 - [`RetrievedCandidates`]: `candidates="retrieved"`. Each image's candidates are the current model's
   top-`num_candidates` texts of a pool (hard negatives the policy actually confuses), refreshed every
   `candidate_refresh_steps` through the library's own text-embedding path
-  ([`clip_trl.evaluation`]). Under several processes every process embeds one shard of the pool and the
+  (`clip_trl.encoding.embed_texts`). Under several processes every process embeds one shard of the pool and the
   shards are all-gathered, so the index is built once per refresh and is identical everywhere.
 - [`RepeatBatchSampler`]: `num_iterations > 1`. Serves each group of rows (one optimizer step's worth, over
   all processes) `num_iterations` times in a row, so the trainer can compute a rollout (actions, rewards,
@@ -114,7 +114,7 @@ class RetrievedCandidates:
         """Embed the pool with `model` (each process a contiguous shard, then all-gathered)."""
         import torch.distributed as dist
 
-        from .evaluation import _embed_texts  # the library's text-embedding path (eval mode, no grad)
+        from .encoding import embed_texts  # the library's text-embedding path (eval mode, no grad)
 
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
@@ -122,7 +122,7 @@ class RetrievedCandidates:
         mine = self.pool[rank * shard : (rank + 1) * shard]
         inner = modeling.unwrap(model)
         # A process whose shard is empty (tiny pools) still embeds one text so that every block has the width.
-        local = _embed_texts(inner, tokenizer, mine or self.pool[:1], self.batch_size)
+        local = embed_texts(inner, tokenizer, mine or self.pool[:1], self.batch_size)
         if distributed:
             padded = F.pad(local, (0, 0, 0, shard - local.shape[0])).to(device if device is not None else "cpu")
             blocks = _all_gather(padded.contiguous())

@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 
 from clip_trl import ClipRLConfig, ClipRLTrainer, modeling
 from clip_trl.candidates import RepeatBatchSampler, resolve_candidate_pool
-from clip_trl.evaluation import _embed_texts
+from clip_trl.encoding import embed_texts
 from clip_trl.offline import build_clip
 from clip_trl.policy import clipped_policy_loss, rl_loss
 
@@ -156,7 +156,7 @@ def true_top_k(model, processor, images, pool, k):
     with torch.no_grad():
         pixels = processor(images=images, return_tensors="pt")["pixel_values"]
         queries = F.normalize(modeling.image_features(model, pixels).float(), dim=-1)
-    texts = _embed_texts(model, processor.tokenizer, pool, 64)
+    texts = embed_texts(model, processor.tokenizer, pool, 64)
     return [[pool[i] for i in row] for row in (queries @ texts.T).topk(k, dim=1).indices.tolist()]
 
 
