@@ -76,6 +76,55 @@ def exact_policy_loss(log_probs: torch.Tensor, rewards: torch.Tensor) -> torch.T
     return -(probs * advantages).sum(dim=1).mean()
 
 
+def clipped_policy_loss(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    *,
+    actions: torch.Tensor | None,
+    advantages: torch.Tensor | None,
+    rewards: torch.Tensor | None,
+    epsilon_low: float,
+    epsilon_high: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""PPO's clipped surrogate for a rollout reused over several updates; returns `(loss, clip_fraction)`.
+
+    With `ρ = π(a|x) / π_old(a|x)` (`old_log_probs` are detached, from when the rollout was made), each action
+    contributes `-min(ρ·A, clip(ρ, 1 - epsilon_low, 1 + epsilon_high)·A)`:
+
+    - sampled (`actions`, `advantages`, `rewards` are `[B, S]`): the mean over the actions that have a reward;
+    - exact (`actions=None`, `rewards` `[B, K]` over every candidate): the sum over candidates weighted by
+      `π_old(c|x)` with `A_c = r_c - Σ π_old·r`, averaged over queries. At `π = π_old` its gradient is exactly
+      the gradient of [`exact_policy_loss`].
+
+    `clip_fraction` is the share of (valid) actions whose ratio lies outside the clipping range.
+    """
+    if actions is None:
+        if rewards is None:
+            raise ValueError("The exact policy loss needs the rewards of every candidate.")
+        old_probs = old_log_probs.exp()
+        valid = ~torch.isnan(rewards) & (old_probs > 0)
+        filled = torch.where(valid, rewards, torch.zeros_like(rewards))
+        mass = (old_probs * valid).sum(dim=1, keepdim=True).clamp(min=1e-12)
+        baseline = (old_probs * filled).sum(dim=1, keepdim=True) / mass
+        advantages = torch.where(valid, filled - baseline, torch.zeros_like(filled))
+        # Masked candidates are -inf on both sides: take the difference of finite stand-ins, or its gradient is NaN.
+        zeros = torch.zeros_like(log_probs)
+        ratio = (torch.where(valid, log_probs, zeros) - torch.where(valid, old_log_probs, zeros)).exp()
+        clipped = ratio.clamp(1 - epsilon_low, 1 + epsilon_high)
+        per_action = -torch.min(ratio * advantages, clipped * advantages)
+        loss = (old_probs * torch.where(valid, per_action, torch.zeros_like(per_action))).sum(dim=1).mean()
+        outside = ((ratio != clipped) & valid).float().sum() / valid.sum().clamp(min=1)
+        return loss, outside.detach()
+    valid = ~torch.isnan(rewards) if rewards is not None else torch.ones_like(advantages, dtype=torch.bool)
+    ratio = (log_probs.gather(1, actions) - old_log_probs.gather(1, actions)).exp()
+    clipped = ratio.clamp(1 - epsilon_low, 1 + epsilon_high)
+    per_action = -torch.min(ratio * advantages, clipped * advantages)
+    num_scored = valid.sum().clamp(min=1)
+    loss = torch.where(valid, per_action, torch.zeros_like(per_action)).sum() / num_scored
+    outside = ((ratio != clipped) & valid).float().sum() / num_scored
+    return loss, outside.detach()
+
+
 def kl_divergence(log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Tensor:
     """Exact `KL(π ‖ π_ref) = Σ_c π (log π - log π_ref)` per query (masked candidates contribute 0)."""
     probs = log_probs.exp()
@@ -97,6 +146,7 @@ class PolicyLoss:
     policy_loss: torch.Tensor
     kl: torch.Tensor
     entropy: torch.Tensor
+    clip_fraction: torch.Tensor | None = None
 
 
 def rl_loss(
@@ -108,14 +158,26 @@ def rl_loss(
     ref_log_probs: torch.Tensor | None = None,
     beta: float = 0.0,
     entropy_coef: float = 0.0,
+    old_log_probs: torch.Tensor | None = None,
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.2,
 ) -> PolicyLoss:
     r"""`-mean(A · log π(a|x)) + β · KL(π ‖ π_ref) - entropy_coef · H(π)`.
 
     With `actions=None` the policy term is the exact expectation ([`exact_policy_loss`]) over `rewards`
     (`[B, K]`); otherwise `actions`, `advantages` and `rewards` are `[B, S]` and the mean runs over the
     actions that have a reward (NaN rewards are excluded; their advantage is 0).
+
+    With `old_log_probs` (a rollout reused for several updates, `num_iterations > 1`) the policy term is
+    [`clipped_policy_loss`] instead, and `clip_fraction` is filled in.
     """
-    if actions is None:
+    clip_fraction = None
+    if old_log_probs is not None:
+        policy_term, clip_fraction = clipped_policy_loss(
+            log_probs, old_log_probs, actions=actions, advantages=advantages, rewards=rewards,
+            epsilon_low=epsilon_low, epsilon_high=epsilon_high,
+        )
+    elif actions is None:
         if rewards is None:
             raise ValueError("The exact policy loss needs the rewards of every candidate.")
         policy_term = exact_policy_loss(log_probs, rewards)
@@ -127,4 +189,5 @@ def rl_loss(
     kl = kl_divergence(log_probs, ref_log_probs).mean() if ref_log_probs is not None else log_probs.new_zeros(())
     ent = entropy(log_probs).mean()
     loss = policy_term + beta * kl - entropy_coef * ent
-    return PolicyLoss(loss=loss, policy_loss=policy_term.detach(), kl=kl.detach(), entropy=ent.detach())
+    return PolicyLoss(loss=loss, policy_loss=policy_term.detach(), kl=kl.detach(), entropy=ent.detach(),
+                      clip_fraction=clip_fraction)

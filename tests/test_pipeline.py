@@ -49,6 +49,10 @@ def test_quick_pipeline_on_the_offline_default(tmp_path, capsys):
     check_outputs(out, results)
     assert (out / "base_model" / "config.json").is_file()
     assert results["data"] == {"train_rows": 64, "validation_rows": 32, "test_rows": 32, "test_captions": 32}
+    # The offline default has a `group` column: RL grades by it, and the table shows that metric.
+    assert results["rewards"] == ["graded_group"]
+    assert all(0.0 <= results["stages"][stage]["graded_reward"] <= 1.0 for stage in STAGES)
+    assert "graded reward" in (out / "results.md").read_text()
     assert "| base |" in capsys.readouterr().out
 
 
@@ -94,6 +98,21 @@ def test_load_data_keeps_existing_splits_and_subsamples(tmp_path):
         load_data(ScriptArguments(dataset_name=str(tmp_path / "d"), dataset_train_split="training"))
 
 
+def test_graded_reward_metric_and_reward_by_hand():
+    from clip_trl.graded import GradedReward, greedy_graded_reward
+
+    captions, positives, first = index_captions(["a cat", "a dog", "a car", "a bus"])
+    images = torch.eye(4)[[1, 1, 3, 0]]  # cat→dog (same group), dog→dog, car→bus (same), bus→cat (other)
+    embeddings = EmbeddingSet(images, torch.eye(4), captions, positives, first)
+    assert greedy_graded_reward(embeddings, ["animal", "animal", "vehicle", "vehicle"]) == (0.5 + 1 + 0.5 + 0) / 4
+    reward = GradedReward(column="group")
+    rows = [{"group": "animal"}, {"group": "vehicle"}]
+    assert reward(["a cat", "a dog", "a bus"], ground_truth=["a cat", "a cat", "a cat"],
+                  chosen_row=[rows[0], rows[0], rows[1]], group=["animal"] * 3) == [1.0, 0.5, 0.0]
+    with pytest.raises(ValueError, match="needs the `group` column"):
+        reward(["a dog"], ground_truth=["a cat"])
+
+
 def test_greedy_correctness_is_in_batch_accuracy():
     generator = torch.Generator().manual_seed(0)
     captions, positives, first = index_captions([f"c{i}" for i in range(40)])
@@ -111,6 +130,6 @@ def test_greedy_correctness_is_in_batch_accuracy():
 
 
 def test_results_table_has_one_row_per_stage():
-    table = results_table({"base": {"image_to_text_recall@1": 0.01}, "contrastive": {"mean_reward": 0.5}})
+    table = results_table({"base": {"image_to_text_recall@1": 0.01}, "contrastive": {"graded_reward": 0.5}})
     lines = table.splitlines()
     assert len(lines) == 4 and lines[2].startswith("| base | 0.010 |") and lines[3].endswith("| 0.500 |")

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from ..policy import ADVANTAGES
 from .base_config import ClipBaseConfig
 
-CANDIDATE_SETS = ("in_batch", "column", "labels")
+CANDIDATE_SETS = ("in_batch", "column", "labels", "retrieved")
 DIRECTIONS = ("image_to_text", "text_to_image")
 
 
@@ -25,8 +25,10 @@ class ClipRLConfig(ClipBaseConfig):
     Parameters:
         candidates (`str` or `None`, defaults to `None`):
             `"in_batch"` (the batch's captions, or images for `text_to_image`), `"column"` (a list of strings
-            per row in `candidate_column`) or `"labels"` (`candidate_labels` through `label_template`). `None`
-            picks `"column"` when `candidate_column` is set, `"labels"` when `candidate_labels` is, else `"in_batch"`.
+            per row in `candidate_column`), `"labels"` (`candidate_labels` through `label_template`) or
+            `"retrieved"` (each image's `num_candidates` nearest texts of `candidate_pool` under the current
+            model: on-policy hard negatives). `None` picks `"column"` when `candidate_column` is set, `"labels"`
+            when `candidate_labels` is, else `"in_batch"`.
         candidate_column (`str` or `None`, defaults to `None`):
             Column holding each row's candidate captions (e.g. several captions from a captioner).
         direction (`str`, defaults to `"image_to_text"`):
@@ -54,6 +56,33 @@ class ClipRLConfig(ClipBaseConfig):
             Weight of the supervised contrastive loss on the batch (keeps the representation anchored).
         reward_weights (`list[float]` or `None`, defaults to `None`):
             One weight per reward function; `None` weighs them all 1.
+        num_candidates (`int`, defaults to `16`):
+            `candidates="retrieved"`: the size of each image's candidate set (its top-k texts of the pool).
+        candidate_pool (`str`, `list[str]` or `None`, defaults to `None`):
+            `candidates="retrieved"`: the texts to retrieve from. `None`: the distinct captions of the training set;
+            a string (on the command line: a single value): the name of a training-set column (strings or lists
+            of strings) whose distinct values form the pool; a list of two or more texts: the pool itself.
+        candidate_refresh_steps (`int`, defaults to `50`):
+            `candidates="retrieved"`: the pool's embeddings are recomputed with the current model at every
+            multiple of this many optimizer steps (and at the start), so the negatives stay hard as the model
+            learns. Under several processes each process embeds a shard of the pool and the shards are
+            all-gathered: the index is built once per refresh and is the same on every process.
+        include_ground_truth (`bool`, defaults to `True`):
+            `candidates="retrieved"`: when the row's caption is not among its retrieved candidates, it replaces the
+            last (least similar) one, so the right answer can always be chosen.
+        num_iterations (`int`, defaults to `1`):
+            Optimizer updates per rollout, TRL GRPO's name: actions, rewards and old log-probabilities are computed
+            once per batch and reused for this many updates (the rows of a batch are served this many times in a
+            row, so a costly reward, e.g. a teacher model, runs once per batch). Above 1 the policy term becomes
+            PPO's clipped surrogate with ratio `π/π_old`. An epoch then has `num_iterations` times as many steps.
+        epsilon (`float`, defaults to `0.2`):
+            Lower clipping range of the importance ratio (`1 - epsilon`), used when `num_iterations > 1`.
+        epsilon_high (`float` or `None`, defaults to `None`):
+            Upper clipping range (`1 + epsilon_high`); `None` uses `epsilon` (DAPO's "clip-higher" sets it larger).
+
+    Stability: a policy can make itself confident by raising `logit_scale` rather than by improving its
+    embeddings (entropy collapses, more so from a weak model). `logit_scale_learning_rate=0.0` (a
+    [`ClipBaseConfig`] field) keeps the temperature fixed during RL; `docs/rl.md` shows its measured effect.
 
     Example:
 
@@ -90,6 +119,32 @@ class ClipRLConfig(ClipBaseConfig):
         default=None, metadata={"help": "One weight per reward function (default: all 1)."}
     )
 
+    num_candidates: int = field(
+        default=16, metadata={"help": "candidates='retrieved': size of each image's retrieved candidate set."}
+    )
+    # Typed for the argument parser as a list; a string (or one value on the command line) names a column.
+    candidate_pool: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "candidates='retrieved': texts to retrieve from: a training column name, a list of texts, or "
+            "None for the training captions' distinct values."
+        },
+    )
+    candidate_refresh_steps: int = field(
+        default=50, metadata={"help": "candidates='retrieved': re-embed the pool every this many optimizer steps."}
+    )
+    include_ground_truth: bool = field(
+        default=True,
+        metadata={"help": "candidates='retrieved': put the row's caption in its candidate set when it is missing."},
+    )
+    num_iterations: int = field(
+        default=1, metadata={"help": "Optimizer updates per rollout (reused with a clipped importance ratio)."}
+    )
+    epsilon: float = field(default=0.2, metadata={"help": "Lower clip range of the importance ratio (1 - epsilon)."})
+    epsilon_high: float | None = field(
+        default=None, metadata={"help": "Upper clip range of the importance ratio (1 + epsilon_high); default: epsilon."}
+    )
+
     _card_fields: ClassVar[tuple[str, ...]] = (
         "candidates", "direction", "candidate_column", "candidate_labels", "label_template", "advantage",
         "num_samples", "scale_rewards", "beta", "policy_temperature", "entropy_coef", "contrastive_coef",
@@ -107,7 +162,8 @@ class ClipRLConfig(ClipBaseConfig):
         return super()._card_shows(name, value)
 
     def model_card_description(self, adapter: bool = False) -> str:
-        candidates = {"in_batch": "the batch's", "column": "the row's", "labels": "the label set's"}.get(
+        candidates = {"in_batch": "the batch's", "column": "the row's", "labels": "the label set's",
+                      "retrieved": f"the model's own top-{self.num_candidates} retrieved"}.get(
             self.candidates, "the")
         kind = "images" if self.direction == "text_to_image" else "captions"
         sampling = ("scores every candidate (no sampling)" if self.advantage == "exact"
@@ -133,6 +189,10 @@ class ClipRLConfig(ClipBaseConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.epsilon_high is None:
+            self.epsilon_high = self.epsilon
+        if isinstance(self.candidate_pool, (list, tuple)) and len(self.candidate_pool) == 1:
+            self.candidate_pool = self.candidate_pool[0]  # `--candidate_pool name`: a column
         if self.candidates is None:
             if self.candidate_column is not None:
                 self.candidates = "column"
@@ -169,6 +229,19 @@ class ClipRLConfig(ClipBaseConfig):
             raise ValueError(f"`policy_temperature` must be positive, got {self.policy_temperature}.")
         if self.beta < 0 or self.entropy_coef < 0 or self.contrastive_coef < 0:
             raise ValueError("`beta`, `entropy_coef` and `contrastive_coef` must be non-negative.")
+        if self.candidates == "retrieved" and self.num_candidates < 2:
+            raise ValueError(f"`num_candidates` must be at least 2 for retrieved candidate sets, got {self.num_candidates}.")
+        if self.candidate_refresh_steps < 1:
+            raise ValueError(f"`candidate_refresh_steps` must be a positive integer, got {self.candidate_refresh_steps}.")
+        if self.candidate_pool is not None and self.candidates != "retrieved":
+            raise ValueError(
+                f"`candidate_pool` is the pool of `candidates='retrieved'`; it has no meaning for "
+                f"`candidates={self.candidates!r}`. Set `candidates='retrieved'` or drop `candidate_pool`."
+            )
+        if self.num_iterations < 1:
+            raise ValueError(f"`num_iterations` must be a positive integer, got {self.num_iterations}.")
+        if self.epsilon < 0 or self.epsilon_high < 0:
+            raise ValueError(f"`epsilon` and `epsilon_high` must be non-negative, got {self.epsilon}, {self.epsilon_high}.")
         if self.candidates == "in_batch" and self.per_device_train_batch_size < 2:
             raise ValueError(
                 "In-batch candidates need `per_device_train_batch_size` of at least 2 (the batch is the "

@@ -51,6 +51,10 @@ class RLDataCollator(ClipDataCollator):
           (decoded rows for rewards);
         - `candidate_rows` (in-batch sets only): for each candidate, the columns of the row it comes from, less the
           image.
+
+    With `candidates="retrieved"` the candidate sets depend on the model, so the trainer builds them (and the
+    texts, `candidate_index`, `target_index`, `candidate_texts`) in the step; the batch then carries the images,
+    each row's `captions` (list of str), `ground_truth` and `rows`.
     """
 
     def __init__(
@@ -74,7 +78,7 @@ class RLDataCollator(ClipDataCollator):
         self.label_template = label_template
         self.label_column = label_column
         self.include_captions = include_captions or direction == "text_to_image"
-        self.require_caption = candidates == "in_batch" or self.include_captions
+        self.require_caption = candidates in ("in_batch", "retrieved") or self.include_captions
 
     def _label(self, row: Mapping[str, Any], index: int | None) -> str | None:
         if self.label_column not in row or row[self.label_column] is None:
@@ -121,6 +125,14 @@ class RLDataCollator(ClipDataCollator):
         if not parsed:
             return batch
         keys = batch["image_keys"].tolist()
+        if self.candidates == "retrieved":
+            batch["captions"] = [list(p["captions"]) for p in parsed]
+            batch["ground_truth"] = [p["captions"][0] if len(p["captions"]) == 1 else list(p["captions"]) for p in parsed]
+            batch["rows"] = [
+                {k: v for k, v in row.items() if k != ROW_INDEX_KEY} | {self.image_column: p["image"]}
+                for row, p in zip(kept, parsed)
+            ]
+            return batch
         texts = _UniqueTexts()
         candidate_positions: list[list[int]] = []
         completions: list[list[str]] = []

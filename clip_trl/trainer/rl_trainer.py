@@ -13,12 +13,14 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .. import modeling
+from ..candidates import RepeatBatchSampler, RetrievedCandidates, resolve_candidate_pool
+from ..data import content_key
 from ..losses import contrastive_loss, gather_with_grad
 from ..policy import group_advantages, policy_log_probs, rl_loss, sample_actions
 from ..rewards import RewardSet
 from .base import ClipTrainerBase
 from .rl_config import ClipRLConfig
-from .rl_data import RLDataCollator
+from .rl_data import RLDataCollator, _UniqueTexts
 
 RewardFunc = Callable[..., list]
 
@@ -100,6 +102,21 @@ class ClipRLTrainer(ClipTrainerBase):
         if self.args.beta > 0:
             self._create_reference_model()  # a frozen copy; with peft, the adapters disabled
         self._micro_step = (-1, 0)
+        self.retrieved_candidates = None
+        if self.args.candidates == "retrieved":
+            pool = resolve_candidate_pool(self.args.candidate_pool, train_dataset, self.args.caption_column)
+            self.retrieved_candidates = RetrievedCandidates(
+                pool, self.args.num_candidates, self.args.candidate_refresh_steps, self.args.include_ground_truth
+            )
+        # `num_iterations > 1`: the rollouts of the current optimizer step's micro-batches, by micro-step.
+        self._rollouts: dict[int, _Rollout] = {}
+        self._rollout_micro = (-1, 0)
+        if self.args.num_iterations > 1 and train_dataset is not None and not hasattr(train_dataset, "__len__"):
+            raise ValueError(
+                "`num_iterations > 1` serves each batch several times in a row, which needs a map-style "
+                "`train_dataset` (with a length); an IterableDataset streams each row once. Use "
+                "`num_iterations=1` or a `datasets.Dataset`."
+            )
 
     @property
     def reward_funcs(self) -> list[RewardFunc]:
@@ -119,7 +136,19 @@ class ClipRLTrainer(ClipTrainerBase):
             columns["caption_column"] = args.caption_column
         if args.candidates == "column":
             columns["candidate_column"] = args.candidate_column
+        if args.candidates == "retrieved":
+            columns["caption_column"] = args.caption_column
         return columns
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        if self.args.num_iterations == 1:
+            return super()._get_train_sampler(train_dataset) if train_dataset is not None else super()._get_train_sampler()
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if dataset is None or not hasattr(dataset, "__len__"):
+            return None
+        args = self.args
+        group = args.per_device_train_batch_size * max(args.world_size, 1) * args.gradient_accumulation_steps
+        return RepeatBatchSampler(len(dataset), group, args.num_iterations, args.seed)
 
     def _make_collator(self, processing_class: Any, args: ClipRLConfig) -> RLDataCollator:
         return RLDataCollator(
@@ -170,6 +199,7 @@ class ClipRLTrainer(ClipTrainerBase):
         return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+        row_index = inputs.get("row_index")
         self._pop_bookkeeping(inputs)
         if "pixel_values" not in inputs:  # every row of this batch was a skipped bad row
             if self.args.gather_candidates and self.args.world_size > 1:
@@ -183,6 +213,13 @@ class ClipRLTrainer(ClipTrainerBase):
             loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
             return (loss, {}) if return_outputs else loss
         args = self.args
+        rollout, slot = None, None
+        if model.training and args.num_iterations > 1:
+            rollout, slot = self._buffered_rollout(row_index)
+        if rollout is not None:
+            inputs.update(rollout.candidate_inputs)  # the candidate sets the rollout was scored on
+        elif args.candidates == "retrieved":
+            self._retrieve(model, inputs)
         global_candidates = None
         if args.gather_candidates:
             # Before the forward: every rank must join the same collectives in the same order.
@@ -200,6 +237,41 @@ class ClipRLTrainer(ClipTrainerBase):
                     ref_images, ref_texts, modeling.logit_scale(reference), inputs, global_candidates
                 )
 
+        if rollout is None:
+            rollout = self._make_rollout(inputs, log_probs)
+            if slot is not None:
+                rollout.row_index = row_index
+                self._rollouts[slot] = rollout
+        actions, reward_matrix, advantages = rollout.actions, rollout.rewards, rollout.advantages
+        out = rl_loss(
+            log_probs,
+            actions=actions,
+            advantages=advantages,
+            rewards=reward_matrix,
+            ref_log_probs=ref_log_probs,
+            beta=args.beta,
+            entropy_coef=args.entropy_coef,
+            # With one update per rollout the loss is the plain policy gradient (ratio ≡ 1).
+            old_log_probs=rollout.old_log_probs if args.num_iterations > 1 else None,
+            epsilon_low=args.epsilon,
+            epsilon_high=args.epsilon_high,
+        )
+        if out.clip_fraction is not None and model.training:
+            self._record(clip_ratio=out.clip_fraction)
+        loss = out.loss
+        if args.contrastive_coef > 0:
+            captions = text_embeds[inputs["caption_index"]]
+            supervised = contrastive_loss(image_embeds, captions, scale, image_keys=inputs.get("image_keys"),
+                                          caption_keys=inputs.get("caption_keys"))
+            loss = loss + args.contrastive_coef * supervised
+            self._record(contrastive_loss=supervised.detach())
+        if model.training:
+            self._record_step(log_probs, actions, reward_matrix, inputs["target_index"], out)
+        return (loss, {"log_probs": log_probs.detach()}) if return_outputs else loss
+
+    def _make_rollout(self, inputs: dict[str, Any], log_probs: torch.Tensor) -> _Rollout:
+        """Actions (or every candidate, for `"exact"`), their rewards and advantages, and `log π_old`."""
+        args = self.args
         if args.advantage == "exact":
             sizes = (inputs["candidate_index"] >= 0).sum(dim=1).tolist()
             actions = None
@@ -216,25 +288,62 @@ class ClipRLTrainer(ClipTrainerBase):
         else:
             reward_matrix = rewards.view(actions.shape)
             advantages = group_advantages(reward_matrix, args.advantage, args.scale_rewards)
-        out = rl_loss(
-            log_probs,
-            actions=actions,
-            advantages=advantages,
-            rewards=reward_matrix,
-            ref_log_probs=ref_log_probs,
-            beta=args.beta,
-            entropy_coef=args.entropy_coef,
-        )
-        loss = out.loss
-        if args.contrastive_coef > 0:
-            captions = text_embeds[inputs["caption_index"]]
-            supervised = contrastive_loss(image_embeds, captions, scale, image_keys=inputs.get("image_keys"),
-                                          caption_keys=inputs.get("caption_keys"))
-            loss = loss + args.contrastive_coef * supervised
-            self._record(contrastive_loss=supervised.detach())
-        if model.training:
-            self._record_step(log_probs, actions, reward_matrix, inputs["target_index"], out)
-        return (loss, {"log_probs": log_probs.detach()}) if return_outputs else loss
+        candidate_inputs = {}
+        if args.num_iterations > 1:
+            # Later updates score the same texts (retrieved sets change with the model; a caption list is
+            # sampled anew by the collator), so the rollout keeps the batch's text side.
+            keys = ("input_ids", "attention_mask", "candidate_index", "target_index", "candidates", "candidate_texts",
+                    "candidate_rows", "ground_truth", "caption_index", "caption_keys")
+            candidate_inputs = {key: inputs[key] for key in keys if key in inputs}
+        return _Rollout(actions, reward_matrix, advantages, log_probs.detach(), candidate_inputs)
+
+    def _buffered_rollout(self, row_index: torch.Tensor | None) -> tuple[_Rollout | None, int]:
+        """`num_iterations > 1`: the stored rollout of this micro-batch, or None when one must be made.
+
+        Step `s` is update `s % num_iterations` of its rollout (the sampler serves each step's rows that many
+        times in a row); micro-batch `m` of the step reuses the rollout made at micro-batch `m` of the first one.
+        """
+        step = self.state.global_step
+        micro = self._rollout_micro[1] + 1 if self._rollout_micro[0] == step else 0
+        self._rollout_micro = (step, micro)
+        if step % self.args.num_iterations == 0:
+            if micro == 0:
+                self._rollouts = {}
+            return None, micro
+        rollout = self._rollouts.get(micro)
+        if rollout is None:  # resumed in the middle of a reuse cycle: make a fresh rollout from here
+            return None, micro
+        if row_index is not None and rollout.row_index is not None and not torch.equal(row_index, rollout.row_index):
+            raise RuntimeError(
+                f"Step {step}, micro-batch {micro}: the rows differ from those the rollout was made on; with "
+                "`num_iterations > 1` the train sampler must serve each step's rows num_iterations times in a row "
+                "(a custom `get_train_dataloader` must keep ClipRLTrainer's sampler)."
+            )
+        return rollout, micro
+
+    def _retrieve(self, model: nn.Module, inputs: dict[str, Any]) -> None:
+        """`candidates="retrieved"`: each image's top-k pool texts under the current model, tokenised into the batch."""
+        pool = self.retrieved_candidates
+        step = self.state.global_step
+        if pool.needs_refresh(step):
+            pool.refresh(model, self.data_collator.tokenizer, step, self.args.device)
+        with torch.no_grad():
+            queries = modeling.image_features(model, inputs["pixel_values"])
+        sets = pool.select(queries, inputs["captions"])
+        texts = _UniqueTexts()
+        positions = [[texts.add(t) for t in names] for names in sets]
+        targets = [next((names.index(c) for c in captions if c in names), -1)
+                   for names, captions in zip(sets, inputs["captions"])]
+        device = inputs["pixel_values"].device
+        if self.args.contrastive_coef > 0:
+            inputs["caption_index"] = torch.tensor([texts.add(c[0]) for c in inputs["captions"]], device=device)
+            inputs["caption_keys"] = torch.tensor([content_key(c[0]) for c in inputs["captions"]], device=device)
+        tokens = self.data_collator.tokenize(texts.items)
+        inputs.update({key: value.to(device) for key, value in tokens.items()})
+        width = max(len(p) for p in positions)
+        inputs["candidate_index"] = torch.tensor([p + [-1] * (width - len(p)) for p in positions], device=device)
+        inputs["target_index"] = torch.tensor(targets, device=device)
+        inputs["candidates"] = inputs["candidate_texts"] = sets  # retrieved names are the texts scored
 
     def _record_step(self, log_probs: torch.Tensor, actions: torch.Tensor | None, rewards: torch.Tensor,
                      targets: torch.Tensor, out: Any) -> None:
@@ -305,6 +414,20 @@ class ClipRLTrainer(ClipTrainerBase):
         scores = self.rewards(completions, **kwargs)
         self._record(**scores.metrics())
         return scores.total.to(log_probs.device)
+
+
+class _Rollout:
+    """What one batch's rollout fixed: actions, rewards, advantages and `log π_old` (reused by later updates)."""
+
+    def __init__(self, actions: torch.Tensor | None, rewards: torch.Tensor, advantages: torch.Tensor | None,
+                 old_log_probs: torch.Tensor, candidate_inputs: dict[str, Any], row_index: torch.Tensor | None = None
+                 ) -> None:
+        self.actions = actions
+        self.rewards = rewards
+        self.advantages = advantages
+        self.old_log_probs = old_log_probs
+        self.candidate_inputs = candidate_inputs
+        self.row_index = row_index
 
 
 def _nan_std(rewards: torch.Tensor) -> torch.Tensor:
