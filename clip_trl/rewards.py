@@ -45,6 +45,7 @@ from torch import nn
 from transformers.utils import logging as hf_logging
 
 from .data import load_image, split_processor
+from .graded import GradedReward
 from .modeling import check_clip_like, logit_scale
 
 __all__ = [
@@ -649,6 +650,8 @@ REWARD_FUNCTIONS: dict[str, RewardFunction] = {
     "correctness": correctness,
     "confidence_correctness": confidence_correctness,
     "caption_similarity": caption_similarity,
+    # Partial credit for a caption of the right `group` (the offline default's recipe; see clip_trl.graded).
+    "graded_group": GradedReward(column="group"),
 }
 """Built-in rewards by the name `reward_funcs` accepts."""
 

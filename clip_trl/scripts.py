@@ -25,6 +25,7 @@ import numpy as np
 
 # trl's `ModelConfig` leaves `lora_target_modules` unset, which peft cannot resolve for a dual encoder.
 from .lora import DEFAULT_LORA_TARGET_MODULES
+from .recipes import DEFAULT_CONTRASTIVE
 
 if TYPE_CHECKING:
     import datasets
@@ -174,7 +175,10 @@ class RLScriptArguments(ScriptArguments):
             `caption_similarity`); weigh them with `--reward_weights`.
         contrastive_model_dir (`str`, defaults to `"clip_finetuned"`):
             Used only when `--model_name_or_path` is not given: RL starts from the contrastive model saved in this
-            folder, and when the folder holds no model, one is trained there first (see [`run_rl`]).
+            folder (what `examples/contrastive.py --output_dir clip_finetuned` writes).
+        train_missing_contrastive (`bool`, defaults to `False`):
+            When `contrastive_model_dir` holds no model: `True` trains one there first (see [`run_rl`]); `False`
+            stops with an error that says how to get one. Never a hidden second training run.
     """
 
     reward_funcs: list[str] = field(
@@ -185,8 +189,12 @@ class RLScriptArguments(ScriptArguments):
         default="clip_finetuned",
         metadata={
             "help": "Without --model_name_or_path, RL starts from the contrastive model in this folder "
-            "(trained there first if missing)."
+            "(see --train_missing_contrastive)."
         },
+    )
+    train_missing_contrastive: bool = field(
+        default=False,
+        metadata={"help": "Train the contrastive model in --contrastive_model_dir first when it is missing."},
     )
 
     def __post_init__(self) -> None:
@@ -485,7 +493,6 @@ def _contrastive_args_for(training_args: ClipRLConfig, output_dir: str) -> ClipC
     optimisation settings are the pipeline's contrastive defaults, since RL's learning rate and epochs suit a
     different objective.
     """
-    from .pipeline import DEFAULT_CONTRASTIVE
     from .trainer import ClipBaseConfig, ClipContrastiveConfig
 
     shared = {f.name for f in dataclasses.fields(ClipBaseConfig) if f.init}
@@ -520,10 +527,11 @@ def run_rl(
 
     The starting model is `model_args.model_name_or_path` when given. Otherwise it is the contrastive model in
     `script_args.contrastive_model_dir` (default `clip_finetuned/`, what `examples/contrastive.py
-    --output_dir clip_finetuned` writes); when that folder holds no model, [`run_contrastive`] trains one there
-    first, from the offline random CLIP, with the pipeline's contrastive settings (run-wide settings such as the
-    seed and columns come from `training_args`). RL from a random model would learn nothing useful: the
-    policy's first choices would be uniform guesses.
+    --output_dir clip_finetuned` writes). When that folder holds no model, `script_args.train_missing_contrastive`
+    decides: [`run_contrastive`] trains one there first, from the offline random CLIP, with the pipeline's
+    contrastive settings (run-wide settings such as the seed and columns come from `training_args`), or the run
+    stops with an error saying how to get one. RL from a random model would learn nothing useful: the policy's
+    first choices would be uniform guesses.
 
     Args:
         script_args ([`RLScriptArguments`]): the data and `reward_funcs`.
@@ -552,8 +560,16 @@ def run_rl(
     if not model:
         model = script_args.contrastive_model_dir
         if not os.path.isfile(os.path.join(model, "config.json")):
+            if not script_args.train_missing_contrastive:
+                raise ValueError(
+                    f"No --model_name_or_path was given and {model!r} holds no contrastive model to start RL from. "
+                    "Train one first (`python examples/contrastive.py --output_dir "
+                    f"{model}`), pass --model_name_or_path, or pass --train_missing_contrastive true to have this "
+                    "run train it there first."
+                )
             logger.warning(
-                "No --model_name_or_path and no contrastive model in %r: training one there first.", model
+                "No --model_name_or_path and no contrastive model in %r: training one there first "
+                "(--train_missing_contrastive).", model
             )
             # Full fine-tuning for this stage even under --use_peft: LoRA applies to the RL run the user asked for.
             run_contrastive(

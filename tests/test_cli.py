@@ -137,7 +137,12 @@ def test_shipped_configs_parse_without_unknown_keys():
     script_args, training_args, _ = parse_dataclasses(
         make_parser("rl"), ["--config", str(REPO / "examples" / "configs" / "rl.yaml")]
     )
-    assert script_args.contrastive_model_dir == "clip_finetuned" and script_args.reward_funcs == ["correctness"]
+    assert script_args.contrastive_model_dir == "clip_finetuned" and script_args.reward_funcs == ["graded_group"]
+    # The same RL recipe as the pipeline's default stage.
+    from clip_trl.recipes import DEFAULT_RL
+
+    assert (training_args.advantage, training_args.beta, training_args.learning_rate) == (
+        DEFAULT_RL["advantage"], DEFAULT_RL["beta"], DEFAULT_RL["learning_rate"])
 
 
 def test_pipeline_flags():
@@ -180,12 +185,16 @@ def test_contrastive_then_evaluate_commands(tmp_path, capsys):
             "rewards/confidence_correctness/mean"} <= set(metrics)
 
 
-def test_rl_command_trains_the_missing_contrastive_model_first(tmp_path):
+def test_rl_command_trains_the_missing_contrastive_model_only_when_asked(tmp_path, capsys):
     contrastive_dir = tmp_path / "clip_finetuned"
-    status = main(["rl", "--offline_model_size", "tiny", "--max_train_samples", "32", "--max_eval_samples", "16",
-                   "--contrastive_model_dir", str(contrastive_dir), "--output_dir", str(tmp_path / "rl"),
-                   "--max_steps", "2", "--per_device_train_batch_size", "8", "--num_samples", "4",
-                   "--report_to", "none", "--save_strategy", "no"])
+    command = ["rl", "--offline_model_size", "tiny", "--max_train_samples", "32", "--max_eval_samples", "16",
+               "--contrastive_model_dir", str(contrastive_dir), "--output_dir", str(tmp_path / "rl"),
+               "--max_steps", "2", "--per_device_train_batch_size", "8", "--num_samples", "4",
+               "--report_to", "none", "--save_strategy", "no"]
+    assert main(command) == 1  # no hidden second training run: a user error that says what to do
+    assert "holds no contrastive model to start RL from" in capsys.readouterr().err
+    assert not contrastive_dir.exists()
+    status = main([*command, "--train_missing_contrastive", "true"])
     assert status == 0
     assert (contrastive_dir / "model.safetensors").is_file()
     assert (tmp_path / "rl" / "model.safetensors").is_file()

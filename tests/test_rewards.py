@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from transformers import CLIPConfig, CLIPModel, TrainerState
 
+from clip_trl.graded import GradedReward
 from clip_trl.rewards import (
     REWARD_FUNCTIONS,
     ClipScoreReward,
@@ -148,8 +149,12 @@ def test_registry_holds_the_built_ins():
         "correctness": correctness,
         "confidence_correctness": confidence_correctness,
         "caption_similarity": caption_similarity,
+        "graded_group": REWARD_FUNCTIONS["graded_group"],
     }
     assert built_ins == REWARD_FUNCTIONS
+    assert isinstance(REWARD_FUNCTIONS["graded_group"], GradedReward)
+    assert REWARD_FUNCTIONS["graded_group"]([" a", "b"], ground_truth=[" a", "c"], group=["x", "x"],
+                                            chosen_row=[None, {"group": "x"}]) == [1.0, 0.5]
     for name, func in REWARD_FUNCTIONS.items():
         assert get_reward_function(name) is func
         assert reward_name(func) == name
@@ -160,7 +165,7 @@ def test_get_reward_function_unknown_name_lists_the_built_ins():
         get_reward_function("x")
     assert str(excinfo.value) == (
         "Unknown reward function 'x'. Built-in rewards: caption_similarity, confidence_correctness, "
-        "correctness. Pass a callable for anything else."
+        "correctness, graded_group. Pass a callable for anything else."
     )
     with pytest.raises(TypeError, match="name of a built-in"):
         get_reward_function(correctness)
