@@ -220,13 +220,8 @@ def _load_for_evaluation(model_args: Any) -> tuple[Any, Any]:
     kwargs: dict[str, Any] = {"revision": model_args.model_revision}
     if model_args.dtype not in (None, "auto"):
         kwargs["dtype"] = model_args.dtype
-    try:
-        from .hub import load_model
-    except ImportError:
-        from transformers import AutoModel, AutoProcessor
+    from .hub import load_model
 
-        name = model_args.model_name_or_path
-        return AutoModel.from_pretrained(name, **kwargs).eval(), AutoProcessor.from_pretrained(name)
     return load_model(model_args.model_name_or_path, **kwargs)
 
 

@@ -9,7 +9,7 @@ The work splits in two layers:
 2. Pure functions on tensors ([`retrieval_scores`], [`in_batch_accuracy_from_embeddings`],
    [`zero_shot_scores`]) that tests and users can drive with hand-built embeddings.
 
-Metric names are the public ones of `DESIGN.md`: `image_to_text_recall@{k}`, `text_to_image_recall@{k}`,
+Metric names are the library's public ones (see the Evaluation metrics docs page): `image_to_text_recall@{k}`, `text_to_image_recall@{k}`,
 `in_batch_accuracy` and `zero_shot_accuracy`.
 
 Tie convention (all metrics): *ties count against the query*. A query is a hit at `k` only when fewer than
@@ -497,7 +497,7 @@ def retrieval_scores(
 
 
 def in_batch_accuracy_from_embeddings(embeddings: EmbeddingSet, batch_size: int = 32) -> float:
-    """The seed project's test accuracy: pick the right caption among the batch's captions.
+    """In-batch accuracy: pick the right caption among the batch's captions.
 
     Rows are split, in dataset order, into consecutive batches of `batch_size` (the last may be smaller).
     Each image scores the first captions of its batch's rows and is correct when the best-scoring one is one
@@ -742,7 +742,7 @@ def in_batch_accuracy(
     caption_column: str = "caption",
     image_transform: ImageTransform | None = None,
 ) -> dict[str, float]:
-    """The seed project's test metric over a dataset: see [`in_batch_accuracy_from_embeddings`].
+    """In-batch accuracy over a dataset: see [`in_batch_accuracy_from_embeddings`].
 
     `batch_size` is the metric's batch (the candidate set), not a throughput knob: results change with it.
 

@@ -40,7 +40,6 @@ __all__ = [
 ]
 
 
-_PEFT_HINT = "This needs the peft library: `pip install peft`."
 
 # Keyword arguments that say *where* files are. They describe the repository being loaded, so for an
 # adapter they apply to the adapter and not to its base model (whose location is in the adapter config).
@@ -49,14 +48,6 @@ _LOCATION_KWARGS = ("revision", "subfolder")
 _HUB_KWARGS = ("cache_dir", "token", "local_files_only", "force_download", "proxies")
 # Files whose presence means a processor (or at least its tokenizer) was saved next to the weights.
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
-
-
-def _import_peft() -> Any:
-    try:
-        import peft
-    except ImportError as error:
-        raise ImportError(_PEFT_HINT) from error
-    return peft
 
 
 def default_lora_config(
@@ -103,7 +94,7 @@ def default_lora_config(
 
     ```
     """
-    peft = _import_peft()
+    import peft  # a dependency; imported on use to keep `import clip_trl` light
     options: dict[str, Any] = {"bias": "none", **kwargs}
     return peft.LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), **options
@@ -187,7 +178,7 @@ def load_model(
         processor = AutoProcessor.from_pretrained(id_or_path, **location, **hub)
         return model.eval(), processor
 
-    peft = _import_peft()
+    import peft  # a dependency; imported on use to keep `import clip_trl` light
     with open(adapter_config_file, encoding="utf-8") as file:
         named_base = json.load(file).get("base_model_name_or_path")
     base = os.fspath(base_model) if base_model is not None else named_base

@@ -401,7 +401,7 @@ def _write_markdown(path: str, results: dict[str, Any]) -> None:
         "",
         "- **i→t R@k / t→i R@k**: image-to-text / text-to-image recall@k over the whole test split.",
         f"- **in-batch acc**: the right caption among those of the image's batch of {results['args']['in_batch_size']} "
-        "consecutive test rows (the seed project's test accuracy).",
+        "consecutive test rows (the original CLIP_RL_FT project's test accuracy).",
         "- **graded reward**: what the default RL recipe optimises, on held-out images: the mean reward of each "
         "test image's greedy choice among *all* test captions — 1 for its own caption, 0.5 for a caption of the "
         "same `group`, 0 otherwise (`–` without a `group` column). `results.json` also holds `mean_reward`, "
@@ -426,11 +426,8 @@ def _write_markdown(path: str, results: dict[str, Any]) -> None:
 
 def _plot_curves(log_history: list[dict[str, Any]], path: str) -> str | None:
     """Training curves through `clip_trl.plotting` when that module is there; `None` (logged) otherwise."""
-    try:
-        from .plotting import plot_training_curves
-    except ImportError:
-        logger.info("clip_trl.plotting is not available: no training-curves picture.")
-        return None
+    from .plotting import plot_training_curves
+
     try:
         written = plot_training_curves(log_history, path)
     except Exception as error:  # a picture must never cost the results of a finished run

@@ -19,7 +19,7 @@ serves every reward.
 Built-ins, also reachable by name (`reward_funcs=["correctness"]`, see [`get_reward_function`]):
 
 - [`correctness`]: 1 if the chosen candidate is the ground truth, else 0.
-- [`confidence_correctness`]: correctness x pi(chosen | x), the seed research project's reward.
+- [`confidence_correctness`]: correctness x pi(chosen | x), the reward of the original CLIP_RL_FT project.
 - [`caption_similarity`]: partial credit, the word-overlap F1 between the choice and the ground truth.
 - [`ClipScoreReward`]: a frozen (typically larger) CLIP as a teacher, scoring CLIPScore of the text
   the policy scored. It needs a model, so it is instantiated by the user rather than named.

@@ -400,7 +400,7 @@ class ShardStreamCallback(TrainerCallback, ExportableState):
 
 
 def train_dataloader(trainer: Any) -> torch.utils.data.DataLoader:
-    """The DataLoader for a [`ShardStream`] `train_dataset`; called from `ClipTrainerBase.get_train_dataloader`.
+    """The DataLoader for a [`ShardStream`] `train_dataset`; called from `ClipBaseTrainer.get_train_dataloader`.
 
     Not passed through `accelerator.prepare`: the stream is already split per process (accelerate would either
     read everything on process 0 and dispatch, or make every process read everything and keep a slice); batches

@@ -29,7 +29,7 @@ from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer, ClipRLConfig
 from clip_trl.data import EVAL_HINT, ROW_INDEX_KEY, SKIP_HINT, BadRowError, ClipDataCollator, check_columns
 from clip_trl.offline import build_clip
 from clip_trl.rewards import call_reward
-from clip_trl.trainer.rl_data import RLDataCollator
+from clip_trl.trainer.rl_data import ClipRLDataCollator
 
 # ------------------------------------------------------------------------------------------- set-up
 
@@ -251,25 +251,25 @@ CASES = [
                  Raises(ValueError, exact("The dataset is empty: there is nothing to evaluate.")), id="empty-eval-dataset"),
     # ----- RL candidate sets
     pytest.param(lambda clip: collate(clip, rows({"options": ["b", "b"]}, options=[["a", "b"]] * 3),
-                                      RLDataCollator, candidates="column", candidate_column="options"),
+                                      ClipRLDataCollator, candidates="column", candidate_column="options"),
                  Raises(BadRowError, row_error("Row 1, column 'options'",
                                                exact("a candidate set needs at least 2 distinct captions, got ['b']"))),
                  id="candidate-column-set-of-size-1"),
     pytest.param(lambda clip: rl_args(candidate_labels=["cat", "cat"]),
                  Raises(ValueError, exact("`candidates='labels'` needs `candidate_labels` with at least 2 distinct labels.")),
                  id="candidate-labels-set-of-size-1"),
-    pytest.param(lambda clip: collate(clip, rows({}, caption=["same"] * 3), RLDataCollator),
+    pytest.param(lambda clip: collate(clip, rows({}, caption=["same"] * 3), ClipRLDataCollator),
                  Handled(lambda batch: batch["candidate_index"].shape[1] == 1,
                          logged="A batch of 3 row(s) (from row 0) has a single distinct caption, so every in-batch "
                                 "candidate set of this step holds one choice and the policy gradient is zero"),
                  id="in-batch-set-of-size-1"),
     pytest.param(lambda clip: collate(clip, rows({"options": ["x", "x", "y"]}, options=[["p", "q"]] * 3),
-                                      RLDataCollator, candidates="column", candidate_column="options"),
+                                      ClipRLDataCollator, candidates="column", candidate_column="options"),
                  Handled(lambda batch: batch["candidates"][1] == ["x", "y"],
                          logged="Row 1, column 'options': duplicate candidates are counted once (the policy chooses "
                                 "among distinct captions): 3 given, 2 kept: ['x', 'y']."),
                  id="duplicate-candidates"),
-    pytest.param(lambda clip: collate(clip, rows({})[:1], RLDataCollator),
+    pytest.param(lambda clip: collate(clip, rows({})[:1], ClipRLDataCollator),
                  Handled(lambda batch: batch["candidate_index"].tolist() == [[0]],
                          logged="A batch of 1 row(s) (from row 0) has a single distinct caption"),
                  id="batch-smaller-than-the-candidates-it-needs-at-run-time"),

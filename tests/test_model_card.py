@@ -224,7 +224,7 @@ def test_docstring_examples_run(tmp_path, monkeypatch):
     import doctest
 
     from clip_trl import citations, model_card, plotting
-    from clip_trl.trainer.base import ClipTrainerBase
+    from clip_trl.trainer.base import ClipBaseTrainer
     from clip_trl.trainer.base_config import ClipBaseConfig
 
     monkeypatch.chdir(tmp_path)
@@ -232,7 +232,7 @@ def test_docstring_examples_run(tmp_path, monkeypatch):
     assert doctest.testmod(citations).failed == 0
     assert doctest.testmod(plotting).failed == 0
     runner = doctest.DocTestRunner()
-    for test in doctest.DocTestFinder().find(ClipTrainerBase.create_model_card, "create_model_card", globs={}):
+    for test in doctest.DocTestFinder().find(ClipBaseTrainer.create_model_card, "create_model_card", globs={}):
         runner.run(test)
     for test in doctest.DocTestFinder().find(ClipBaseConfig.model_card_fields, "model_card_fields", globs={}):
         runner.run(test)

@@ -1,6 +1,6 @@
-"""One config and one trainer per method, sharing `ClipTrainerBase`."""
+"""One config and one trainer per method, sharing `ClipBaseTrainer`."""
 
-from .base import ClipTrainerBase
+from .base import ClipBaseTrainer
 from .base_config import ClipBaseConfig
 from .contrastive_config import ClipContrastiveConfig
 from .contrastive_trainer import ClipContrastiveTrainer
@@ -17,5 +17,5 @@ __all__ = [
     "ClipDPOTrainer",
     "ClipRLConfig",
     "ClipRLTrainer",
-    "ClipTrainerBase",
+    "ClipBaseTrainer",
 ]

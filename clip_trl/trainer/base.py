@@ -53,10 +53,11 @@ def _prepare_peft_model(model: nn.Module, peft_config: Any) -> nn.Module:
     Unset `target_modules` become the attention projections of *both* towers, named as the model names them
     ([`clip_trl.lora.default_lora_targets`]); targets that leave a tower without adapters are warned about.
     """
-    try:
-        from peft import PeftConfig, PeftModel, get_peft_model
-    except ImportError as error:
-        raise ImportError("`peft_config` needs the peft library: `pip install peft`.") from error
+    from peft import (  # a dependency; imported here to keep start-up light
+        PeftConfig,
+        PeftModel,
+        get_peft_model,
+    )
 
     from .. import lora
 
@@ -85,7 +86,7 @@ def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([t.detach().float().norm().to(tensors[0].device) for t in tensors]).norm()
 
 
-class ClipTrainerBase(CrashSafeCheckpointMixin, ModelCardMixin, Trainer):
+class ClipBaseTrainer(CrashSafeCheckpointMixin, ModelCardMixin, Trainer):
     """Shared machinery of [`ClipContrastiveTrainer`], [`ClipRLTrainer`] and [`ClipDPOTrainer`]; not used directly."""
 
     _method_name: str = "clip"

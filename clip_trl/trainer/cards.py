@@ -17,7 +17,7 @@ logger = logging.get_logger(__name__)
 
 class ModelCardMixin:
     """`create_model_card`, and the save overrides that keep a card beside every saved model. Mixed into
-    [`ClipTrainerBase`] ahead of `transformers.Trainer`."""
+    [`ClipBaseTrainer`] ahead of `transformers.Trainer`."""
 
     def create_model_card(
         self,

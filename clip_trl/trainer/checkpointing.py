@@ -132,7 +132,7 @@ def publish(stage: CheckpointStage) -> None:
 
 class CrashSafeCheckpointMixin:
     """`Trainer` overrides that write each checkpoint into a staging folder and publish it with one rename
-    (see the module docstring). Mixed into [`ClipTrainerBase`] ahead of `transformers.Trainer`."""
+    (see the module docstring). Mixed into [`ClipBaseTrainer`] ahead of `transformers.Trainer`."""
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         # With `hub_strategy` pushing during training, the Trainer uploads `output_dir` (not the checkpoint

@@ -13,11 +13,11 @@ from .. import modeling
 from ..data import ClipDataCollator
 from ..gradcache import cached_backward, split_into_chunks
 from ..losses import clip_loss, contrastive_loss, siglip_loss
-from .base import ClipTrainerBase
+from .base import ClipBaseTrainer
 from .contrastive_config import ClipContrastiveConfig
 
 
-class ClipContrastiveTrainer(ClipTrainerBase):
+class ClipContrastiveTrainer(ClipBaseTrainer):
     r"""
     Fine-tune a CLIP-style dual encoder with a contrastive loss, as a [`~transformers.Trainer`].
 

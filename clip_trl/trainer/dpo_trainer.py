@@ -12,12 +12,12 @@ from .. import modeling
 from ..data import with_row_index
 from ..policy import policy_log_probs
 from ..preference import preference_loss
-from .base import ClipTrainerBase
+from .base import ClipBaseTrainer
 from .dpo_config import ClipDPOConfig
 from .dpo_data import ClipDPODataCollator
 
 
-class ClipDPOTrainer(ClipTrainerBase):
+class ClipDPOTrainer(ClipBaseTrainer):
     r"""
     Fine-tune a CLIP-style dual encoder on preference data `(image, chosen caption, rejected caption)` with the
     DPO or IPO loss, as a [`~transformers.Trainer`] (Afzali et al., ICLR 2025, apply these objectives to CLIP).

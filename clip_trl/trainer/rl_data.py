@@ -35,7 +35,7 @@ def _dedupe(values: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
-class RLDataCollator(ClipDataCollator):
+class ClipRLDataCollator(ClipDataCollator):
     """Collate rows into an RL batch.
 
     Output keys, besides `pixel_values` and the bookkeeping of [`ClipDataCollator`]:

@@ -18,14 +18,14 @@ from ..data import content_key
 from ..losses import contrastive_loss, gather_with_grad
 from ..policy import group_advantages, policy_log_probs, rl_loss, sample_actions
 from ..rewards import RewardSet
-from .base import ClipTrainerBase
+from .base import ClipBaseTrainer
 from .rl_config import ClipRLConfig
-from .rl_data import RLDataCollator, _UniqueTexts
+from .rl_data import ClipRLDataCollator, _UniqueTexts
 
 RewardFunc = Callable[..., list]
 
 
-class ClipRLTrainer(ClipTrainerBase):
+class ClipRLTrainer(ClipBaseTrainer):
     r"""
     Fine-tune a CLIP-style dual encoder as a policy that picks a caption for an image (or an image for a
     caption), with pluggable reward functions and a policy-gradient update.
@@ -150,8 +150,8 @@ class ClipRLTrainer(ClipTrainerBase):
         group = args.per_device_train_batch_size * max(args.world_size, 1) * args.gradient_accumulation_steps
         return RepeatBatchSampler(len(dataset), group, args.num_iterations, args.seed)
 
-    def _make_collator(self, processing_class: Any, args: ClipRLConfig) -> RLDataCollator:
-        return RLDataCollator(
+    def _make_collator(self, processing_class: Any, args: ClipRLConfig) -> ClipRLDataCollator:
+        return ClipRLDataCollator(
             processing_class,
             candidates=args.candidates,
             direction=args.direction,
