@@ -8,8 +8,10 @@ card written on every save ([`clip_trl.trainer.cards`]).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
+import functools
 import os
 import time
 from collections import defaultdict
@@ -76,6 +78,22 @@ def _prepare_peft_model(model: nn.Module, peft_config: Any) -> nn.Module:
     lora.warn_on_missed_towers(wrapped)
     lora.freeze_batch_norm_statistics(wrapped)
     return wrapped
+
+
+@functools.cache
+def _destroy_process_group_at_exit() -> None:
+    """Destroy the default process group when the interpreter exits (registered once per process).
+
+    The Trainer never does, and a gloo group still alive while Python shuts down can abort the process
+    ("terminate called without an active exception", exit -6) after training finished — a failed launch for a
+    run that succeeded. `atexit` runs before that shutdown.
+    """
+
+    def destroy() -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    atexit.register(destroy)
 
 
 def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -167,6 +185,8 @@ class ClipBaseTrainer(CrashSafeCheckpointMixin, ModelCardMixin, Trainer):
             optimizers=optimizers,
             **kwargs,
         )
+        if self.args.world_size > 1:
+            _destroy_process_group_at_exit()
         if self.args.process_index == 0:  # e.g. `accelerate launch --cpu --num_processes 2` without MPI
             from .launch_check import warn_if_fewer_processes, warn_if_fsdp_inactive
 
