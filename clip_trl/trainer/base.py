@@ -361,6 +361,12 @@ class ClipBaseTrainer(CrashSafeCheckpointMixin, ModelCardMixin, Trainer):
 
     # ------------------------------------------------------------------------------------------ logging
 
+    @staticmethod
+    def _zero_loss(model: nn.Module) -> torch.Tensor:
+        """A loss of 0 that reaches every trainable parameter, for a batch whose rows were all skipped as bad rows:
+        the backward (and DDP's gradient reduction, which every rank must join) still happens."""
+        return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+
     def _pop_bookkeeping(self, inputs: dict[str, Any]) -> None:
         skipped = inputs.pop("num_skipped_rows", None)
         if skipped is not None:

@@ -93,7 +93,7 @@ class ClipContrastiveTrainer(ClipBaseTrainer):
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         self._pop_bookkeeping(inputs)
         if "pixel_values" not in inputs:  # every row of this batch was a skipped bad row
-            loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+            loss = self._zero_loss(model)
             return (loss, {}) if return_outputs else loss
         # Captions first, then hard negatives (if any): one text forward, as DDP expects one per backward.
         num_captions = inputs["pixel_values"].shape[0]

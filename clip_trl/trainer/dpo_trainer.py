@@ -140,7 +140,7 @@ class ClipDPOTrainer(ClipBaseTrainer):
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
         self._pop_bookkeeping(inputs)
         if "pixel_values" not in inputs:  # every row of this batch was a skipped bad row
-            loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+            loss = self._zero_loss(model)
             return (loss, {}) if return_outputs else loss
         out, metrics = self._preference(model, inputs)
         if model.training:

@@ -210,7 +210,7 @@ class ClipRLTrainer(ClipBaseTrainer):
                     "`gather_candidates=True` every process must bring candidates to the global set. Clean the "
                     "data, raise the batch size, or turn `gather_candidates` off."
                 )
-            loss = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+            loss = self._zero_loss(model)
             return (loss, {}) if return_outputs else loss
         args = self.args
         rollout, slot = None, None
