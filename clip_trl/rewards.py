@@ -44,9 +44,10 @@ import torch
 from torch import nn
 from transformers.utils import logging as hf_logging
 
-from .data import load_image, split_processor
+from . import encoding
 from .graded import GradedReward
 from .modeling import check_clip_like, logit_scale
+from .rows import ProcessorImageTransform, load_image, split_processor
 
 __all__ = [
     "REWARD_FUNCTIONS",
@@ -381,17 +382,9 @@ class ClipScoreReward:
         # The trainer logs rewards under `rewards/{__name__}/...`.
         self.__name__ = "clip_score"
 
-        config = getattr(model, "config", None)
-        text_config = getattr(config, "text_config", None)
-        self._model_type = str(getattr(config, "model_type", ""))
-        # Truncate to what the text tower can embed: a long caption must not crash the step. Tokenizers
-        # built without a saved `model_max_length` report a huge sentinel, hence the cap.
-        limits = [
-            getattr(self.tokenizer, "model_max_length", None),
-            getattr(text_config, "max_position_embeddings", None),
-        ]
-        limits = [int(limit) for limit in limits if isinstance(limit, int) and 0 < limit < 1_000_000]
-        self.max_length = min(limits) if limits else 77
+        # Truncate to what the text tower can embed (the same limit as training and evaluation use): a long
+        # caption must not crash the step.
+        self.max_length = encoding.text_max_length(model, self.tokenizer)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={type(self.model).__name__}, weight={self.weight})"
@@ -402,17 +395,7 @@ class ClipScoreReward:
         parameter = next(self.model.parameters(), None)
         return parameter.device if parameter is not None else torch.device("cpu")
 
-    def _floating_dtype(self) -> torch.dtype:
-        # A teacher loaded in half precision needs half-precision pixels.
-        for parameter in self.model.parameters():
-            if parameter.is_floating_point():
-                return parameter.dtype
-        return torch.float32
-
     def _embed_images(self, images: list[Any]) -> torch.Tensor:
-        from . import encoding
-        from .data import ProcessorImageTransform
-
         transform = ProcessorImageTransform(self.image_processor)
         chunks = []
         for start in range(0, len(images), self.batch_size):
@@ -422,8 +405,6 @@ class ClipScoreReward:
         return torch.cat(chunks).to(self.device)
 
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:
-        from . import encoding
-
         # The family's padding rule (SigLIP: max length), the same as in training and evaluation.
         return encoding.embed_texts(self.model, self.tokenizer, texts, self.batch_size, self.max_length).to(self.device)
 
