@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from . import evaluation, modeling
-from .graded import GradedReward, greedy_graded_reward
+from .graded import greedy_graded_reward
 from .recipes import DEFAULT_CONTRASTIVE, DEFAULT_OFFLINE_IMAGE_SIZE, DEFAULT_RL, GRADED_GROUP
 from .rewards import RewardSet
 
@@ -439,20 +439,15 @@ def _plot_curves(log_history: list[dict[str, Any]], path: str) -> str | None:
 # ------------------------------------------------------------------------------------------------- run
 
 
-def _resolve_pipeline_rewards(names: Sequence[str], columns: Sequence[str]) -> list[str | Callable]:
-    """Built-in names pass through; `graded_group` becomes a [`GradedReward`] over the `group` column."""
-    resolved: list[str | Callable] = []
-    for name in names:
-        if name == GRADED_GROUP:
-            if "group" not in columns:
-                raise ValueError(
-                    f"`--reward_funcs {GRADED_GROUP}` grades choices by the `group` column, which the training data "
-                    f"lacks (columns: {list(columns)}); use e.g. `--reward_funcs correctness`."
-                )
-            resolved.append(GradedReward(column="group"))
-        else:
-            resolved.append(name)
-    return resolved
+def _check_pipeline_rewards(names: Sequence[str], columns: Sequence[str]) -> list[str]:
+    """The reward names, after checking that `graded_group` (a built-in of [`clip_trl.rewards`]) has its
+    `group` column: without it that reward would return `None` for every wrong choice."""
+    if GRADED_GROUP in names and "group" not in columns:
+        raise ValueError(
+            f"`--reward_funcs {GRADED_GROUP}` grades choices by the `group` column, which the training data "
+            f"lacks (columns: {list(columns)}); use e.g. `--reward_funcs correctness`."
+        )
+    return list(names)
 
 
 def _graded_metric(embeddings: evaluation.EmbeddingSet, test: datasets.Dataset) -> dict[str, float]:
@@ -530,7 +525,7 @@ def run_pipeline(args: PipelineArguments) -> dict[str, Any]:
     reward_names = list(args.reward_funcs) if args.reward_funcs is not None else (
         [DEFAULT_RL["reward"]] if "group" in train.column_names else ["correctness"]
     )
-    reward_funcs = _resolve_pipeline_rewards(reward_names, train.column_names)
+    reward_funcs = _check_pipeline_rewards(reward_names, train.column_names)
     eval_kwargs = {
         "reward_funcs": reward_funcs,
         "image_column": args.image_column,

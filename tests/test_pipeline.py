@@ -133,3 +133,15 @@ def test_results_table_has_one_row_per_stage():
     table = results_table({"base": {"image_to_text_recall@1": 0.01}, "contrastive": {"graded_reward": 0.5}})
     lines = table.splitlines()
     assert len(lines) == 4 and lines[2].startswith("| base | 0.010 |") and lines[3].endswith("| 0.500 |")
+
+
+def test_graded_group_without_a_group_column_is_a_clear_error():
+    from clip_trl.pipeline import _check_pipeline_rewards
+
+    assert _check_pipeline_rewards(["graded_group"], ["image", "caption", "group"]) == ["graded_group"]
+    with pytest.raises(ValueError) as info:
+        _check_pipeline_rewards(["correctness", "graded_group"], ["image", "caption"])
+    assert str(info.value) == (
+        "`--reward_funcs graded_group` grades choices by the `group` column, which the training data lacks "
+        "(columns: ['image', 'caption']); use e.g. `--reward_funcs correctness`."
+    )
