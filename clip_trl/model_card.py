@@ -282,6 +282,20 @@ def _eval_results(metrics: dict[str, float], eval_names: Sequence[str], dataset_
 # ---------------------------------------------------------------------------------------------- card
 
 
+def _rollouts_section(output_dir: str, folder: str) -> dict[str, Any] | None:
+    """The last logged step's first rollouts (`log_rollouts=True`), as a Markdown table whose thumbnails are
+    linked relative to the card's folder; None when the run logged none."""
+    from .rollouts import CARD_ROLLOUTS, ROLLOUTS_DIRNAME, latest_rollouts, markdown_table
+
+    rollouts = latest_rollouts(output_dir, CARD_ROLLOUTS)
+    if not rollouts:
+        return None
+    # A checkpoint's card is written in a staging folder but lives in `output_dir/checkpoint-N`, one level down.
+    same = os.path.abspath(folder) == os.path.abspath(output_dir)
+    prefix = ROLLOUTS_DIRNAME if same else f"../{ROLLOUTS_DIRNAME}"
+    return {"step": rollouts[0].step, "folder": prefix, "table": markdown_table(rollouts, image_prefix=prefix)}
+
+
 def build_model_card(
     trainer: Any,
     model_name: str | None = None,
@@ -407,6 +421,7 @@ def build_model_card(
         quick_start=_quick_start(repo, named_base if adapter else base_repo, type(base).__name__, adapter,
                                  model_type, example_labels),
         curves=TRAINING_CURVES_FILENAME if os.path.isfile(os.path.join(folder, TRAINING_CURVES_FILENAME)) else None,
+        rollouts=_rollouts_section(args.output_dir, folder),
         versions=framework_versions(),
         citations=citations(args.model_card_citations() if hasattr(args, "model_card_citations") else (), adapter),
     )

@@ -68,12 +68,17 @@ def exact_policy_loss(log_probs: torch.Tensor, rewards: torch.Tensor) -> torch.T
     exactly `-∇ E_π[r]`: `∇ Σ π (r - b) = Σ r ∇π - b ∇Σπ = ∇ E_π[r]`.
     """
     probs = log_probs.exp()
+    return -(probs * exact_advantages(probs.detach(), rewards)).sum(dim=1).mean()
+
+
+def exact_advantages(probs: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    r"""`A_c = r_c - Σ_c' π(c')·r_c' / Σ_c' π(c')` over the candidates with a reward (NaN rewards get 0): the
+    advantage of every candidate under the exact policy gradient (`probs` and `rewards` are `[B, K]`)."""
     valid = ~torch.isnan(rewards)
     filled = torch.where(valid, rewards, torch.zeros_like(rewards))
-    valid_mass = (probs * valid).sum(dim=1, keepdim=True).detach()
-    baseline = ((probs * filled).sum(dim=1, keepdim=True) / valid_mass.clamp(min=1e-12)).detach()
-    advantages = torch.where(valid, filled - baseline, torch.zeros_like(filled))
-    return -(probs * advantages).sum(dim=1).mean()
+    mass = (probs * valid).sum(dim=1, keepdim=True).clamp(min=1e-12)
+    baseline = (probs * filled).sum(dim=1, keepdim=True) / mass
+    return torch.where(valid, filled - baseline, torch.zeros_like(filled))
 
 
 def clipped_policy_loss(
@@ -103,10 +108,7 @@ def clipped_policy_loss(
             raise ValueError("The exact policy loss needs the rewards of every candidate.")
         old_probs = old_log_probs.exp()
         valid = ~torch.isnan(rewards) & (old_probs > 0)
-        filled = torch.where(valid, rewards, torch.zeros_like(rewards))
-        mass = (old_probs * valid).sum(dim=1, keepdim=True).clamp(min=1e-12)
-        baseline = (old_probs * filled).sum(dim=1, keepdim=True) / mass
-        advantages = torch.where(valid, filled - baseline, torch.zeros_like(filled))
+        advantages = torch.where(valid, exact_advantages(old_probs, rewards), torch.zeros_like(old_probs))
         # Masked candidates are -inf on both sides: take the difference of finite stand-ins, or its gradient is NaN.
         zeros = torch.zeros_like(log_probs)
         ratio = (torch.where(valid, log_probs, zeros) - torch.where(valid, old_log_probs, zeros)).exp()

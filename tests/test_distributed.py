@@ -190,6 +190,25 @@ def test_rl_resume_under_two_processes_matches_an_uninterrupted_run(rl_launch, t
     assert_logged_metrics_are_rank_means(full)
 
 
+@pytest.mark.slow
+def test_rl_rollout_table_holds_the_first_queries_of_every_process_in_rank_order(rl_launch):
+    import collections
+
+    import pandas as pd
+
+    out, records = rl_launch
+    frame = pd.read_parquet(out / "output" / "resume" / "rollouts" / "rollouts_00004.parquet")
+    expected = []
+    for record in records:  # rank order; each rank keeps its step's last micro-batch (4 queries × 4 samples)
+        last = record["resume"]["reward_calls"][-1]
+        assert last["step"] == 3
+        for b in range(4):
+            expected.append((last["ground_truth"][4 * b], collections.Counter(last["completions"][4 * b: 4 * b + 4])))
+    tabled = [(query["ground_truth"].iloc[0], collections.Counter(dict(zip(query["choice"], query["count"]))))
+              for _, query in frame.groupby("query_index")]
+    assert tabled == expected[:6]
+
+
 def test_metrics_recorded_on_some_ranks_only_are_averaged_over_those(tmp_path):
     # Rank 0 records `a` (mean 2) and `b` (2); rank 1 records `b` (4) and `c` (10). A reduction over a fixed,
     # per-rank list of names would hang or pair rank 0's `b` with rank 1's `c`.

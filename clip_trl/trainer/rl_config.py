@@ -79,6 +79,15 @@ class ClipRLConfig(ClipBaseConfig):
             Lower clipping range of the importance ratio (`1 - epsilon`), used when `num_iterations > 1`.
         epsilon_high (`float` or `None`, defaults to `None`):
             Upper clipping range (`1 + epsilon_high`); `None` uses `epsilon` (DAPO's "clip-higher" sets it larger).
+        log_rollouts (`bool`, defaults to `False`):
+            At every logging step, log a table of rollouts (TRL's `log_completions` for a dual encoder): per
+            query, a thumbnail of the image, the top candidates under π, the candidates chosen, each reward
+            function's value and the advantage. It goes to `output_dir/rollouts/` (a parquet file per step,
+            thumbnails and an `index.html` page), to the `report_to` integrations that show tables (TensorBoard
+            as text, Weights & Biases, Trackio), to the console when `rich` is installed, and the model card
+            shows a few. See [`clip_trl.rollouts`].
+        num_rollouts_to_log (`int`, defaults to `8`):
+            Queries per logged table: the first ones of the latest batch (over all processes, in rank order).
 
     Stability: a policy can make itself confident by raising `logit_scale` rather than by improving its
     embeddings (entropy collapses, more so from a weak model). `logit_scale_learning_rate=0.0` (a
@@ -144,6 +153,12 @@ class ClipRLConfig(ClipBaseConfig):
     epsilon_high: float | None = field(
         default=None, metadata={"help": "Upper clip range of the importance ratio (1 + epsilon_high); default: epsilon."}
     )
+    log_rollouts: bool = field(
+        default=False,
+        metadata={"help": "Log a table of rollouts (image, top candidates, choices, rewards, advantage) at each "
+                  "logging step: to output_dir/rollouts (parquet + index.html), report_to integrations and the console."},
+    )
+    num_rollouts_to_log: int = field(default=8, metadata={"help": "Queries per logged rollout table."})
 
     _card_fields: ClassVar[tuple[str, ...]] = (
         "candidates", "direction", "candidate_column", "candidate_labels", "label_template", "advantage",
@@ -238,6 +253,8 @@ class ClipRLConfig(ClipBaseConfig):
                 f"`candidate_pool` is the pool of `candidates='retrieved'`; it has no meaning for "
                 f"`candidates={self.candidates!r}`. Set `candidates='retrieved'` or drop `candidate_pool`."
             )
+        if self.num_rollouts_to_log < 1:
+            raise ValueError(f"`num_rollouts_to_log` must be a positive integer, got {self.num_rollouts_to_log}.")
         if self.num_iterations < 1:
             raise ValueError(f"`num_iterations` must be a positive integer, got {self.num_iterations}.")
         if self.epsilon < 0 or self.epsilon_high < 0:

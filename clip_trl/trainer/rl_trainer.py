@@ -16,11 +16,12 @@ from .. import modeling
 from ..candidates import RepeatBatchSampler, RetrievedCandidates, resolve_candidate_pool
 from ..data import content_key
 from ..losses import contrastive_loss, gather_with_grad
-from ..policy import group_advantages, policy_log_probs, rl_loss, sample_actions
-from ..rewards import RewardSet
+from ..policy import exact_advantages, group_advantages, policy_log_probs, rl_loss, sample_actions
+from ..rewards import RewardScores, RewardSet
 from .base import ClipBaseTrainer
 from .rl_config import ClipRLConfig
 from .rl_data import ClipRLDataCollator, _UniqueTexts
+from .rollout_logging import RolloutLoggingCallback
 
 RewardFunc = Callable[..., list]
 
@@ -111,6 +112,10 @@ class ClipRLTrainer(ClipBaseTrainer):
         # `num_iterations > 1`: the rollouts of the current optimizer step's micro-batches, by micro-step.
         self._rollouts: dict[int, _Rollout] = {}
         self._rollout_micro = (-1, 0)
+        self.rollout_logging = None
+        if self.args.log_rollouts:
+            self.rollout_logging = RolloutLoggingCallback(self)
+            self.add_callback(self.rollout_logging)
         if self.args.num_iterations > 1 and train_dataset is not None and not hasattr(train_dataset, "__len__"):
             raise ValueError(
                 "`num_iterations > 1` serves each batch several times in a row, which needs a map-style "
@@ -242,6 +247,9 @@ class ClipRLTrainer(ClipBaseTrainer):
             if slot is not None:
                 rollout.row_index = row_index
                 self._rollouts[slot] = rollout
+            if self.rollout_logging is not None and model.training:
+                self.rollout_logging.capture(rollout.entries, log_probs, rollout.scores,
+                                             self._entry_advantages(rollout, log_probs), inputs)
         actions, reward_matrix, advantages = rollout.actions, rollout.rewards, rollout.advantages
         out = rl_loss(
             log_probs,
@@ -279,7 +287,8 @@ class ClipRLTrainer(ClipBaseTrainer):
         else:
             actions = sample_actions(log_probs, args.num_samples, self._generator())
             entries = [(b, int(a)) for b, row in enumerate(actions.tolist()) for a in row]
-        rewards = self._score(entries, inputs, log_probs)  # [len(entries)], NaN = no reward applies
+        scores = self._score(entries, inputs, log_probs)
+        rewards = scores.total.to(log_probs.device)  # [len(entries)], NaN = no reward applies
         if actions is None:
             reward_matrix = torch.full(log_probs.shape, float("nan"), device=log_probs.device)
             rows, cols = zip(*entries)
@@ -295,7 +304,19 @@ class ClipRLTrainer(ClipBaseTrainer):
             keys = ("input_ids", "attention_mask", "candidate_index", "target_index", "candidates", "candidate_texts",
                     "candidate_rows", "ground_truth", "caption_index", "caption_keys")
             candidate_inputs = {key: inputs[key] for key in keys if key in inputs}
-        return _Rollout(actions, reward_matrix, advantages, log_probs.detach(), candidate_inputs)
+        rollout = _Rollout(actions, reward_matrix, advantages, log_probs.detach(), candidate_inputs)
+        rollout.entries, rollout.scores = entries, scores
+        return rollout
+
+    @staticmethod
+    def _entry_advantages(rollout: _Rollout, log_probs: torch.Tensor) -> list[float]:
+        """One advantage per scored entry, in entry order: the sampled actions' group advantages, or (exact
+        mode) each candidate's `r - E_π[r]`."""
+        if rollout.advantages is not None:
+            return rollout.advantages.flatten().tolist()
+        advantages = exact_advantages(log_probs.detach().exp(), rollout.rewards)
+        rows, cols = zip(*rollout.entries)
+        return advantages[list(rows), list(cols)].tolist()
 
     def _buffered_rollout(self, row_index: torch.Tensor | None) -> tuple[_Rollout | None, int]:
         """`num_iterations > 1`: the stored rollout of this micro-batch, or None when one must be made.
@@ -408,12 +429,12 @@ class ClipRLTrainer(ClipBaseTrainer):
         kwargs["trainer_state"] = self.state
         return completions, kwargs
 
-    def _score(self, entries: list[tuple[int, int]], inputs: dict[str, Any], log_probs: torch.Tensor) -> torch.Tensor:
-        """Weighted sum of every reward function's output per entry; NaN where all of them said `None`."""
+    def _score(self, entries: list[tuple[int, int]], inputs: dict[str, Any], log_probs: torch.Tensor) -> RewardScores:
+        """Every reward function's output per entry and their weighted sum (NaN where all of them said `None`)."""
         completions, kwargs = self._reward_kwargs(entries, inputs, log_probs)
         scores = self.rewards(completions, **kwargs)
         self._record(**scores.metrics())
-        return scores.total.to(log_probs.device)
+        return scores
 
 
 class _Rollout:
@@ -428,6 +449,8 @@ class _Rollout:
         self.old_log_probs = old_log_probs
         self.candidate_inputs = candidate_inputs
         self.row_index = row_index
+        self.entries: list[tuple[int, int]] = []  # the (query, candidate) pairs scored, and their scores
+        self.scores: RewardScores | None = None
 
 
 def _nan_std(rewards: torch.Tensor) -> torch.Tensor:

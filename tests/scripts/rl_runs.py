@@ -5,7 +5,8 @@ the logged history, the updated weights, each rank's metrics before the cross-ra
 the rewards received. A 2-process run on local batch B is compared with a 1-process run on 2B rows.
 
 `resume`: a GRPO run (sampled actions) with checkpoints, or its continuation from one
-(`--resume_from`), recording each rank's sampled actions per step.
+(`--resume_from`), recording each rank's sampled actions per step; it logs rollout tables (6 queries: the
+first 4 of rank 0, then 2 of rank 1).
 
 Run with `python -m torch.distributed.run --standalone --nproc_per_node N rl_runs.py gather resume ...` (one or
 both modes), or plainly for one process; the tests also import `run_gather` for the in-process 1-process reference.
@@ -125,7 +126,7 @@ def run_resume(output_dir: str, per_device_batch: int, resume_from: str | None) 
     # GRPO samples actions, so the per-(step, micro-step, rank) generator is exercised, with accumulation.
     args = ClipRLConfig(**common_args(output_dir, per_device_batch, max_steps=4, save_strategy="steps", save_steps=2,
                                       gradient_accumulation_steps=2, learning_rate=0.05),
-                        advantage="grpo", num_samples=4, beta=0.1)
+                        advantage="grpo", num_samples=4, beta=0.1, log_rollouts=True, num_rollouts_to_log=6)
     trainer = RecordingTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
                                processing_class=processor)
     trainer.train(resume_from_checkpoint=resume_from)
