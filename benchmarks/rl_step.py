@@ -10,6 +10,9 @@ Contenders (each in its own child process, run in lock-step with the others, see
 - `{grpo,rloo,exact}-beta{0,0.04}`: `ClipRLTrainer` with in-batch candidates (the batch's 64 captions),
   reward `"correctness"`, `num_samples=8` (grpo, rloo; `exact` scores every candidate), and `beta` 0 (no
   reference model) or 0.04 (a frozen copy of the starting model gives `π_ref`).
+- `grpo-beta0.04-log1` and `grpo-beta0.04-rollouts`: that GRPO run logging at every step, without and with
+  `log_rollouts=True` (8 queries: thumbnails, parquet, `index.html`, the console table): the cost of rollout
+  tables at their most frequent. (The other contenders log every 10 steps, i.e. never inside the timed steps.)
 
 All use `build_clip("small")` (4 layers x 256 per tower, 64 px, patch 8), batch 64, the same emoji rows in the
 same order, their own default collators (which decode the PNGs), AdamW (fused) and the same threads.
@@ -39,13 +42,17 @@ CONTENDERS = (
     "grpo-beta0", "grpo-beta0.04",
     "rloo-beta0", "rloo-beta0.04",
     "exact-beta0", "exact-beta0.04",
+    "grpo-beta0.04-log1", "grpo-beta0.04-rollouts",
 )
+LOGGING_VARIANTS = ("-log1", "-rollouts")
 NUM_SAMPLES = 8
 TARGET = 1.2
 PARTS = ("forward", "ref_forward", "rewards", "backward")
 
 
 def parse(name: str) -> tuple[str, float]:
+    for suffix in LOGGING_VARIANTS:
+        name = name.removesuffix(suffix)
     advantage, beta = name.split("-beta")
     return advantage, float(beta)
 
@@ -93,7 +100,11 @@ def run_child(args: argparse.Namespace) -> None:
                                          processing_class=processor)
     else:
         advantage, beta = parse(args.child)
-        config = ClipRLConfig(**common, advantage=advantage, beta=beta, num_samples=NUM_SAMPLES, candidates="in_batch")
+        logging = {}
+        if args.child.endswith(LOGGING_VARIANTS):
+            logging = {"logging_steps": 1, "log_rollouts": args.child.endswith("-rollouts")}
+        config = ClipRLConfig(**(common | logging), advantage=advantage, beta=beta, num_samples=NUM_SAMPLES,
+                              candidates="in_batch")
         trainer = ClipRLTrainer(model=model, reward_funcs="correctness", args=config, train_dataset=dataset,
                                 processing_class=processor)
         trainer._score = h.timed(trainer._score, counters, "rewards", cuda)
@@ -129,7 +140,11 @@ def report(results: dict[str, h.Result], args: argparse.Namespace, machine: dict
             advantage, beta = parse(name)
             samples = "all 64 candidates" if advantage == "exact" else f"{NUM_SAMPLES} samples"
             label = f"RL `{advantage}` ({samples}), β={beta:g}"
-            verdict = "met" if step / base_step <= TARGET else "**missed**"
+            if name.endswith("-log1"):
+                label += ", logging every step"
+            elif name.endswith("-rollouts"):
+                label += ", logging every step with `log_rollouts`"
+            verdict = "—" if base is None else "met" if step / base_step <= TARGET else "**missed**"
         rows.append([
             label,
             f"{1000 * step:.0f}",
@@ -146,11 +161,17 @@ def report(results: dict[str, h.Result], args: argparse.Namespace, machine: dict
     header = ["step", "ms/step (median)", "× contrastive", "CPU s/step", "CPU × contrastive", "best-rep CPU × contrastive", "forward ms",
               "ref forward ms", "rewards ms", "backward ms", "collate ms", "rest ms", "peak RSS MiB",
               f"≤ {TARGET}× target"]
+    overhead = []
+    if "grpo-beta0.04-log1" in results and "grpo-beta0.04-rollouts" in results:
+        plain, tables = (h.median(results[n].seconds_per_step()) for n in ("grpo-beta0.04-log1", "grpo-beta0.04-rollouts"))
+        overhead = ["", f"Rollout tables at every step: {tables / plain:.2f}× the step time of the same run logging "
+                        f"every step without them (+{1000 * (tables - plain):.0f} ms/step)."]
     parts_text = [
         f"### RL step vs contrastive step — batch {args.batch_size}, in-batch candidates, reward `correctness`, "
         f"{args.threads} threads, {args.repeats} × {args.steps} steps after {args.warmup} warm-up",
         "",
         h.markdown_table(header, rows),
+        *overhead,
         "",
         "Machine: " + "; ".join(f"{k}: {v}" for k, v in machine.items()),
     ]

@@ -31,6 +31,9 @@ ROLLOUTS_DIRNAME = "rollouts"
 THUMBNAIL_SIZE = 96
 TOP_CANDIDATES = 5
 CARD_ROLLOUTS = 4  # queries shown in the model card
+# Choices shown per query (all of them with `advantage="exact"`, where every candidate is scored): the most
+# frequent and likely first; the parquet file keeps every one.
+CHOICES_SHOWN = {"page": 8, "text": 4}
 HTML_STEPS = 50  # the page shows the latest steps; the parquet files keep every one
 _FILE_PATTERN = re.compile(r"rollouts_(\d+)\.parquet$")
 
@@ -166,8 +169,11 @@ def _top_text(rollout: QueryRollout, k: int = TOP_CANDIDATES) -> str:
 
 
 def _choices_text(rollout: QueryRollout) -> str:
-    return "; ".join(f"{c.count}× {c.text} → {_format(c.reward, 2)} (A {_format(c.advantage, 2)})"
-                     for c in rollout.choices)
+    shown = CHOICES_SHOWN["text"]
+    text = "; ".join(f"{c.count}× {c.text} → {_format(c.reward, 2)} (A {_format(c.advantage, 2)})"
+                     for c in rollout.choices[:shown])
+    hidden = len(rollout.choices) - shown
+    return text + (f"; … {hidden} more" if hidden > 0 else "")
 
 
 def to_records(rollouts: Sequence[QueryRollout], reward_names: Sequence[str]) -> list[dict[str, Any]]:
@@ -250,7 +256,7 @@ def print_rollouts(rollouts: Sequence[QueryRollout], step: int, reward_names: Se
         table.add_column(name, overflow="fold")
     for rollout in rollouts:
         (best, best_prob), = rollout.top_candidates(1)
-        for i, choice in enumerate(rollout.choices):
+        for i, choice in enumerate(rollout.choices[: CHOICES_SHOWN["text"]]):
             first = i == 0
             table.add_row(
                 (rollout.query or rollout.ground_truth or "–") if first else "",
@@ -298,20 +304,31 @@ def render_html(steps: Sequence[tuple[int, Sequence[QueryRollout]]], reward_name
                 parts.append(f"<div>query: <b>{esc(rollout.query)}</b></div>")
             parts.append(f"<div>ground truth: <span class='truth'>{esc(rollout.ground_truth or '–')}</span></div>")
             parts.append("<table><tr><th>candidate</th><th>π</th><th></th></tr>")
-            for text, prob in rollout.top_candidates():
+            top = rollout.top_candidates()
+            for text, prob in top:
                 style = " class='truth'" if text in truths else ""
                 parts.append(f"<tr><td{style}>{esc(text)}</td><td>{prob:.3f}</td>"
                              f"<td><span class='bar' style='width:{max(1, round(120 * prob))}px'></span></td></tr>")
+            shown = {text for text, _ in top}
+            ranked = sorted(range(len(rollout.probs)), key=lambda i: -rollout.probs[i])
+            for rank, i in enumerate(ranked, start=1):  # a ground truth below the top: where π puts it
+                if rollout.candidates[i] in truths and rollout.candidates[i] not in shown:
+                    parts.append(f"<tr><td class='truth'>{esc(rollout.candidates[i])} (rank {rank} of "
+                                 f"{len(ranked)})</td><td>{rollout.probs[i]:.3f}</td><td></td></tr>")
             parts.append("</table><table style='margin-top:.4em'><tr><th>chosen</th><th>times</th><th>π</th>"
                          + "".join(f"<th>{esc(name)}</th>" for name in reward_names)
                          + "<th>reward</th><th>advantage</th></tr>")
-            for choice in rollout.choices:
+            for choice in rollout.choices[: CHOICES_SHOWN["page"]]:
                 style = " class='truth'" if choice.text in truths else ""
                 parts.append(
                     f"<tr><td{style}>{esc(choice.text)}</td><td>{choice.count}</td><td>{choice.prob:.3f}</td>"
                     + "".join(f"<td>{_format(choice.rewards.get(name))}</td>" for name in reward_names)
                     + f"<td>{_format(choice.reward)}</td><td>{_format(choice.advantage)}</td></tr>"
                 )
+            hidden = len(rollout.choices) - CHOICES_SHOWN["page"]
+            if hidden > 0:
+                parts.append(f"<tr><td colspan='{5 + len(reward_names)}'>… {hidden} more (in the step's parquet "
+                             "file)</td></tr>")
             parts.append("</table></div></div>")
     parts.append("</body></html>")
     return "\n".join(parts)
