@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .scripts import ScriptArguments, _model_init_kwargs, clip_peft_config, load_data, save_trainer
+from .scripts import ScriptArguments, clip_peft_config, load_data, model_init_kwargs_from, save_trainer
 
 if TYPE_CHECKING:
     import datasets
@@ -101,7 +101,7 @@ def run_dpo(
             "folder, e.g. the output of `clip-trl contrastive --output_dir clip_finetuned`)."
         )
     data = data if data is not None else load_preference_data(script_args, training_args)
-    training_args.model_init_kwargs = _model_init_kwargs(model_args, training_args)
+    training_args.model_init_kwargs = model_init_kwargs_from(model_args, training_args)
     trainer = ClipDPOTrainer(
         model=model_args.model_name_or_path,
         args=training_args,

@@ -42,6 +42,7 @@ __all__ = [
     "clip_peft_config",
     "evaluate_on_test",
     "load_data",
+    "model_init_kwargs_from",
     "resolve_model",
     "run_contrastive",
     "run_rl",
@@ -360,8 +361,21 @@ def clip_peft_config(model_args: ModelConfig) -> Any:
     return peft_config
 
 
-def _model_init_kwargs(model_args: ModelConfig, training_args: Any) -> dict[str, Any]:
-    """What `AutoModel.from_pretrained` gets from `ModelConfig` (as trl's own scripts pass it)."""
+def model_init_kwargs_from(model_args: ModelConfig, training_args: Any) -> dict[str, Any]:
+    """What `AutoModel.from_pretrained` gets from `ModelConfig` (as trl's own scripts pass it), for the
+    trainers' `model_init_kwargs`; an explicit `--model_init_kwargs` wins.
+
+    Example:
+
+    ```python
+    >>> from trl import ModelConfig
+    >>> from clip_trl import ClipRLConfig
+    >>> from clip_trl.scripts import model_init_kwargs_from
+    >>> model_init_kwargs_from(ModelConfig(model_revision="main", dtype="bfloat16"), ClipRLConfig(output_dir="out"))
+    {'revision': 'main', 'dtype': 'bfloat16'}
+
+    ```
+    """
     kwargs: dict[str, Any] = {"revision": model_args.model_revision}
     if model_args.dtype not in (None, "auto"):
         kwargs["dtype"] = model_args.dtype
@@ -473,7 +487,7 @@ def run_contrastive(
 
     data = data if data is not None else load_data(script_args)
     model = resolve_model(script_args, training_args, model_args)
-    training_args.model_init_kwargs = _model_init_kwargs(model_args, training_args)
+    training_args.model_init_kwargs = model_init_kwargs_from(model_args, training_args)
     trainer = ClipContrastiveTrainer(
         model=model,
         args=training_args,
@@ -578,7 +592,7 @@ def run_rl(
                 dataclasses.replace(model_args, use_peft=False),
                 data=data,
             )
-    training_args.model_init_kwargs = _model_init_kwargs(model_args, training_args)
+    training_args.model_init_kwargs = model_init_kwargs_from(model_args, training_args)
     trainer = ClipRLTrainer(
         model=model,
         reward_funcs=list(script_args.reward_funcs),
