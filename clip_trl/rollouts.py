@@ -22,7 +22,7 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -63,7 +63,6 @@ class QueryRollout:
     image: Image.Image | None = None
     image_file: str | None = None  # relative to the rollouts folder, once written
     step: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def top_candidates(self, k: int = TOP_CANDIDATES) -> list[tuple[str, float]]:
         order = sorted(range(len(self.probs)), key=lambda i: -self.probs[i])[:k]
