@@ -201,14 +201,17 @@ def _base_model_of(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _quick_start(repo: str, base_name: str | None, class_name: str, adapter: bool, model_type: str,
-                 labels: list[str]) -> str:
+def _quick_start(repo: str, base_name: str | None, class_name: str, adapter: bool, labels: list[str]) -> str:
     """The card's usage snippet: it must run as written once `repo` (and an adapter's base) can be reached."""
     import transformers
 
+    from .model_adapters import adapter_for_class
+
     # Custom lookalike classes are not importable from transformers; AutoModel finds them by config.
     import_name = class_name if hasattr(transformers, class_name) else "AutoModel"
-    siglip = "siglip" in model_type
+    family = adapter_for_class(class_name)
+    # SigLIP was trained on texts padded to the full length, and scores each label on its own (sigmoid).
+    max_length, sigmoid = family.text_padding == "max_length", family.logit_bias
     lines = [
         "import torch",
         "from PIL import Image",
@@ -243,13 +246,24 @@ def _quick_start(repo: str, base_name: str | None, class_name: str, adapter: boo
         "",
         f"labels = {labels!r}",
         'image = Image.open("photo.jpg").convert("RGB")',
-        # SigLIP was trained on texts padded to the full length; its text features depend on the padding.
         "inputs = processor(text=labels, images=image, return_tensors=\"pt\", "
-        + ('padding="max_length")' if siglip else "padding=True)"),
+        + ('padding="max_length")' if max_length else "padding=True)"),
         "with torch.no_grad():",
-        "    logits = model(**inputs).logits_per_image[0]",
-        # SigLIP scores each label independently; CLIP's scores compete in a softmax.
-        "probs = torch.sigmoid(logits)" if siglip else "probs = logits.softmax(dim=-1)",
+    ]
+    if family.use_forward:
+        lines.append("    logits = model(**inputs).logits_per_image[0]")
+    else:
+        # FLAVA's forward runs its multimodal encoder and returns no `logits_per_image`: the towers' token 0,
+        # projected, is its contrastive embedding (what clip_trl trains).
+        pool = ".pooler_output[:, 0]" if family.pool_first_token else ".pooler_output"
+        lines += [
+            f'    image = model.get_image_features(pixel_values=inputs["pixel_values"]){pool}',
+            f'    text = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]){pool}',
+            "image, text = (torch.nn.functional.normalize(x, dim=-1) for x in (image, text))",
+            "logits = model.logit_scale.exp() * (image @ text.T)[0]",
+        ]
+    lines += [
+        "probs = torch.sigmoid(logits)" if sigmoid else "probs = logits.softmax(dim=-1)",
         "print({label: round(p, 3) for label, p in zip(labels, probs.tolist())})",
     ]
     return "\n".join(lines)
@@ -419,7 +433,7 @@ def build_model_card(
         metrics=[(key.removeprefix("eval_"), f"{value:.4f}") for key, value in metrics.items()],
         training_metrics=final_training_metrics(trainer.state.log_history),
         quick_start=_quick_start(repo, named_base if adapter else base_repo, type(base).__name__, adapter,
-                                 model_type, example_labels),
+                                 example_labels),
         curves=TRAINING_CURVES_FILENAME if os.path.isfile(os.path.join(folder, TRAINING_CURVES_FILENAME)) else None,
         rollouts=_rollouts_section(args.output_dir, folder),
         versions=framework_versions(),
