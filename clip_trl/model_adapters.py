@@ -165,8 +165,9 @@ ADAPTERS: dict[str, ModelAdapter] = {
         towers={"vision": ("image_model", "image_projection"), "text": ("text_model", "text_projection")},
         lora_targets={"vision": ("query", "value"), "text": ("query", "value")},
         notes="The unimodal towers' token 0, projected (FLAVA's own contrastive embedding); the towers are "
-        "called directly, not FLAVA's multimodal `forward` (so multi-process DDP training is untested). LoRA's "
-        "`query`/`value` also match the multimodal encoder, whose adapters stay unused.",
+        "called directly, not FLAVA's multimodal `forward`, so under several processes the trainers average the "
+        "gradients themselves (DDP's hooks need its `forward`; 2 processes == 1 tested). LoRA's `query`/`value` "
+        "also match the multimodal encoder, whose adapters stay unused.",
     ),
     # Classes with image–text (or other) feature methods that are not image–text dual encoders: a clear error
     # instead of a confusing failure halfway through a step.

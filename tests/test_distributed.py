@@ -285,3 +285,34 @@ def test_sharded_evaluation_blocks_and_bad_rows_name_their_index_in_the_whole_se
     message = str(info.value)
     assert message.startswith("Row 3, column 'image': cannot decode the image")
     assert "Evaluation does not skip bad rows" in message and "skip_bad_rows=True" not in message
+
+
+# ------------------------------------------------------------------------------------------ FLAVA under DDP
+# FLAVA's towers are called directly (its `forward` also runs the multimodal encoder), so DDP's forward never
+# runs and DDP reduces nothing: the trainers average those gradients themselves. Before they did, each rank
+# stepped on its own gradient and the ranks' weights drifted apart.
+
+FLAVA_RUNS = Path(__file__).parent / "scripts" / "flava_runs.py"
+
+
+@pytest.mark.slow
+def test_flava_two_processes_equal_one_process(tmp_path):
+    spec = importlib.util.spec_from_file_location("flava_runs", FLAVA_RUNS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    one = module.run_all(str(tmp_path / "one"), per_device_batch=8)
+    out = tmp_path / "two"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(FLAVA_RUNS), "--out", str(out), "--output_dir", str(tmp_path / "two-output")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [torch.load(out / f"rank{rank}.pt") for rank in range(2)]
+    for method in ("contrastive", "rl"):
+        # The clipped norm is the global gradient's (reduced before clipping), as with one process.
+        assert ranks[0][method]["grad_norms"] == pytest.approx(one[method]["grad_norms"], rel=1e-4), method
+        for key, weight in one[method]["weights"].items():
+            torch.testing.assert_close(ranks[0][method]["weights"][key], ranks[1][method]["weights"][key],
+                                       atol=0, rtol=0, msg=f"{method}: the ranks disagree on {key}")
+            torch.testing.assert_close(ranks[0][method]["weights"][key], weight, atol=1e-5, rtol=1e-4,
+                                       msg=f"{method}: 2 processes differ from 1 on {key}")

@@ -104,6 +104,40 @@ def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([t.detach().float().norm().to(tensors[0].device) for t in tensors]).norm()
 
 
+def average_gradients(parameters: list[torch.Tensor], bucket_bytes: int = 2**25) -> None:
+    """Average the gradients of `parameters` over all processes, as DDP does (sum / world size), in flat buckets.
+
+    A parameter without a gradient on every process keeps none; one with a gradient on some processes only is
+    averaged with zeros from the others (what DDP's reduction of an unused parameter gives).
+    """
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    device = parameters[0].device if parameters else torch.device("cpu")
+    present = torch.tensor([float(p.grad is not None) for p in parameters], device=device)
+    dist.all_reduce(present)
+    grads = []
+    for parameter, count in zip(parameters, present.tolist()):
+        if count > 0:
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            grads.append(parameter.grad)
+    buckets: dict[tuple[torch.dtype, torch.device], list[list[torch.Tensor]]] = defaultdict(lambda: [[]])
+    for grad in grads:
+        bucket = buckets[grad.dtype, grad.device]
+        if bucket[-1] and sum(g.numel() for g in bucket[-1]) * grad.element_size() >= bucket_bytes:
+            bucket.append([])
+        bucket[-1].append(grad)
+    for bucket in (b for groups in buckets.values() for b in groups if b):
+        flat = torch.cat([g.reshape(-1) for g in bucket])
+        dist.all_reduce(flat)
+        flat /= world
+        offset = 0
+        for grad in bucket:
+            grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+            offset += grad.numel()
+
+
 class ClipBaseTrainer(CrashSafeCheckpointMixin, ModelCardMixin, Trainer):
     """Shared machinery of [`ClipContrastiveTrainer`], [`ClipRLTrainer`] and [`ClipDPOTrainer`]; not used directly."""
 
@@ -360,6 +394,24 @@ class ClipBaseTrainer(CrashSafeCheckpointMixin, ModelCardMixin, Trainer):
         optimizer._clip_trl_guarded = True
 
     # ------------------------------------------------------------------------------------------ logging
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._reduce_gradients_outside_ddp(model)
+        return loss
+
+    def _reduce_gradients_outside_ddp(self, model: nn.Module) -> None:
+        """Families whose towers are called directly rather than through `forward` (FLAVA, whose `forward` also
+        runs its multimodal encoder) never enter DDP's forward, so DDP reduces none of their gradients and each
+        process would step on its own. At each optimizer step's last micro-batch (before clipping) their
+        gradients are averaged here instead, as DDP would."""
+        if (
+            self.args.world_size > 1
+            and self.accelerator.sync_gradients
+            and isinstance(model, nn.parallel.DistributedDataParallel)
+            and not modeling.adapter(model).use_forward
+        ):
+            average_gradients([p for p in model.parameters() if p.requires_grad])
 
     @staticmethod
     def _zero_loss(model: nn.Module) -> torch.Tensor:

@@ -169,6 +169,7 @@ class ClipContrastiveTrainer(ClipBaseTrainer):
             forward_context=self.compute_loss_context_manager,
         )
         self._record(logit_scale=scale.detach().exp())
+        self._reduce_gradients_outside_ddp(model)
         return output.loss
 
     def _eval_loss(self, model: nn.Module, embeddings: Any) -> float:
