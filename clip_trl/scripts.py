@@ -335,8 +335,9 @@ def clip_peft_config(model_args: ModelConfig) -> Any:
     """`trl.get_peft_config(model_args)`, adjusted for dual encoders; `None` without `--use_peft`.
 
     trl's defaults target causal language models: `lora_task_type="CAUSAL_LM"` would wrap CLIP in
-    `PeftModelForCausalLM`, and unset `lora_target_modules` cannot be resolved for CLIP. So that task type becomes
-    none (a plain `PeftModel`), and unset target modules become the attention projections `q_proj`, `v_proj`.
+    `PeftModelForCausalLM`, so that task type becomes none (a plain `PeftModel`). Unset `lora_target_modules` stay
+    unset: the trainers then put adapters on the attention projections of both towers, named as each tower names
+    them ([`clip_trl.lora.default_lora_targets`]: `q_proj`/`v_proj` in CLIP, `query`/`value` in a BERT tower).
 
     Example:
 
@@ -344,8 +345,8 @@ def clip_peft_config(model_args: ModelConfig) -> Any:
     >>> from trl import ModelConfig
     >>> from clip_trl.scripts import clip_peft_config
     >>> config = clip_peft_config(ModelConfig(use_peft=True, lora_r=8))
-    >>> config.r, sorted(config.target_modules), config.task_type
-    (8, ['q_proj', 'v_proj'], None)
+    >>> config.r, config.target_modules, config.task_type
+    (8, None, None)
 
     ```
     """
@@ -356,8 +357,6 @@ def clip_peft_config(model_args: ModelConfig) -> Any:
         return None
     if str(peft_config.task_type) in ("CAUSAL_LM", "TaskType.CAUSAL_LM"):
         peft_config.task_type = None
-    if not peft_config.target_modules and not getattr(peft_config, "target_parameters", None):
-        peft_config.target_modules = set(DEFAULT_LORA_TARGET_MODULES)
     return peft_config
 
 

@@ -161,9 +161,32 @@ def test_peft_flags_become_a_lora_config_for_clip():
     *_, model_args = parse_dataclasses(make_parser("contrastive"), ["--use_peft", "--lora_r", "4", "--lora_alpha", "8"])
     config = clip_peft_config(model_args)
     assert config.r == 4 and config.lora_alpha == 8
-    assert set(config.target_modules) == {"q_proj", "v_proj"} and config.task_type is None
+    assert config.target_modules is None and config.task_type is None  # the trainer picks them per tower
     *_, model_args = parse_dataclasses(make_parser("contrastive"), [])
     assert clip_peft_config(model_args) is None
+
+
+def test_peft_flags_adapt_both_towers_of_a_bert_text_tower(tmp_path, caplog):
+    # AltCLIP's text tower names its projections `query`/`value`: `--use_peft` alone must reach it too (it used
+    # to default to q_proj/v_proj, which adapted the vision tower only, with a warning).
+    import os
+    import sys
+
+    from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer
+    from clip_trl.lora import warn_on_missed_towers
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from zoo_models import ZOO_BY_NAME
+
+    *_, model_args = parse_dataclasses(make_parser("contrastive"), ["--use_peft", "--lora_r", "2"])
+    entry = ZOO_BY_NAME["AltCLIPModel"]
+    with caplog.at_level("WARNING"):
+        trainer = ClipContrastiveTrainer(model=entry.build_model(), processing_class=entry.build_processor(),
+                                         args=ClipContrastiveConfig(output_dir=str(tmp_path), report_to="none"),
+                                         peft_config=clip_peft_config(model_args))
+    assert warn_on_missed_towers(trainer.model) == []
+    assert "match no module" not in caplog.text
+    assert set(trainer.model.peft_config["default"].target_modules) == {"q_proj", "v_proj", "query", "value"}
 
 
 def test_contrastive_then_evaluate_commands(tmp_path, capsys):
