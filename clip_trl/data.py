@@ -10,6 +10,7 @@ which case the collator counts them and the trainer logs the count.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -150,6 +151,16 @@ def _undecoded(dataset: Any, image_columns: Sequence[str]) -> Any:
 # ------------------------------------------------------------------------------------------- collator
 
 
+def _in_shard(error: BadRowError, row: Mapping[str, Any]) -> BadRowError:
+    """A webdataset row ([`clip_trl.shards.ShardStream`]) is named by its shard file and sample key as well: its
+    index counts rows of one reader's stream, which does not say where to look."""
+    key, url = row.get("__key__"), row.get("__url__")
+    if key is None and url is None:
+        return error
+    shard = f"shard '{os.path.basename(str(url))}', " if url else ""
+    return error.located(f"{error.row} ({shard}key '{key}')")
+
+
 class ClipDataCollator:
     """Turn dataset rows into a contrastive batch.
 
@@ -233,10 +244,13 @@ class ClipDataCollator:
                 parsed.append(self.parse_row(row))
                 kept.append(row)
             except BadRowError as error:
+                located = _in_shard(error, row)
                 if not self.skip_bad_rows:
-                    raise
+                    if located is error:
+                        raise
+                    raise located from error.__cause__
                 skipped += 1
-                logger.warning("Skipping a bad row: %s", error)
+                logger.warning("Skipping a bad row: %s", located)
         return parsed, kept, skipped
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -43,12 +43,31 @@ class BadRowError(ValueError):
         self.row = row
         self.column = column
         self.problem = problem
+        self.hint = hint
 
     def with_hint(self, hint: str) -> BadRowError:
         """The same error with another hint (e.g. [`EVAL_HINT`] where rows cannot be skipped)."""
         if self.column is None:  # a message re-raised from a DataLoader worker: keep it as it is
             return self
         error = BadRowError(self.row, self.column, self.problem, hint=hint)
+        error.__cause__ = self.__cause__
+        return error
+
+    def located(self, where: str) -> BadRowError:
+        """The same error with the row described by `where` (e.g. its index, shard file and sample key).
+
+        Example:
+
+        ```python
+        >>> from clip_trl.rows import BadRowError
+        >>> str(BadRowError(3, "image", "the file is empty", hint="").located("3 (shard 'a.tar', key '07')"))
+        "Row 3 (shard 'a.tar', key '07'), column 'image': the file is empty. "
+
+        ```
+        """
+        if self.column is None:
+            return self
+        error = BadRowError(where, self.column, self.problem, hint=self.hint)
         error.__cause__ = self.__cause__
         return error
 

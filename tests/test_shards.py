@@ -6,6 +6,7 @@ The multi-process runs are `tests/scripts/shard_runs.py` under torchrun: once as
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -204,3 +205,25 @@ def test_scripts_train_on_shards_and_require_max_steps(shards):
     with pytest.raises(ValueError, match="`--train_shards` streams the data .*: set `--max_steps`"):
         train_dataset(script_args, ClipContrastiveConfig(output_dir="unused"), {})
     assert train_dataset(ScriptArguments(), ClipContrastiveConfig(output_dir="unused"), {"train": "rows"}) == "rows"
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_bad_row_in_a_shard_is_named_by_shard_file_and_key(tmp_path, workers):
+    # The row index counts rows of one reader's stream; the shard file and sample key say where to look.
+    rows = colour_dataset([f"colour number {i}" for i in range(8)])
+    paths = write_shards(rows, str(tmp_path / "shards"), num_shards=2)
+    with tarfile.open(paths[1]) as tar:  # shard 1 holds keys 4-7: empty key 6's image
+        members = [(member, tar.extractfile(member).read()) for member in tar.getmembers()]
+    with tarfile.open(paths[1], "w") as tar:
+        for member, data in members:
+            data = b"" if member.name == "000000006.png" else data
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    model, processor = build_clip("tiny", seed=0)
+    args = ClipContrastiveConfig(output_dir=str(tmp_path / "out"), report_to="none", max_steps=4, seed=0,
+                                 per_device_train_batch_size=4, dataloader_num_workers=workers, use_cpu=True,
+                                 disable_tqdm=True, save_strategy="no")
+    trainer = ClipContrastiveTrainer(model=model, args=args, processing_class=processor,
+                                     train_dataset=ShardStream(paths, shuffle_buffer=0))
+    with pytest.raises(ValueError, match=r"Row 6 \(shard 'shard-00001\.tar', key '000000006'\), column 'image': "):
+        trainer.train()
