@@ -107,6 +107,19 @@ def test_exact_advantage_tables_every_candidate_with_its_advantage_under_pi(tmp_
         assert list(query["advantage"]) == pytest.approx(list(query["reward"] - baseline), abs=1e-5)
 
 
+def test_text_to_image_tables_the_caption_as_the_query(tmp_path):
+    trainer = train(tmp_path, direction="text_to_image", max_steps=1, reward_funcs=(shaped,), reward_weights=None)
+    frame = step_frame(trainer, 1)
+    batch_captions = set(frame["ground_truth"])
+    for _, query in frame.groupby("query_index"):
+        assert (query["query"] == query["ground_truth"]).all()  # the caption that chose
+        assert query["count"].sum() == NUM_SAMPLES
+        assert set(query["choice"]) <= set(load_emoji_dataset(max_examples=48)["train"]["caption"])
+    assert len(batch_captions) == 3
+    card_table = latest_rollouts(trainer.args.output_dir)
+    assert all(rollout.query == rollout.ground_truth for rollout in card_table)
+
+
 def test_model_card_shows_the_last_steps_rollouts_with_thumbnails_that_resolve(tmp_path):
     trainer = train(tmp_path, save_strategy="steps", save_steps=2)
     trainer.save_model()

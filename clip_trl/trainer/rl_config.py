@@ -87,7 +87,8 @@ class ClipRLConfig(ClipBaseConfig):
             as text, Weights & Biases, Trackio), to the console when `rich` is installed, and the model card
             shows a few. See [`clip_trl.rollouts`].
         num_rollouts_to_log (`int`, defaults to `8`):
-            Queries per logged table: the first ones of the latest batch (over all processes, in rank order).
+            Queries per logged table: the first ones of the latest rollout (over all processes, in rank order).
+            With `num_iterations > 1` that is the rollout the step's batch reuses, logged once.
 
     Stability: a policy can make itself confident by raising `logit_scale` rather than by improving its
     embeddings (entropy collapses, more so from a weak model). `logit_scale_learning_rate=0.0` (a
