@@ -104,7 +104,7 @@ def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([t.detach().float().norm().to(tensors[0].device) for t in tensors]).norm()
 
 
-def average_gradients(parameters: list[torch.Tensor], bucket_bytes: int = 2**25) -> None:
+def _average_gradients(parameters: list[torch.Tensor], bucket_bytes: int = 2**25) -> None:
     """Average the gradients of `parameters` over all processes, as DDP does (sum / world size), in flat buckets.
 
     A parameter without a gradient on every process keeps none; one with a gradient on some processes only is
@@ -411,7 +411,7 @@ class ClipBaseTrainer(CrashSafeCheckpointMixin, ModelCardMixin, Trainer):
             and isinstance(model, nn.parallel.DistributedDataParallel)
             and not modeling.adapter(model).use_forward
         ):
-            average_gradients([p for p in model.parameters() if p.requires_grad])
+            _average_gradients([p for p in model.parameters() if p.requires_grad])
 
     @staticmethod
     def _zero_loss(model: nn.Module) -> torch.Tensor:
