@@ -12,16 +12,21 @@ import torch
 SCRIPT = Path(__file__).parent / "scripts" / "one_step.py"
 
 
-def launch(tmp_path: Path, name: str, processes: int, per_device_batch: int, trainer: str = "contrastive") -> dict:
-    out = tmp_path / f"{name}.pt"
+def run_script(script: Path, *arguments: str, processes: int = 2) -> subprocess.CompletedProcess:
+    """Run a test script under `torch.distributed.run` (plainly for one process); fail with its output's tail."""
     command = [sys.executable]
     if processes > 1:
         command += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    command += [str(SCRIPT), "--trainer", trainer, "--per_device_batch", str(per_device_batch),
-                "--out", str(out), "--output_dir", str(tmp_path / name)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run([*command, str(script), *arguments], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def launch(tmp_path: Path, name: str, processes: int, per_device_batch: int, trainer: str = "contrastive") -> dict:
+    out = tmp_path / f"{name}.pt"
+    run_script(SCRIPT, "--trainer", trainer, "--per_device_batch", str(per_device_batch), "--out", str(out),
+               "--output_dir", str(tmp_path / name), processes=processes)
     return torch.load(out)
 
 
@@ -64,12 +69,8 @@ def _rl_runs_module():
 
 def launch_rl(out: Path, *arguments: str, processes: int = 2) -> list[dict]:
     """Run `rl_runs.py` under `torch.distributed.run` with 4 rows per rank; returns each rank's record."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-               str(RL_RUNS), *arguments, "--per_device_batch", "4", "--out", str(out), "--output_dir",
-               str(out / "output")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_script(RL_RUNS, *arguments, "--per_device_batch", "4", "--out", str(out), "--output_dir", str(out / "output"),
+               processes=processes)
     records = [torch.load(out / f"rank{rank}.pt") for rank in range(processes)]
     assert all(record["world_size"] == processes for record in records)
     return records
@@ -213,11 +214,7 @@ def test_metrics_recorded_on_some_ranks_only_are_averaged_over_those(tmp_path):
     # Rank 0 records `a` (mean 2) and `b` (2); rank 1 records `b` (4) and `c` (10). A reduction over a fixed,
     # per-rank list of names would hang or pair rank 0's `b` with rank 1's `c`.
     out = tmp_path / "logged.json"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(Path(__file__).parent / "scripts" / "log_metrics.py"), "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_script(Path(__file__).parent / "scripts" / "log_metrics.py", "--out", str(out))
     import json
 
     logged = json.loads(out.read_text())
@@ -242,11 +239,7 @@ def _contrastive_runs_module():
 def test_hard_negatives_and_evaluation_two_processes_equal_one_process(tmp_path):
     one = _contrastive_runs_module().run_all(str(tmp_path / "one"), per_device_batch=8)
     out = tmp_path / "two.pt"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(CONTRASTIVE_RUNS), "--out", str(out), "--output_dir", str(tmp_path / "two")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = run_script(CONTRASTIVE_RUNS, "--out", str(out), "--output_dir", str(tmp_path / "two"))
     # Launch feedback: DDP is told the truth about unused parameters (no warning), and the deprecated
     # `torch.distributed.nn.functional` collectives are not used.
     assert "find_unused_parameters=True" not in result.stderr
@@ -302,11 +295,7 @@ def test_flava_two_processes_equal_one_process(tmp_path):
     spec.loader.exec_module(module)
     one = module.run_all(str(tmp_path / "one"), per_device_batch=8)
     out = tmp_path / "two"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(FLAVA_RUNS), "--out", str(out), "--output_dir", str(tmp_path / "two-output")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_script(FLAVA_RUNS, "--out", str(out), "--output_dir", str(tmp_path / "two-output"))
     ranks = [torch.load(out / f"rank{rank}.pt") for rank in range(2)]
     for method in ("contrastive", "rl"):
         # The clipped norm is the global gradient's (reduced before clipping), as with one process.
