@@ -8,7 +8,8 @@
 # - OpenAI's CLIP BPE vocabulary (MIT) ships inside clip_trl (clip_trl/assets/), so nothing else is needed
 #   for the offline tokenizer.
 # - Debian's Chromium, for the test that opens the RL rollout page in a real headless browser: installed when
-#   apt-get can run as root (CI); elsewhere that one test is skipped, and the script says so.
+#   apt-get can run as root or through passwordless sudo (CI); elsewhere that one test is skipped, and the script
+#   says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -45,17 +46,19 @@ quietly python -m pip install -q -e ".[dev,docs]"
 quietly python -m pip check
 if command -v chromium >/dev/null 2>&1; then
   echo "[5/5] chromium is already installed"
-elif command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+elif command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then
   echo "[5/5] installing chromium (Debian package, for the rollout page's browser test)"
+  AS_ROOT=""
+  [ "$(id -u)" = 0 ] || AS_ROOT="sudo -n"
   export DEBIAN_FRONTEND=noninteractive
   # A fresh machine may have no package lists yet: update once if the first try cannot find the package.
-  if ! apt-get install -y -q chromium >"$LOG" 2>&1; then
-    if ! { apt-get update -q && apt-get install -y -q chromium; } >"$LOG" 2>&1; then
+  if ! $AS_ROOT apt-get install -y -q chromium >"$LOG" 2>&1; then
+    if ! { $AS_ROOT apt-get update -q && $AS_ROOT apt-get install -y -q chromium; } >"$LOG" 2>&1; then
       cat "$LOG"; echo "install.sh: failed: apt-get install chromium" >&2; exit 1
     fi
   fi
 else
-  echo "[5/5] skipped chromium (needs apt-get as root): the rollout page's browser test will be skipped"
+  echo "[5/5] skipped chromium (needs apt-get as root or sudo): the rollout page's browser test will be skipped"
 fi
 rm -f "$LOG"
 python -c 'import clip_trl, torch, transformers; print(f"done: clip_trl from {clip_trl.__path__[0]}, torch {torch.__version__}, transformers {transformers.__version__}")'
