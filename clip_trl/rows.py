@@ -47,11 +47,7 @@ class BadRowError(ValueError):
 
     def with_hint(self, hint: str) -> BadRowError:
         """The same error with another hint (e.g. [`EVAL_HINT`] where rows cannot be skipped)."""
-        if self.column is None:  # a message re-raised from a DataLoader worker: keep it as it is
-            return self
-        error = BadRowError(self.row, self.column, self.problem, hint=hint)
-        error.__cause__ = self.__cause__
-        return error
+        return self._replace(self.row, hint)
 
     def located(self, where: str) -> BadRowError:
         """The same error with the row described by `where` (e.g. its index, shard file and sample key).
@@ -65,9 +61,12 @@ class BadRowError(ValueError):
 
         ```
         """
-        if self.column is None:
+        return self._replace(where, self.hint)
+
+    def _replace(self, row: int | str | None, hint: str) -> BadRowError:
+        if self.column is None:  # a message re-raised from a DataLoader worker: keep it as it is
             return self
-        error = BadRowError(where, self.column, self.problem, hint=self.hint)
+        error = BadRowError(row, self.column, self.problem, hint=hint)
         error.__cause__ = self.__cause__
         return error
 
