@@ -21,7 +21,7 @@ import html
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +77,12 @@ def _number(value: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
+def _mean(values: Iterable[Any]) -> float | None:
+    """The mean of the values that are numbers (None and NaN left out); None when there are none."""
+    kept = [v for v in map(_number, values) if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
 def thumbnail(image: Any, size: int = THUMBNAIL_SIZE) -> Image.Image | None:
     """A small RGB copy of a decoded image cell (PIL image or array); None when it is not an image."""
     if not isinstance(image, Image.Image):
@@ -130,18 +136,14 @@ def query_rollouts(
     for b in sorted(grouped):
         choices = []
         for k, positions in grouped[b].items():
-            def mean(values: Sequence[Any], positions: list[int] = positions) -> float | None:
-                kept = [v for v in (_number(values[i]) for i in positions) if v is not None]
-                return sum(kept) / len(kept) if kept else None
-
             choices.append(Choice(
                 index=k,
                 text=candidates[b][k],
                 count=len(positions),
                 prob=float(probs[b][k]),
-                rewards={name: mean([row[j] for row in per_function]) for j, name in enumerate(reward_names)},
-                reward=mean(total),
-                advantage=mean(advantages),
+                rewards={name: _mean(per_function[i][j] for i in positions) for j, name in enumerate(reward_names)},
+                reward=_mean(total[i] for i in positions),
+                advantage=_mean(advantages[i] for i in positions),
             ))
         choices.sort(key=lambda c: (-c.count, -c.prob))
         truth = ground_truth[b]

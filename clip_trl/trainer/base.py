@@ -104,6 +104,11 @@ def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([t.detach().float().norm().to(tensors[0].device) for t in tensors]).norm()
 
 
+def is_training_log(logs: dict[str, Any]) -> bool:
+    """Whether a `Trainer.log` payload is a training-step log (it has `loss` and no `eval_*` metric)."""
+    return "loss" in logs and not any(key.startswith("eval_") for key in logs)
+
+
 def _average_gradients(parameters: list[torch.Tensor], bucket_bytes: int = 2**25) -> None:
     """Average the gradients of `parameters` over all processes, as DDP does (sum / world size), in flat buckets.
 
@@ -432,7 +437,7 @@ class ClipBaseTrainer(CrashSafeCheckpointMixin, ModelCardMixin, Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the averaged per-step metrics (reduced over processes) to the Trainer's train logs."""
-        if "loss" in logs and not any(key.startswith("eval_") for key in logs):
+        if is_training_log(logs):
             averaged = {
                 name: torch.stack([t.to(self.args.device) for t in v]).mean() for name, v in self._metrics.items() if v
             }

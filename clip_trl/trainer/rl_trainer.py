@@ -304,19 +304,17 @@ class ClipRLTrainer(ClipBaseTrainer):
             keys = ("input_ids", "attention_mask", "candidate_index", "target_index", "candidates", "candidate_texts",
                     "candidate_rows", "ground_truth", "caption_index", "caption_keys")
             candidate_inputs = {key: inputs[key] for key in keys if key in inputs}
-        rollout = _Rollout(actions, reward_matrix, advantages, log_probs.detach(), candidate_inputs)
-        rollout.entries, rollout.scores = entries, scores
-        return rollout
+        return _Rollout(actions, reward_matrix, advantages, log_probs.detach(), candidate_inputs, entries, scores)
 
     @staticmethod
-    def _entry_advantages(rollout: _Rollout, log_probs: torch.Tensor) -> list[float]:
+    def _entry_advantages(rollout: _Rollout, log_probs: torch.Tensor) -> torch.Tensor:
         """One advantage per scored entry, in entry order: the sampled actions' group advantages, or (exact
         mode) each candidate's `r - E_π[r]`."""
         if rollout.advantages is not None:
-            return rollout.advantages.flatten().tolist()
+            return rollout.advantages.flatten()
         advantages = exact_advantages(log_probs.detach().exp(), rollout.rewards)
         rows, cols = zip(*rollout.entries)
-        return advantages[list(rows), list(cols)].tolist()
+        return advantages[list(rows), list(cols)]
 
     def _buffered_rollout(self, row_index: torch.Tensor | None) -> tuple[_Rollout | None, int]:
         """`num_iterations > 1`: the stored rollout of this micro-batch, or None when one must be made.
@@ -441,16 +439,16 @@ class _Rollout:
     """What one batch's rollout fixed: actions, rewards, advantages and `log π_old` (reused by later updates)."""
 
     def __init__(self, actions: torch.Tensor | None, rewards: torch.Tensor, advantages: torch.Tensor | None,
-                 old_log_probs: torch.Tensor, candidate_inputs: dict[str, Any], row_index: torch.Tensor | None = None
-                 ) -> None:
+                 old_log_probs: torch.Tensor, candidate_inputs: dict[str, Any], entries: list[tuple[int, int]],
+                 scores: RewardScores, row_index: torch.Tensor | None = None) -> None:
         self.actions = actions
         self.rewards = rewards
         self.advantages = advantages
         self.old_log_probs = old_log_probs
         self.candidate_inputs = candidate_inputs
         self.row_index = row_index
-        self.entries: list[tuple[int, int]] = []  # the (query, candidate) pairs scored, and their scores
-        self.scores: RewardScores | None = None
+        self.entries = entries  # the (query, candidate) pairs scored, and their scores
+        self.scores = scores
 
 
 def _nan_std(rewards: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ The tables themselves are built in [`clip_trl.rollouts`].
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 from typing import Any
@@ -12,7 +13,6 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
-from transformers.utils import logging
 
 from ..rollouts import (
     ROLLOUTS_DIRNAME,
@@ -22,8 +22,7 @@ from ..rollouts import (
     print_rollouts,
     query_rollouts,
 )
-
-logger = logging.get_logger(__name__)
+from .base import is_training_log
 
 
 class RolloutLoggingCallback(TrainerCallback):
@@ -43,25 +42,15 @@ class RolloutLoggingCallback(TrainerCallback):
         self._captured: dict[str, Any] | None = None
 
     def capture(self, entries: list[tuple[int, int]], log_probs: torch.Tensor, scores: Any,
-                advantages: list[float], inputs: dict[str, Any]) -> None:
+                advantages: torch.Tensor, inputs: dict[str, Any]) -> None:
         """Remember one batch's rollout: the actions `entries` (query, candidate), `log π` `[B, K]`, the
-        [`RewardScores`], one advantage per entry, and the batch (candidates, ground truth, images)."""
+        [`RewardScores`], one advantage per entry, and the batch (candidates, ground truth, rows). Called every
+        step: only shallow slices are kept here (not the batch's tensors), the tables are built at the next log."""
         limit = self.limit
-        keep = [i for i, (b, _) in enumerate(entries) if b < limit]
-        args = self.trainer.args
-        rows = inputs["rows"][:limit]
-        truth = inputs["ground_truth"][:limit]
         self._captured = {
-            "entries": [entries[i] for i in keep],
-            "probs": log_probs[:limit].detach().float().exp().tolist(),
-            "candidates": [list(c) for c in inputs["candidates"][:limit]],
-            "ground_truth": truth,
-            # The row's own image: the query for image_to_text, the caption's true image for text_to_image.
-            "images": [row.get(args.image_column) for row in rows],
-            "per_function": scores.per_function[keep].tolist(),
-            "total": scores.total[keep].tolist(),
-            "advantages": [advantages[i] for i in keep],
-            "queries": list(truth) if args.direction == "text_to_image" else None,
+            "entries": entries, "log_probs": log_probs[:limit].detach(), "scores": scores,
+            "advantages": advantages.detach(), "candidates": inputs["candidates"][:limit],
+            "ground_truth": inputs["ground_truth"][:limit], "rows": inputs["rows"][:limit],
         }
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -69,7 +58,7 @@ class RolloutLoggingCallback(TrainerCallback):
             self.writer.resume(state.global_step)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        if logs is None or "loss" not in logs or any(key.startswith("eval_") for key in logs):
+        if logs is None or not is_training_log(logs):
             return  # only training logs carry rollouts
         mine = self._rollouts()
         self._captured = None
@@ -84,11 +73,21 @@ class RolloutLoggingCallback(TrainerCallback):
     def _rollouts(self) -> list[QueryRollout]:
         if self._captured is None:
             return []
-        captured = self._captured
+        captured, args, scores = self._captured, self.trainer.args, self._captured["scores"]
+        truth = captured["ground_truth"]
         return query_rollouts(
-            captured["entries"], captured["probs"], captured["candidates"], captured["ground_truth"],
-            captured["images"], captured["per_function"], captured["total"], captured["advantages"],
-            self.writer.reward_names, queries=captured["queries"],
+            captured["entries"],
+            captured["log_probs"].float().exp().tolist(),
+            captured["candidates"],
+            truth,
+            # The row's own image: the query for image_to_text, the caption's true image for text_to_image.
+            [row.get(args.image_column) for row in captured["rows"]],
+            scores.per_function.tolist(),
+            scores.total.tolist(),
+            captured["advantages"].tolist(),
+            self.writer.reward_names,
+            queries=list(truth) if args.direction == "text_to_image" else None,
+            limit=self.limit,
         )
 
     def publish(self, rollouts: list[QueryRollout], step: int) -> None:
@@ -108,8 +107,6 @@ class RolloutLoggingCallback(TrainerCallback):
 
     def _log_table(self, backend: str, rollouts: list[QueryRollout], records: list[dict[str, Any]]) -> None:
         """A table with an image column to Weights & Biases or Trackio (TRL's `log_completions` way)."""
-        import importlib
-
         import pandas as pd
 
         module = importlib.import_module(backend)
