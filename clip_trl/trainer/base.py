@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import copy
 import functools
+import gc
 import os
 import time
 from collections import defaultdict
@@ -91,6 +92,9 @@ def _destroy_process_group_at_exit() -> None:
 
     def destroy() -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # A finished trainer caught in a reference cycle still holds its DDP wrapper (and the group): collect
+            # it now, while Python is whole, rather than during shutdown.
+            gc.collect()
             torch.distributed.destroy_process_group()
 
     atexit.register(destroy)

@@ -93,12 +93,11 @@ def main() -> None:
     results = run_all(options.output_dir, per_device_batch=4)
     if int(os.environ.get("RANK", "0")) == 0:
         torch.save(results, options.out)
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _exit import leave_together
+
+    status = main()
+    leave_together()
+    sys.exit(status)

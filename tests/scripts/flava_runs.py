@@ -64,12 +64,11 @@ def main() -> None:
     results = run_all(options.output_dir, per_device_batch=4)
     os.makedirs(options.out, exist_ok=True)
     torch.save(results, os.path.join(options.out, f"rank{os.environ.get('RANK', '0')}.pt"))
-    import torch.distributed as dist
-
-    if dist.is_initialized():  # ranks leave together (see rl_runs.py)
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _exit import leave_together
+
+    status = main()
+    leave_together()
+    sys.exit(status)

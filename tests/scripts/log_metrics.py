@@ -26,9 +26,7 @@ trainer.log({"loss": 0.5})
 if rank == 0:
     with open(options.out, "w") as f:
         json.dump(trainer.state.log_history[-1], f)
-# Leave together: a rank exiting while the other still holds the process group can abort the launch.
-trainer.accelerator.wait_for_everyone()
-import torch.distributed as dist  # noqa: E402
+from _exit import leave_together  # noqa: E402
 
-if dist.is_initialized():
-    dist.destroy_process_group()
+del trainer
+leave_together()

@@ -49,16 +49,9 @@ def main() -> None:
                     "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}}, args.out)
 
 
-def leave_together() -> None:
-    """Ranks leave together: a rank exiting while another still holds the process group can abort the launch."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
 if __name__ == "__main__":
+    from _exit import leave_together
+
     status = main()
     leave_together()
     sys.exit(status)
