@@ -7,6 +7,10 @@
 - The reward guide's worked examples are then called on inputs built here, and used by a real RL step, so
   a change to the reward keyword arguments breaks this test rather than the reader's code.
 - `mkdocs build --strict` runs into a temporary folder when mkdocs (the `docs` extra) is installed.
+- The text itself stays clean: no control characters in docs/ or README.md (a TeX formula once went through a
+  non-raw Python string, so `\\big` and `\\rho` became a backspace and a line break), no Markdown table cut in two
+  by a blank line (the rows after it render as a paragraph), and the README stays short: at most 120 lines, its
+  ten-line example at most 10.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from clip_trl.rewards import ClipScoreReward, reward_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
+README = ROOT / "README.md"
 NO_RUN = "<!-- no-run -->"
 _FENCE_OPEN = re.compile(r"^```python\s*$")
 _FENCE_CLOSE = re.compile(r"^```\s*$")
@@ -142,6 +147,127 @@ def test_reward_guide_examples_run_and_fit_the_trainer(in_tmp_offline, tiny, emo
     for name in ("strict_similarity", "harder_is_worth_more", "correctness", reward_name(teacher),
                  "same_group_half_credit"):
         assert f"rewards/{name}/mean" in logged, (name, sorted(logged))
+
+
+# ------------------------------------------------------------------------------------ the text itself
+
+# Every C0 control character except tab and newline, and DEL.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_BINARY_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".ico", ".pdf", ".woff", ".woff2", ".ttf"}
+README_MAX_LINES = 120
+EXAMPLE_MAX_LINES = 10
+
+
+def _text_files() -> list[Path]:
+    """README.md and every non-binary file under docs/."""
+    files = [path for path in sorted(DOCS.rglob("*")) if path.is_file() and path.suffix.lower() not in _BINARY_SUFFIXES]
+    return [README, *files]
+
+
+def _markdown_files() -> list[Path]:
+    return [README, *sorted(DOCS.rglob("*.md"))]
+
+
+def control_characters(text: str) -> list[tuple[int, int, str]]:
+    """`(line, column, character)` of each control character in `text` (1-based; lines split on `\\n` only)."""
+    found = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        found.extend((number, match.start() + 1, match.group()) for match in _CONTROL.finditer(line))
+    return found
+
+
+_TABLE_ROW = re.compile(r"^\s*\|")
+_DELIMITER_ROW = re.compile(r"^\s*\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$")
+_FENCE = re.compile(r"^\s*(```|~~~)")
+
+
+def split_tables(markdown: str) -> list[int]:
+    """Line numbers (1-based) of table rows that continue a table after a blank line.
+
+    A row (a line starting with `|`, outside fenced code) whose previous non-blank line is a row too, with blank
+    lines between, is a table cut in two: Markdown ends the table at the blank line and renders the rest as
+    text. A row followed by a delimiter row (`| --- |`) is the header of a new table, which is fine.
+    """
+    lines = markdown.split("\n")
+    in_fence = False
+    previous_row = False  # whether the last non-blank line outside code was a table row
+    blank_since = False
+    split = []
+    for index, line in enumerate(lines):
+        if _FENCE.match(line):
+            in_fence = not in_fence
+            previous_row, blank_since = False, False
+            continue
+        if in_fence:
+            continue
+        if not line.strip():
+            blank_since = True
+            continue
+        is_row = bool(_TABLE_ROW.match(line))
+        next_line = lines[index + 1] if index + 1 < len(lines) else ""
+        if is_row and previous_row and blank_since and not _DELIMITER_ROW.match(next_line):
+            split.append(index + 1)
+        previous_row, blank_since = is_row, False
+    return split
+
+
+def readme_example(readme: str) -> str:
+    """The ```python block under the README's "## Ten-line example" heading (what tests/test_first_hour.py runs)."""
+    assert "## Ten-line example" in readme, "README.md has no '## Ten-line example' heading"
+    section = readme.split("## Ten-line example", 1)[1]
+    found = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert found, "no ```python block under the README's '## Ten-line example' heading"
+    return found.group(1)
+
+
+def test_text_checks_catch_the_defects_they_are_for():
+    # The clipped-surrogate formula of docs/rl.md as it was: `\big` and `\rho` written through a non-raw string.
+    broken = "$$-\\min\big(\nho\\,\\hat A\\big)$$"
+    assert control_characters(broken) == [(1, 8, "\b")]
+    assert control_characters("a\r\nb\x7f") == [(1, 2, "\r"), (2, 2, "\x7f")]
+    assert control_characters("tabs\tand\nnewlines are fine") == []
+    # docs/rl.md's candidate-set table as it was: its last row cut off by a blank line.
+    cut = "\n".join(["| a | b |", "| --- | --- |", "| 1 | 2 |", "", "| 3 | 4 |", "", "Text."])
+    assert split_tables(cut) == [5]
+    # Two tables one after the other, each with its header, are two tables; rows inside code are not rows.
+    two = "\n".join(["| a |", "| --- |", "| 1 |", "", "| b |", "|---|", "| 2 |", "", "```", "| x |", "", "| y |", "```"])
+    assert split_tables(two) == []
+    assert len(readme_example("## Ten-line example\n\n```python\na = 1\nb = 2\n```\n").splitlines()) == 2
+
+
+def test_docs_and_readme_have_no_control_characters():
+    offenders = []
+    for path in _text_files():
+        text = path.read_text(encoding="utf-8")
+        for line, column, character in control_characters(text):
+            offenders.append(f"{path.relative_to(ROOT)}:{line}:{column}: {character!r}")
+    assert not offenders, (
+        "control characters (a string written without r'...'? \\b, \\r, \\f, \\v, \\a in TeX are the usual cause):\n"
+        + "\n".join(offenders)
+    )
+
+
+def test_no_markdown_table_is_split_by_a_blank_line():
+    offenders = []
+    for path in _markdown_files():
+        for line in split_tables(path.read_text(encoding="utf-8")):
+            offenders.append(f"{path.relative_to(ROOT)}:{line}")
+    assert not offenders, (
+        "table rows after a blank line inside a table (remove the blank line, or give the new table a header "
+        "and a `| --- |` row):\n" + "\n".join(offenders)
+    )
+
+
+def test_readme_is_short_and_its_ten_line_example_has_ten_lines_at_most():
+    readme = README.read_text(encoding="utf-8")
+    lines = len(readme.splitlines())
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines (at most {README_MAX_LINES}): move detail to docs/"
+    code = readme_example(readme)
+    compile(code, "README.md", "exec")  # test_first_hour.py runs it; here: it is Python at all
+    example_lines = len(code.splitlines())
+    assert example_lines <= EXAMPLE_MAX_LINES, (
+        f"the README's ten-line example has {example_lines} lines (at most {EXAMPLE_MAX_LINES})"
+    )
 
 
 def _nav_pages(nav) -> list[tuple[str, str]]:
