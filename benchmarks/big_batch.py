@@ -2,7 +2,7 @@
 
 A contrastive loss wants big batches (more negatives), and activation memory grows with the batch. With
 `ClipContrastiveConfig(contrastive_chunk_size=c)` the trainer computes the *same* full-batch loss and
-gradients (GradCache: cached embeddings, chunked re-forward; see `clip_trl/gradcache.py`) with the activations
+gradients (GradCache: cached embeddings, chunked re-forward; see `clip_trl/losses/gradcache.py`) with the activations
 of `c` rows at a time, for about one extra forward pass. This script measures what that buys:
 
 - contenders `u<B>` train unchunked batches of B rows, `c<B>` batches of B rows in chunks of `--chunk`;

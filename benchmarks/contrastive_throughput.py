@@ -5,8 +5,8 @@ Three contenders train the same model (`clip_trl.offline.build_clip("small")`: 4
 the offline emoji data set in the same order (a fixed seeded permutation, read sequentially), batch 64,
 the same number of torch threads, AdamW (fused, lr 1e-5, no weight decay), gradient clipping at 1.0:
 
-- `ours`:  `ClipContrastiveTrainer` as shipped, with its default data collator (`clip_trl.data.ClipDataCollator`)
-  and default image pipeline (`image_processing="fast"`, `clip_trl.image_processing.FastImageTransform`).
+- `ours`:  `ClipContrastiveTrainer` as shipped, with its default data collator (`clip_trl.data.collator.ClipDataCollator`)
+  and default image pipeline (`image_processing="fast"`, `clip_trl.data.image_processing.FastImageTransform`).
 - `ours_processor`: the same trainer with `image_processing="processor"`: images through transformers' own
   image processor, the *same image pipeline as `plain`* — so `ours_processor / plain` compares the trainers
   alone, and `ours / plain` each with its own default pipeline.

@@ -4,7 +4,7 @@ Per seed: a random tiny CLIP is fine-tuned contrastively on the train split (the
 that same checkpoint and for the same number of steps,
 
 - `+ DPO`: `ClipDPOTrainer` on pairs (the right emoji name vs the most similar name from the same CLDR group,
-  `clip_trl.preference_data.near_miss_pairs`);
+  `clip_trl.data.preference_pairs.near_miss_pairs`);
 - `+ contrastive (control)`: more contrastive training on the same rows (does DPO beat just training longer?);
 - `+ contrastive, hard negatives`: more contrastive training with the near miss as a hard negative
   (`negative_column`), the usual way to use such captions without a preference loss.
@@ -30,8 +30,8 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer, ClipDPOConfig, ClipDPOTrainer, evaluation
+from clip_trl.data.preference_pairs import near_miss_pairs
 from clip_trl.offline import build_clip, load_emoji_dataset
-from clip_trl.preference_data import near_miss_pairs
 
 METRICS = ["train_preference_accuracy", "preference_accuracy", "image_to_text_recall@1", "image_to_text_recall@5", "text_to_image_recall@1",
            "text_to_image_recall@5"]

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer  # noqa: E402
-from clip_trl.data import load_image  # noqa: E402
+from clip_trl.data.rows import load_image  # noqa: E402
 from clip_trl.offline import build_clip, load_emoji_dataset  # noqa: E402
 
 

@@ -110,9 +110,9 @@ def loader_figures(args: argparse.Namespace, consumed_per_s: float) -> list[dict
     import datasets
     from preprocess import real_photos
 
-    from clip_trl.data import ClipDataCollator
-    from clip_trl.image_processing import image_transform_for
-    from clip_trl.shards import ShardStream, write_shards
+    from clip_trl.data.collator import ClipDataCollator
+    from clip_trl.data.image_processing import image_transform_for
+    from clip_trl.data.shards import ShardStream, write_shards
 
     _, processor = build_clip(args.model, seed=0)
     unique = real_photos(min(args.num_images, 256), 640, 480)

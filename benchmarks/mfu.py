@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from transformers import Trainer, TrainingArguments  # noqa: E402
 
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer  # noqa: E402
-from clip_trl.data import ClipDataCollator  # noqa: E402
+from clip_trl.data.collator import ClipDataCollator  # noqa: E402
 from clip_trl.offline import build_clip, load_emoji_dataset  # noqa: E402
 
 

@@ -39,8 +39,8 @@ import torch  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil  # noqa: E402
 
-from clip_trl.data import load_image  # noqa: E402
-from clip_trl.image_processing import FastImageTransform  # noqa: E402
+from clip_trl.data.image_processing import FastImageTransform  # noqa: E402
+from clip_trl.data.rows import load_image  # noqa: E402
 
 
 def synthetic_photos(count: int, width: int, height: int) -> list[bytes]:

@@ -44,18 +44,12 @@ import torch
 from PIL import Image
 from transformers.utils import logging as hf_logging
 
-from clip_trl import (
-    ClipContrastiveConfig,
-    ClipContrastiveTrainer,
-    ClipRLConfig,
-    ClipRLTrainer,
-    evaluation,
-    modeling,
-)
-from clip_trl.encoding import embed_texts
-from clip_trl.graded import GradedReward
+from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer, ClipRLConfig, ClipRLTrainer, evaluation
+from clip_trl.models import modeling
+from clip_trl.models.encoding import embed_texts
 from clip_trl.offline import build_clip, load_emoji_dataset
 from clip_trl.rewards import TeacherProbabilityReward
+from clip_trl.rewards.graded import GradedReward
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_LABELS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]

@@ -62,7 +62,7 @@ def run_child(args: argparse.Namespace) -> None:
     h.set_threads(args.threads)
     import torch
 
-    import clip_trl.modeling as modeling
+    import clip_trl.models.modeling as modeling
     from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer, ClipRLConfig, ClipRLTrainer
     from clip_trl.offline import build_clip
 

@@ -30,7 +30,7 @@ import _steps  # noqa: E402
 import torch  # noqa: E402
 
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer, ClipRLConfig, ClipRLTrainer  # noqa: E402
-from clip_trl.data import ROW_INDEX_KEY  # noqa: E402
+from clip_trl.data.collator import ROW_INDEX_KEY  # noqa: E402
 from clip_trl.offline import build_clip, load_emoji_dataset  # noqa: E402
 
 

@@ -25,7 +25,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer
-from clip_trl.interpolation import best_alpha, plot_wise_ft_sweep, wise_ft_sweep
+from clip_trl.models.wise_ft import best_alpha, plot_wise_ft_sweep, wise_ft_sweep
 from clip_trl.offline import build_clip, load_emoji_dataset
 
 IN_DOMAIN = ["People & Body", "Smileys & Emotion", "Animals & Nature", "Food & Drink"]

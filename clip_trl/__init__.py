@@ -1,10 +1,10 @@
 """clip_trl: contrastive and reinforcement-learning fine-tuning of CLIP-style dual encoders."""
 
-from . import evaluation, hub, rewards
-from .hub import default_lora_config, load_model
-from .interpolation import wise_ft
-from .rerank import generate_candidates, rerank
-from .trainer import (
+from clip_trl import evaluation, hub, rewards
+from clip_trl.hub import default_lora_config, load_model
+from clip_trl.inference.rerank import generate_candidates, rerank
+from clip_trl.models.wise_ft import wise_ft
+from clip_trl.trainer import (
     ClipBaseConfig,
     ClipContrastiveConfig,
     ClipContrastiveTrainer,

@@ -25,8 +25,8 @@ from trl import ModelConfig, TrlParser
 
 from clip_trl import ClipDPOConfig
 from clip_trl.cli import parse_dataclasses
-from clip_trl.dpo_script import DPOScriptArguments, load_preference_data, run_dpo
 from clip_trl.scripts import evaluate_on_test, print_metrics
+from clip_trl.scripts.dpo import DPOScriptArguments, load_preference_data, run_dpo
 
 
 def main(script_args: DPOScriptArguments, training_args: ClipDPOConfig, model_args: ModelConfig) -> dict:

@@ -25,7 +25,7 @@ import numpy as np
 from trl import TrlParser
 
 from clip_trl.cli import parse_dataclasses
-from clip_trl.rerank import generate_candidates, rerank
+from clip_trl.inference.rerank import generate_candidates, rerank
 from clip_trl.scripts import ScriptArguments, dump_json, load_data
 
 

@@ -5,7 +5,7 @@
 # - VENV=path picks the environment's folder (default .venv in the repository).
 # - torch==2.13.0 is the small CPU build that lies on these machines' disk (a bare `torch` would pull a
 #   multi-GB CUDA build); on a GPU machine, install your own torch first and this pin is skipped.
-# - OpenAI's CLIP BPE vocabulary (MIT) ships inside clip_trl (clip_trl/assets/), so nothing else is needed
+# - OpenAI's CLIP BPE vocabulary (MIT) ships inside clip_trl (clip_trl/offline/assets/), so nothing else is needed
 #   for the offline tokenizer.
 # - Debian's Chromium, for the test that opens the RL rollout page in a real headless browser: installed when
 #   apt-get can run as root or through passwordless sudo (CI); elsewhere that one test is skipped, and the script

@@ -26,7 +26,8 @@ from clip_test_utils import colour_dataset, png_bytes
 from PIL import Image
 
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer, ClipRLConfig, evaluation
-from clip_trl.data import EVAL_HINT, ROW_INDEX_KEY, SKIP_HINT, BadRowError, ClipDataCollator, check_columns
+from clip_trl.data.collator import ROW_INDEX_KEY, ClipDataCollator, check_columns
+from clip_trl.data.rows import EVAL_HINT, SKIP_HINT, BadRowError
 from clip_trl.offline import build_clip
 from clip_trl.rewards import call_reward
 from clip_trl.trainer.rl_data import ClipRLDataCollator

@@ -10,8 +10,8 @@ import yaml
 
 from clip_trl import ClipContrastiveConfig, ClipRLConfig
 from clip_trl.cli import main, make_parser, parse_dataclasses
-from clip_trl.pipeline import PipelineArguments
 from clip_trl.scripts import RLScriptArguments, ScriptArguments, clip_peft_config
+from clip_trl.scripts.pipeline import PipelineArguments
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,7 +139,7 @@ def test_shipped_configs_parse_without_unknown_keys():
     )
     assert script_args.contrastive_model_dir == "clip_finetuned" and script_args.reward_funcs == ["graded_group"]
     # The same RL recipe as the pipeline's default stage.
-    from clip_trl.recipes import DEFAULT_RL
+    from clip_trl.offline.recipes import DEFAULT_RL
 
     assert (training_args.advantage, training_args.beta, training_args.learning_rate) == (
         DEFAULT_RL["advantage"], DEFAULT_RL["beta"], DEFAULT_RL["learning_rate"])
@@ -173,7 +173,7 @@ def test_peft_flags_adapt_both_towers_of_a_bert_text_tower(tmp_path, caplog):
     import sys
 
     from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer
-    from clip_trl.lora import warn_on_missed_towers
+    from clip_trl.models.lora import warn_on_missed_towers
 
     sys.path.insert(0, os.path.dirname(__file__))
     from zoo_models import ZOO_BY_NAME

@@ -6,9 +6,10 @@ import torch.nn.functional as F
 from clip_test_utils import colour_dataset, png_bytes
 
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer, evaluation
-from clip_trl.data import BadRowError, ClipDataCollator, with_row_index
-from clip_trl.losses import clip_loss, contrastive_loss
-from clip_trl.modeling import encode_pair
+from clip_trl.data.collator import ClipDataCollator, with_row_index
+from clip_trl.data.rows import BadRowError
+from clip_trl.losses.contrastive import clip_loss, contrastive_loss
+from clip_trl.models.modeling import encode_pair
 
 
 def make_args(tmp_path, **overrides):

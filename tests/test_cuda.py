@@ -71,7 +71,7 @@ def test_torch_compile_matches_eager(tmp_path, reference):
 
 
 def test_jpeg_shards_with_draft_decoding_feed_the_device(tmp_path):
-    from clip_trl.shards import ShardStream, write_shards
+    from clip_trl.data.shards import ShardStream, write_shards
 
     rows = colour_dataset([f"colour number {i}" for i in range(16)])
     shards = write_shards(rows, str(tmp_path / "shards"), num_shards=4, image_format="jpg")

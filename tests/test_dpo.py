@@ -11,10 +11,10 @@ from clip_test_utils import png_bytes
 from huggingface_hub import ModelCard
 
 from clip_trl import ClipDPOConfig, ClipDPOTrainer
-from clip_trl.data import BadRowError
+from clip_trl.data.rows import BadRowError
 from clip_trl.hub import default_lora_config
+from clip_trl.losses.preference import preference_loss
 from clip_trl.offline import build_clip
-from clip_trl.preference import preference_loss
 
 COMMON = dict(per_device_train_batch_size=8, report_to="none", save_strategy="no", use_cpu=True, seed=0,
               logging_steps=1, disable_tqdm=True)
@@ -170,11 +170,13 @@ def test_bad_rows_get_clear_errors(tmp_path):
 def test_docstring_examples_run(tmp_path, monkeypatch):
     import doctest
 
-    from clip_trl import dpo_script, preference, preference_data
+    from clip_trl.data import preference_pairs
+    from clip_trl.losses import preference
+    from clip_trl.scripts import dpo as dpo_script
     from clip_trl.trainer import dpo_config, dpo_trainer
 
     monkeypatch.chdir(tmp_path)
-    for module in (preference, preference_data, dpo_script, dpo_config, dpo_trainer):
+    for module in (preference, preference_pairs, dpo_script, dpo_config, dpo_trainer):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
 

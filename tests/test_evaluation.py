@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clip_trl import evaluation
-from clip_trl.data import BadRowError, load_image
+from clip_trl.data.rows import BadRowError, load_image
 from clip_trl.evaluation import (
+    CLIP_RETRIEVAL_METRIC_PATH,
     EmbeddingSet,
     compute_embeddings,
     evaluate_all,
@@ -36,7 +37,6 @@ from clip_trl.evaluation import (
     zero_shot_accuracy,
     zero_shot_scores,
 )
-from clip_trl.metrics import CLIP_RETRIEVAL_METRIC_PATH
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -269,7 +269,7 @@ def test_evaluate_module_loads_offline_and_agrees(tmp_path: Path) -> None:
     # need nothing from the network.
     script = (
         "import evaluate, json, sys\n"
-        "from clip_trl.metrics import CLIP_RETRIEVAL_METRIC_PATH\n"
+        "from clip_trl.evaluation import CLIP_RETRIEVAL_METRIC_PATH\n"
         "metric = evaluate.load(CLIP_RETRIEVAL_METRIC_PATH)\n"
         "print(json.dumps(metric.compute(**json.load(open(sys.argv[1])), ks=[1, 3, 5, 20])))\n"
     )

@@ -10,8 +10,8 @@ import torch
 from clip_test_utils import colour_dataset, png_bytes
 
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer
-from clip_trl.gradcache import cached_backward, split_into_chunks
-from clip_trl.modeling import encode_pair
+from clip_trl.losses.gradcache import cached_backward, split_into_chunks
+from clip_trl.models.modeling import encode_pair
 from clip_trl.offline import build_clip
 
 SCRIPT = Path(__file__).parent / "scripts" / "one_step.py"

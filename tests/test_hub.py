@@ -191,7 +191,7 @@ def test_docstring_examples_run(tmp_path, monkeypatch):
     import doctest
 
     from clip_trl import hub as clip_hub
-    from clip_trl import local_hub as local_hub_module
+    from clip_trl.hub import local as local_hub_module
 
     monkeypatch.chdir(tmp_path)
     assert doctest.testmod(clip_hub).failed == 0

@@ -10,9 +10,10 @@ from PIL import Image, ImageFilter
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer
-from clip_trl import image_processing as ip_module
-from clip_trl.data import ClipDataCollator, ProcessorImageTransform, load_image, to_rgb
-from clip_trl.image_processing import FastImageTransform, image_transform_for
+from clip_trl.data.collator import ClipDataCollator
+from clip_trl.data import image_processing as ip_module
+from clip_trl.data.image_processing import FastImageTransform, image_transform_for
+from clip_trl.data.rows import ProcessorImageTransform, load_image, to_rgb
 
 # (height, width): landscape / portrait photos, exact size, one pixel off, tiny (upscaled and padded by
 # nothing), extreme aspect ratios, and the 225x300 case where Pillow's cropped-box resize would differ.
@@ -130,7 +131,7 @@ def test_a_mismatch_on_the_probe_images_falls_back_with_a_warning(monkeypatch, c
 
     original = ip_module._value_lookup_table
     monkeypatch.setattr(ip_module, "_value_lookup_table", off_by_one_level)
-    with caplog.at_level(logging.WARNING, logger="clip_trl.image_processing"):
+    with caplog.at_level(logging.WARNING, logger="clip_trl.data.image_processing"):
         transform = FastImageTransform(clip224)
     assert not transform.is_fast
     assert "differs from CLIPImageProcessorPil by up to 0.01" in caplog.text

@@ -6,7 +6,7 @@ import torch
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer, wise_ft
 from clip_trl.cli import main
 from clip_trl.hub import default_lora_config, load_model
-from clip_trl.interpolation import best_alpha, plot_wise_ft_sweep, wise_ft_sweep
+from clip_trl.models.wise_ft import best_alpha, plot_wise_ft_sweep, wise_ft_sweep
 from clip_trl.offline import build_clip
 
 
@@ -116,7 +116,7 @@ def test_named_eval_sets_are_reported_per_name_during_training(tmp_path, emoji):
 def test_docstring_examples_run(tmp_path, monkeypatch):
     import doctest
 
-    from clip_trl import interpolation
+    from clip_trl.models import wise_ft as interpolation
 
     monkeypatch.chdir(tmp_path)
     result = doctest.testmod(interpolation)

@@ -9,7 +9,7 @@ import torch
 
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer, ClipRLConfig, ClipRLTrainer
 from clip_trl.hub import default_lora_config
-from clip_trl.modeling import encode_pair, logit_scale
+from clip_trl.models.modeling import encode_pair, logit_scale
 
 COMMON = dict(per_device_train_batch_size=8, learning_rate=1e-2, max_steps=2, report_to="none",
               save_strategy="no", logging_steps=1, seed=0, use_cpu=True)

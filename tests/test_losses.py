@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clip_trl.losses import (
+from clip_trl.losses.contrastive import (
     clip_loss,
     contrastive_loss,
     multi_positive_cross_entropy,

@@ -10,9 +10,9 @@ from matplotlib.figure import Figure
 
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer, ClipRLConfig, ClipRLTrainer
 from clip_trl.hub import default_lora_config
-from clip_trl.model_card import final_eval_metrics
+from clip_trl.hub.model_card import final_eval_metrics
 from clip_trl.offline import build_clip
-from clip_trl.plotting import TrainingCurvesCallback, plot_training_curves
+from clip_trl.reporting.curves import TrainingCurvesCallback, plot_training_curves
 from clip_trl.rewards import correctness
 
 BASE = "clip-trl-test/tiny-base"  # a Hub-style id that is not a local folder: it becomes `base_model`
@@ -170,7 +170,7 @@ def test_a_new_method_describes_itself_without_touching_model_card(tmp_path, emo
     assert "| toy_strength | `0.25` |" in text and "toy_unused" not in text
     assert "rafailov2023dpo" in text and "@misc{toy2026, title = {Toy}}" in text and "radford2021clip" in text
     with pytest.raises(KeyError, match="No BibTeX entry for citation key 'nope'"):
-        from clip_trl.citations import bibtex_entries
+        from clip_trl.hub.citations import bibtex_entries
 
         bibtex_entries(["nope"])
 
@@ -223,7 +223,8 @@ def test_curves_callback_draws_on_the_main_process_only(tmp_path):
 def test_docstring_examples_run(tmp_path, monkeypatch):
     import doctest
 
-    from clip_trl import citations, model_card, plotting
+    from clip_trl.hub import citations, model_card
+    from clip_trl.reporting import curves as plotting
     from clip_trl.trainer.base import ClipBaseTrainer
     from clip_trl.trainer.base_config import ClipBaseConfig
 

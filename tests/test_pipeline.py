@@ -9,8 +9,8 @@ from PIL import Image
 from clip_trl.cli import main
 from clip_trl.evaluation import EmbeddingSet, in_batch_accuracy_from_embeddings, index_captions
 from clip_trl.offline import build_clip
-from clip_trl.pipeline import STAGES, greedy_rewards, results_table
 from clip_trl.scripts import ScriptArguments, load_data
+from clip_trl.scripts.pipeline import STAGES, greedy_rewards, results_table
 
 METRICS = [
     "image_to_text_recall@1", "image_to_text_recall@5", "image_to_text_recall@10",
@@ -99,7 +99,7 @@ def test_load_data_keeps_existing_splits_and_subsamples(tmp_path):
 
 
 def test_graded_reward_metric_and_reward_by_hand():
-    from clip_trl.graded import GradedReward, greedy_graded_reward
+    from clip_trl.rewards.graded import GradedReward, greedy_graded_reward
 
     captions, positives, first = index_captions(["a cat", "a dog", "a car", "a bus"])
     images = torch.eye(4)[[1, 1, 3, 0]]  # cat→dog (same group), dog→dog, car→bus (same), bus→cat (other)
@@ -136,7 +136,7 @@ def test_results_table_has_one_row_per_stage():
 
 
 def test_graded_group_without_a_group_column_is_a_clear_error():
-    from clip_trl.pipeline import _check_pipeline_rewards
+    from clip_trl.scripts.pipeline import _check_pipeline_rewards
 
     assert _check_pipeline_rewards(["graded_group"], ["image", "caption", "group"]) == ["graded_group"]
     with pytest.raises(ValueError) as info:

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clip_trl.policy import (
+from clip_trl.losses.policy import (
     entropy,
     exact_policy_loss,
     group_advantages,

@@ -5,8 +5,8 @@ from clip_test_utils import colour_dataset, png_bytes
 from PIL import Image
 
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer
+from clip_trl.inference.rerank import generate_candidates, rerank
 from clip_trl.offline import build_clip
-from clip_trl.rerank import generate_candidates, rerank
 
 COLOURS = {
     "red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (240, 220, 20),

@@ -7,7 +7,6 @@ import torch
 from PIL import Image
 from transformers import CLIPConfig, CLIPModel, TrainerState
 
-from clip_trl.graded import GradedReward
 from clip_trl.rewards import (
     REWARD_FUNCTIONS,
     ClipScoreReward,
@@ -17,6 +16,7 @@ from clip_trl.rewards import (
     get_reward_function,
     reward_name,
 )
+from clip_trl.rewards.graded import GradedReward
 
 # What the RL trainer passes besides the inputs a given reward uses; built-ins must ignore it all.
 EXTRA = {

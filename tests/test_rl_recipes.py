@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
 
-from clip_trl import ClipRLConfig, ClipRLTrainer, modeling
-from clip_trl.candidates import RepeatBatchSampler, resolve_candidate_pool
-from clip_trl.encoding import embed_texts
+from clip_trl import ClipRLConfig, ClipRLTrainer
+from clip_trl.losses.policy import clipped_policy_loss, rl_loss
+from clip_trl.models import modeling
+from clip_trl.models.encoding import embed_texts
 from clip_trl.offline import build_clip
-from clip_trl.policy import clipped_policy_loss, rl_loss
+from clip_trl.trainer.rl_candidates import RepeatBatchSampler, resolve_candidate_pool
 
 
 def make_args(tmp_path, **overrides):

@@ -7,7 +7,7 @@ from clip_test_utils import colour_dataset
 from transformers import TrainerCallback
 
 from clip_trl import ClipRLConfig, ClipRLTrainer
-from clip_trl.modeling import encode_pair
+from clip_trl.models.modeling import encode_pair
 from clip_trl.rewards import correctness
 
 
@@ -213,7 +213,7 @@ def test_text_to_image_direction(tmp_path, tiny, emoji):
     assert len(kwargs["images"]) == len(completions) == 32
     # The chosen image is the one named by the completion (an image is named by its caption; emoji captions are
     # unique), and it is the chosen candidate.
-    from clip_trl.data import image_key, load_image
+    from clip_trl.data.rows import image_key, load_image
 
     by_caption = {row["caption"]: image_key(load_image(row["image"], row=i, column="image"))
                   for i, row in enumerate(emoji["train"])}

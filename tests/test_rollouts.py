@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 from clip_trl import ClipRLConfig, ClipRLTrainer
+from clip_trl.data.rows import load_image
 from clip_trl.offline import build_clip, load_emoji_dataset
-from clip_trl.rollouts import THUMBNAIL_SIZE, latest_rollouts, thumbnail
-from clip_trl.rows import load_image
+from clip_trl.reporting.rollouts import THUMBNAIL_SIZE, latest_rollouts, thumbnail
 
 NUM_SAMPLES = 4
 

@@ -1,4 +1,4 @@
-"""Webdataset shards (`clip_trl.shards`): writing, per-process reading, and exact resume mid-epoch.
+"""Webdataset shards (`clip_trl.data.shards`): writing, per-process reading, and exact resume mid-epoch.
 
 The multi-process runs are `tests/scripts/shard_runs.py` under torchrun: once as 1 node x 2 processes, once as
 2 "nodes" x 1 process meeting through torchrun's c10d rendezvous on 127.0.0.1 (two launchers, as on a cluster).
@@ -20,8 +20,8 @@ import torch
 from clip_test_utils import colour_dataset
 
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer, ClipRLConfig, ClipRLTrainer
+from clip_trl.data.shards import ShardStream, write_shards
 from clip_trl.offline import build_clip
-from clip_trl.shards import ShardStream, write_shards
 
 SCRIPT = Path(__file__).parent / "scripts" / "shard_runs.py"
 ROWS = 40

@@ -196,8 +196,8 @@ TABLE_END = "<!-- /zoo-table -->"
 
 def supported_models_table() -> str:
     """The "Supported models" table: one row per zoo class, then the classes that raise, with their reasons."""
-    from clip_trl import lora, modeling
-    from clip_trl.model_adapters import ADAPTERS
+    from clip_trl.models import lora, modeling
+    from clip_trl.models.families import ADAPTERS
 
     lines = [TABLE_START, "",
              "| model class | tested | text padding | temperature | LoRA targets (vision / text) | notes |",

@@ -73,29 +73,29 @@ class EvaluateArguments:
 def _dataclass_types(command: str) -> tuple[type, ...]:
     from trl import ModelConfig
 
-    from .scripts import RLScriptArguments, ScriptArguments
+    from clip_trl.scripts import RLScriptArguments, ScriptArguments
 
     if command == "contrastive":
-        from .trainer import ClipContrastiveConfig
+        from clip_trl.trainer import ClipContrastiveConfig
 
         return ScriptArguments, ClipContrastiveConfig, ModelConfig
     if command == "rl":
-        from .trainer import ClipRLConfig
+        from clip_trl.trainer import ClipRLConfig
 
         return RLScriptArguments, ClipRLConfig, ModelConfig
     if command == "evaluate":
         return ScriptArguments, EvaluateArguments, ModelConfig
     if command == "dpo":
-        from .dpo_script import DPOScriptArguments
-        from .trainer import ClipDPOConfig
+        from clip_trl.scripts.dpo import DPOScriptArguments
+        from clip_trl.trainer import ClipDPOConfig
 
         return DPOScriptArguments, ClipDPOConfig, ModelConfig
     if command == "interpolate":
-        from .interpolation import InterpolateArguments
+        from clip_trl.models.wise_ft import InterpolateArguments
 
         return (InterpolateArguments,)
     if command == "pipeline":
-        from .pipeline import PipelineArguments
+        from clip_trl.scripts.pipeline import PipelineArguments
 
         return (PipelineArguments,)
     raise ValueError(f"No dataclasses for command {command!r}.")
@@ -154,7 +154,7 @@ def parse_dataclasses(parser: Any, args: Sequence[str] | None = None) -> tuple[A
 
 
 def _run_training(command: str, parsed: tuple[Any, ...]) -> int:
-    from .scripts import evaluate_on_test, load_data, run_contrastive, run_rl
+    from clip_trl.scripts import evaluate_on_test, load_data, run_contrastive, run_rl
 
     script_args, training_args, model_args = parsed
     data = load_data(script_args)
@@ -168,8 +168,8 @@ def _run_training(command: str, parsed: tuple[Any, ...]) -> int:
 
 
 def _run_evaluate(parsed: tuple[Any, ...], parser: Any) -> int:
-    from .pipeline import evaluate_model
-    from .scripts import dump_json, load_data, print_metrics
+    from clip_trl.scripts import dump_json, load_data, print_metrics
+    from clip_trl.scripts.pipeline import evaluate_model
 
     script_args, eval_args, model_args = parsed
     if not model_args.model_name_or_path:
@@ -196,8 +196,8 @@ def _run_evaluate(parsed: tuple[Any, ...], parser: Any) -> int:
 
 
 def _run_dpo(parsed: tuple[Any, ...], parser: Any) -> int:
-    from .dpo_script import load_preference_data, run_dpo
-    from .scripts import evaluate_on_test, print_metrics
+    from clip_trl.scripts import evaluate_on_test, print_metrics
+    from clip_trl.scripts.dpo import load_preference_data, run_dpo
 
     script_args, training_args, model_args = parsed
     if not model_args.model_name_or_path:
@@ -220,7 +220,7 @@ def _load_for_evaluation(model_args: Any) -> tuple[Any, Any]:
     kwargs: dict[str, Any] = {"revision": model_args.model_revision}
     if model_args.dtype not in (None, "auto"):
         kwargs["dtype"] = model_args.dtype
-    from .hub import load_model
+    from clip_trl.hub import load_model
 
     return load_model(model_args.model_name_or_path, **kwargs)
 
@@ -238,7 +238,7 @@ def print_env() -> None:
     """Print the environment, like `trl env`: what to paste into a bug report."""
     import torch
 
-    from . import __version__
+    from clip_trl import __version__
 
     if torch.cuda.is_available():
         devices = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
@@ -247,7 +247,7 @@ def print_env() -> None:
     else:
         devices = f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
     try:
-        from .offline import _find_clip_bpe_file
+        from clip_trl.offline import _find_clip_bpe_file
 
         bpe = _find_clip_bpe_file()
         tokenizer = f"OpenAI CLIP BPE from {bpe}" if bpe else "fallback BPE (open-clip-torch not installed)"
@@ -286,7 +286,7 @@ def print_env() -> None:
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from clip_trl import __version__
 
     parser = argparse.ArgumentParser(
         prog="clip-trl",
@@ -371,12 +371,12 @@ def _main(argv: list[str]) -> int:
     if command == "dpo":
         return _run_dpo(parsed, parser)
     if command == "interpolate":
-        from .interpolation import run_interpolate
+        from clip_trl.models.wise_ft import run_interpolate
 
         args = parsed[0]
         print(f"Wrote (1 - {args.alpha:g})·base + {args.alpha:g}·tuned to {run_interpolate(args)}")
         return 0
-    from .pipeline import run_pipeline
+    from clip_trl.scripts.pipeline import run_pipeline
 
     run_pipeline(parsed[0])
     return 0

@@ -1,6 +1,6 @@
 """From dataset rows to model tensors: row-indexed datasets and the batch collator.
 
-Decoding one row's image and checking its caption live in [`clip_trl.rows`] (re-exported here). Everything
+Decoding one row's image and checking its caption live in [`clip_trl.data.rows`]. Everything
 here runs inside DataLoader workers, so decoding and resizing images happen in parallel
 with the training step (`dataloader_num_workers`). Bad rows are never dropped silently: they raise
 a [`BadRowError`] that names the row and the column, unless the user opted into skipping them, in
@@ -18,41 +18,24 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .encoding import image_batch, text_max_length, tokenize
-from .image_processing import FastImageTransform
-from .rows import (  # re-exported: the data path's public names have always been importable from here
-    EVAL_HINT,
-    SKIP_HINT,
+from clip_trl.data.image_processing import FastImageTransform
+from clip_trl.data.rows import (
     BadRowError,
-    ProcessorImageTransform,
     caption_choices,
     check_caption,
     content_key,
     image_key,
     load_image,
-    processor_image_inputs,
     split_processor,
-    to_rgb,
 )
+from clip_trl.models.encoding import image_batch, text_max_length, tokenize
 
 __all__ = [
-    "EVAL_HINT",
     "ROW_INDEX_KEY",
-    "SKIP_HINT",
-    "BadRowError",
     "ClipDataCollator",
     "IndexedDataset",
     "IndexedIterableDataset",
-    "ProcessorImageTransform",
-    "caption_choices",
-    "check_caption",
     "check_columns",
-    "content_key",
-    "image_key",
-    "load_image",
-    "processor_image_inputs",
-    "split_processor",
-    "to_rgb",
     "with_row_index",
 ]
 
@@ -152,7 +135,7 @@ def _undecoded(dataset: Any, image_columns: Sequence[str]) -> Any:
 
 
 def _in_shard(error: BadRowError, row: Mapping[str, Any]) -> BadRowError:
-    """A webdataset row ([`clip_trl.shards.ShardStream`]) is named by its shard file and sample key as well: its
+    """A webdataset row ([`clip_trl.data.shards.ShardStream`]) is named by its shard file and sample key as well: its
     index counts rows of one reader's stream, which does not say where to look."""
     key, url = row.get("__key__"), row.get("__url__")
     if key is None and url is None:
@@ -177,8 +160,8 @@ class ClipDataCollator:
         skip_bad_rows: drop undecodable / caption-less rows (counted) instead of raising.
         max_length: token limit (defaults to the tokenizer's `model_max_length`, capped by 77 if it has none).
         text_padding: `"longest"` (pad to the batch's longest caption) or `"max_length"` (SigLIP-family towers);
-            the trainers pass the model's rule ([`clip_trl.encoding.text_padding`]).
-        image_transform: images -> pixel_values; defaults to a [`~clip_trl.image_processing.FastImageTransform`]
+            the trainers pass the model's rule ([`clip_trl.models.encoding.text_padding`]).
+        image_transform: images -> pixel_values; defaults to a [`~clip_trl.data.image_processing.FastImageTransform`]
             of the processor's image processor (bitwise-equal output, faster).
         keep_rows: also return the decoded rows under `"rows"` (the RL trainer's rewards need them).
     """
@@ -211,7 +194,7 @@ class ClipDataCollator:
         self.require_caption = True
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """`input_ids` (and `attention_mask` when the tokenizer makes one) by [`clip_trl.encoding.tokenize`]."""
+        """`input_ids` (and `attention_mask` when the tokenizer makes one) by [`clip_trl.models.encoding.tokenize`]."""
         return tokenize(None, self.tokenizer, texts, self.max_length, self.text_padding)
 
     def parse_row(self, row: Mapping[str, Any]) -> dict[str, Any]:

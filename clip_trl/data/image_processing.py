@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .rows import ProcessorImageTransform, load_image, processor_image_inputs, to_rgb
+from clip_trl.data.rows import ProcessorImageTransform, load_image, processor_image_inputs, to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class FastImageTransform:
 
     ```python
     >>> from PIL import Image
-    >>> from clip_trl.image_processing import FastImageTransform
+    >>> from clip_trl.data.image_processing import FastImageTransform
     >>> from clip_trl.offline import build_clip
     >>> _, processor = build_clip("tiny")
     >>> transform = FastImageTransform(processor.image_processor)
@@ -171,7 +171,7 @@ class FastImageTransform:
     @property
     def draft_size(self) -> Any:
         """With `draft=True` on the fast path, `(width, height) -> smallest size to decode a JPEG at` (what
-        `clip_trl.data.load_image(draft=...)` takes); otherwise `None`."""
+        `clip_trl.data.rows.load_image(draft=...)` takes); otherwise `None`."""
         return self._draft_size if self.draft and self.spec is not None else None
 
     def _draft_size(self, width: int, height: int) -> tuple[int, int] | None:

@@ -56,7 +56,7 @@ def near_miss_pairs(
 
     ```python
     >>> import datasets
-    >>> from clip_trl.preference_data import near_miss_pairs
+    >>> from clip_trl.data.preference_pairs import near_miss_pairs
     >>> rows = datasets.Dataset.from_dict({
     ...     "caption": ["grinning face", "grinning cat", "red apple", "green apple", "grinning face with sweat"],
     ...     "group": ["smileys", "smileys", "food", "food", "smileys"]})

@@ -1,7 +1,7 @@
 """One dataset row: decoding its image, checking its caption, and the error that names a bad row and column.
 
-These are the leaves of the data path, shared by the collators ([`clip_trl.data`]), the image pipeline
-([`clip_trl.image_processing`]), evaluation and the reward functions; they depend on nothing else in the package.
+These are the leaves of the data path, shared by the collators ([`clip_trl.data.collator`]), the image pipeline
+([`clip_trl.data.image_processing`]), evaluation and the reward functions; they depend on nothing else in the package.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class BadRowError(ValueError):
         Example:
 
         ```python
-        >>> from clip_trl.rows import BadRowError
+        >>> from clip_trl.data.rows import BadRowError
         >>> str(BadRowError(3, "image", "the file is empty", hint="").located("3 (shard 'a.tar', key '07')"))
         "Row 3 (shard 'a.tar', key '07'), column 'image': the file is empty. "
 

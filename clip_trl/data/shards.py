@@ -31,7 +31,7 @@ Example:
 ```python
 >>> import tempfile
 >>> from clip_trl.offline import load_emoji_dataset
->>> from clip_trl.shards import ShardStream, write_shards
+>>> from clip_trl.data.shards import ShardStream, write_shards
 >>> rows = load_emoji_dataset(max_examples=16)["train"]
 >>> files = write_shards(rows, tempfile.mkdtemp(), num_shards=4)
 >>> stream = ShardStream(files, num_epochs=1, shuffle_buffer=0)
@@ -55,7 +55,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from .data import ROW_INDEX_KEY, IndexedIterableDataset
+from clip_trl.data.collator import ROW_INDEX_KEY, IndexedIterableDataset
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _image_bytes(value: Any, image_format: str | None) -> tuple[bytes, str]:
     """(encoded bytes, extension) of one image cell; original bytes are kept unless a format is asked for."""
     from PIL import Image
 
-    from .data import load_image
+    from clip_trl.data.rows import load_image
 
     if isinstance(value, dict) and value.get("bytes") is not None and image_format is None:
         data = value["bytes"]

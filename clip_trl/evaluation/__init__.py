@@ -2,7 +2,7 @@
 
 The work splits in two layers:
 
-1. [`compute_embeddings`] (in [`clip_trl.embeddings`], re-exported here) runs the model once over a dataset and returns an [`EmbeddingSet`]: one
+1. [`compute_embeddings`] (in [`clip_trl.evaluation.embeddings`], re-exported here) runs the model once over a dataset and returns an [`EmbeddingSet`]: one
    L2-normalised embedding per image (dataset row), one per *unique* caption string, and the boolean
    image-caption positive matrix. Every metric below is a cheap function of that set, so a trainer
    encodes its eval set once and derives all metrics from it ([`evaluate_all`], [`scores_from_embeddings`]).
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -32,12 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import encoding
-from .data import check_columns, split_processor
+from clip_trl.data.collator import check_columns
+from clip_trl.data.rows import split_processor
 
 # The one pass over a dataset; `EmbeddingSet`, `compute_embeddings` and `index_captions` have always been importable
 # from here and stay so.
-from .embeddings import (
+from clip_trl.evaluation.embeddings import (
     EmbeddingSet,
     ImageTransform,
     check_batch_size,
@@ -48,10 +49,12 @@ from .embeddings import (
     iter_rows,
     row_cell,
 )
+from clip_trl.models import encoding
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CLIP_RETRIEVAL_METRIC_PATH",
     "EmbeddingSet",
     "compute_embeddings",
     "evaluate_all",
@@ -64,6 +67,10 @@ __all__ = [
     "zero_shot_accuracy",
     "zero_shot_scores",
 ]
+
+# The same metrics as an `evaluate` module: `evaluate.load` takes a folder holding `<folder name>.py`; loading it
+# by path needs no Hub access.
+CLIP_RETRIEVAL_METRIC_PATH: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip_retrieval")
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 # Similarity blocks are computed this many scores at a time (64 MiB of float32), so that a large eval set

@@ -4,7 +4,7 @@
 [`EmbeddingSet`] (with the image-caption positive matrix); [`clip_trl.evaluation`] derives every metric from it.
 [`encode_rows`] is that pass's first half (images, and each row's captions or labels as they stream past), which
 zero-shot evaluation uses with label prompts instead of captions. Bad rows raise a
-[`~clip_trl.data.BadRowError`] naming the row and the column.
+[`~clip_trl.data.rows.BadRowError`] naming the row and the column.
 """
 
 from __future__ import annotations
@@ -18,17 +18,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from . import encoding
-from .data import (
-    EVAL_HINT,
-    BadRowError,
-    _undecoded,
-    caption_choices,
-    check_columns,
-    load_image,
-    split_processor,
-)
-from .image_processing import FastImageTransform
+from clip_trl.data.collator import _undecoded, check_columns
+from clip_trl.data.image_processing import FastImageTransform
+from clip_trl.data.rows import EVAL_HINT, BadRowError, caption_choices, load_image, split_processor
+from clip_trl.models import encoding
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +68,7 @@ class EmbeddingSet:
 
     ```python
     >>> import torch
-    >>> from clip_trl.embeddings import EmbeddingSet, index_captions
+    >>> from clip_trl.evaluation.embeddings import EmbeddingSet, index_captions
     >>> captions, positives, first = index_captions([["a cat", "a kitten"], "a dog", "a cat"])
     >>> captions
     ['a cat', 'a kitten', 'a dog']
@@ -128,7 +121,7 @@ class EmbeddingSet:
 
         ```python
         >>> import torch
-        >>> from clip_trl.embeddings import EmbeddingSet, index_captions
+        >>> from clip_trl.evaluation.embeddings import EmbeddingSet, index_captions
         >>> captions, positives, first = index_captions(["a cat", "a dog"])
         >>> EmbeddingSet(torch.eye(2), torch.eye(2), captions, positives, first).metric_inputs()
         {'predictions': [[1.0, 0.0], [0.0, 1.0]], 'references': [[0], [1]]}
@@ -156,7 +149,7 @@ def index_captions(
     Example:
 
     ```python
-    >>> from clip_trl.embeddings import index_captions
+    >>> from clip_trl.evaluation.embeddings import index_captions
     >>> captions, positives, first = index_captions([["a cat", "a kitten"], "a dog", "a cat"])
     >>> positives.int().tolist()
     [[1, 1, 0], [0, 0, 1], [1, 0, 0]]
@@ -207,7 +200,7 @@ def iter_rows(dataset: Any, image_column: str | None) -> Iterator[tuple[int, Map
 
 
 def row_cell(row: Mapping[str, Any], index: int, column: str) -> Any:
-    """`row[column]`, or a [`~clip_trl.data.BadRowError`] naming row `index` when the column is missing."""
+    """`row[column]`, or a [`~clip_trl.data.rows.BadRowError`] naming row `index` when the column is missing."""
     if column not in row:
         raise BadRowError(index, column, f"the column is missing; the row has {sorted(row)}", hint=EVAL_HINT)
     return row[column]
@@ -299,10 +292,10 @@ def compute_embeddings(
     """Embed every image and every unique caption of `dataset` with a CLIP-style model.
 
     The model runs under `torch.no_grad()` in eval mode on its own device; each submodule's train/eval mode
-    is restored afterwards. Images go through [`~clip_trl.data.load_image`] (any PIL mode becomes RGB;
+    is restored afterwards. Images go through [`~clip_trl.data.rows.load_image`] (any PIL mode becomes RGB;
     paths, bytes and `datasets.Image` cells are accepted) and captions through
-    [`~clip_trl.data.caption_choices`] (a string or a list of strings per row), so a bad row raises a
-    [`~clip_trl.data.BadRowError`] naming its index and column.
+    [`~clip_trl.data.rows.caption_choices`] (a string or a list of strings per row), so a bad row raises a
+    [`~clip_trl.data.rows.BadRowError`] naming its index and column.
 
     Args:
         model (`nn.Module`):
@@ -319,7 +312,7 @@ def compute_embeddings(
             Images to `pixel_values`; defaults to the processor's image processor.
         max_length (`int`, *optional*):
             Caption token limit; defaults to the tokenizer's, capped by the text tower's positions. Captions are
-            tokenised by [`clip_trl.encoding.tokenize`], the rule training uses (SigLIP: max-length padding).
+            tokenised by [`clip_trl.models.encoding.tokenize`], the rule training uses (SigLIP: max-length padding).
 
     Returns:
         [`EmbeddingSet`]: L2-normalised float32 CPU embeddings and the positive matrix.

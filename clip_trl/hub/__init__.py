@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 from transformers import AutoModel, AutoProcessor
 from transformers.utils import cached_file, find_adapter_config_file
 
-from . import lora, modeling
-from .local_hub import LocalHub, local_hub
-from .lora import DEFAULT_LORA_TARGET_MODULES
+from clip_trl.hub.local import LocalHub, local_hub
+from clip_trl.models import lora, modeling
+from clip_trl.models.lora import DEFAULT_LORA_TARGET_MODULES
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -259,7 +259,7 @@ def warn_if_base_is_local(model: Any) -> str | None:
     """
     import warnings
 
-    from .model_card import _is_hub_id
+    from clip_trl.hub.model_card import _is_hub_id
 
     configs = getattr(model, "peft_config", None)
     if not isinstance(configs, dict):

@@ -101,7 +101,7 @@ def bibtex_entries(keys: Iterable[str]) -> list[str]:
     Example:
 
     ```python
-    >>> from clip_trl.citations import bibtex_entries
+    >>> from clip_trl.hub.citations import bibtex_entries
     >>> [entry.split("{")[1].split(",")[0] for entry in bibtex_entries(["clip", "dpo", "clip"])]
     ['radford2021clip', 'rafailov2023dpo']
 
@@ -116,7 +116,7 @@ def bibtex_entries(keys: Iterable[str]) -> list[str]:
         else:
             raise KeyError(
                 f"No BibTeX entry for citation key {key!r}; known keys: {', '.join(sorted(BIBTEX))}. Add it to "
-                "`clip_trl.citations.BIBTEX`, or give the whole entry (a string starting with '@')."
+                "`clip_trl.hub.citations.BIBTEX`, or give the whole entry (a string starting with '@')."
             )
         if entry not in entries:
             entries.append(entry)

@@ -26,8 +26,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .citations import bibtex_entries
-from .plotting import TRAINING_CURVES_FILENAME
+from clip_trl.hub.citations import bibtex_entries
+from clip_trl.reporting.curves import TRAINING_CURVES_FILENAME
 
 __all__ = [
     "MODEL_CARD_TEMPLATE",
@@ -73,7 +73,7 @@ def final_eval_metrics(log_history: Sequence[dict[str, Any]]) -> dict[str, float
     Example:
 
     ```python
-    >>> from clip_trl.model_card import final_eval_metrics
+    >>> from clip_trl.hub.model_card import final_eval_metrics
     >>> final_eval_metrics([{"eval_loss": 3.0, "eval_runtime": 1.2, "step": 5}, {"loss": 2.0, "step": 10},
     ...                     {"eval_loss": 2.5, "step": 10}])
     {'eval_loss': 2.5}
@@ -98,7 +98,7 @@ def final_training_metrics(log_history: Sequence[dict[str, Any]],
     Example:
 
     ```python
-    >>> from clip_trl.model_card import final_training_metrics
+    >>> from clip_trl.hub.model_card import final_training_metrics
     >>> final_training_metrics([{"loss": 1.0, "reward": 0.2, "kl": 0.0, "step": 5},
     ...                         {"loss": 0.9, "reward": 0.4, "kl": 0.01, "step": 10}, {"eval_loss": 2.0, "step": 10}])
     {'step': 10, 'reward': 0.4, 'kl': 0.01}
@@ -119,7 +119,7 @@ def framework_versions(packages: Iterable[str] = FRAMEWORKS) -> dict[str, str]:
     Example:
 
     ```python
-    >>> from clip_trl.model_card import framework_versions
+    >>> from clip_trl.hub.model_card import framework_versions
     >>> sorted(framework_versions())
     ['clip_trl', 'datasets', 'peft', 'torch', 'transformers', 'trl']
 
@@ -139,13 +139,13 @@ def citations(keys: Iterable[str] = (), adapter: bool = False) -> list[str]:
     BibTeX entries for what a run used: CLIP always, then the method's works (`keys`, from
     [`ClipBaseConfig.model_card_citations`][clip_trl.ClipBaseConfig.model_card_citations]), then LoRA for adapters.
 
-    Keys are looked up in [`clip_trl.citations.BIBTEX`]; a key that starts with `@` is a whole entry.
+    Keys are looked up in [`clip_trl.hub.citations.BIBTEX`]; a key that starts with `@` is a whole entry.
 
     Example:
 
     ```python
     >>> from clip_trl import ClipRLConfig
-    >>> from clip_trl.model_card import citations
+    >>> from clip_trl.hub.model_card import citations
     >>> keys = ClipRLConfig(output_dir="out", advantage="grpo").model_card_citations()
     >>> [entry.split("{")[1].split(",")[0] for entry in citations(keys, adapter=True)]
     ['radford2021clip', 'shao2024deepseekmath', 'hu2022lora']
@@ -205,7 +205,7 @@ def _quick_start(repo: str, base_name: str | None, class_name: str, adapter: boo
     """The card's usage snippet: it must run as written once `repo` (and an adapter's base) can be reached."""
     import transformers
 
-    from .model_adapters import adapter_for_class
+    from clip_trl.models.families import adapter_for_class
 
     # Custom lookalike classes are not importable from transformers; AutoModel finds them by config.
     import_name = class_name if hasattr(transformers, class_name) else "AutoModel"
@@ -299,7 +299,7 @@ def _eval_results(metrics: dict[str, float], eval_names: Sequence[str], dataset_
 def _rollouts_section(output_dir: str, folder: str) -> dict[str, Any] | None:
     """The last logged step's first rollouts (`log_rollouts=True`), as a Markdown table whose thumbnails are
     linked relative to the card's folder; None when the run logged none."""
-    from .rollouts import CARD_ROLLOUTS, ROLLOUTS_DIRNAME, latest_rollouts, markdown_table
+    from clip_trl.reporting.rollouts import CARD_ROLLOUTS, ROLLOUTS_DIRNAME, latest_rollouts, markdown_table
 
     rollouts = latest_rollouts(output_dir, CARD_ROLLOUTS)
     if not rollouts:
@@ -343,7 +343,7 @@ def build_model_card(
     ```python
     >>> import tempfile
     >>> from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer
-    >>> from clip_trl.model_card import build_model_card
+    >>> from clip_trl.hub.model_card import build_model_card
     >>> from clip_trl.offline import build_clip, load_emoji_dataset
     >>> model, processor = build_clip("tiny")
     >>> args = ClipContrastiveConfig(output_dir=tempfile.mkdtemp(), report_to="none")
@@ -355,7 +355,7 @@ def build_model_card(
 
     ```
     """
-    from . import modeling
+    from clip_trl.models import modeling
 
     args = trainer.args
     method = getattr(trainer, "_method_name", "clip")

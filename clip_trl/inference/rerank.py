@@ -7,7 +7,7 @@ CLIP score — so a CLIP fine-tuned with clip_trl on your images can choose the 
 
 ```python
 from transformers import BlipForConditionalGeneration, BlipProcessor
-from clip_trl.rerank import generate_candidates, rerank
+from clip_trl.inference.rerank import generate_candidates, rerank
 
 captioner = BlipForConditionalGeneration.from_pretrained("Salesforce/blip-image-captioning-base")
 blip_processor = BlipProcessor.from_pretrained("Salesforce/blip-image-captioning-base")
@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from . import encoding
-from .data import load_image, split_processor
-from .image_processing import FastImageTransform
-from .modeling import check_clip_like, logit_scale
+from clip_trl.data.image_processing import FastImageTransform
+from clip_trl.data.rows import load_image, split_processor
+from clip_trl.models import encoding
+from clip_trl.models.modeling import check_clip_like, logit_scale
 
 __all__ = ["generate_candidates", "rerank"]
 
@@ -35,7 +35,7 @@ __all__ = ["generate_candidates", "rerank"]
 def _load_clip(model: Any, processor: Any) -> tuple[Any, Any]:
     """A model and its processor from a model object or a Hub id / folder (full model or LoRA adapter)."""
     if isinstance(model, str):
-        from .hub import load_model
+        from clip_trl.hub import load_model
 
         loaded, loaded_processor = load_model(model)
         return loaded, processor if processor is not None else loaded_processor
@@ -84,7 +84,7 @@ def rerank(
     ```python
     >>> from PIL import Image
     >>> from clip_trl.offline import build_clip
-    >>> from clip_trl.rerank import rerank
+    >>> from clip_trl.inference.rerank import rerank
     >>> model, processor = build_clip("tiny")
     >>> ranked = rerank([Image.new("RGB", (32, 32), "red")], [["a red square", "a cat"]], model, processor)
     >>> sorted(caption for caption, _ in ranked[0])

@@ -171,7 +171,7 @@ def cached_backward(
 
     ```python
     >>> import torch
-    >>> from clip_trl.gradcache import cached_backward
+    >>> from clip_trl.losses.gradcache import cached_backward
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <torch._C.Generator object at ...>
     >>> encoder = torch.nn.Linear(4, 3)

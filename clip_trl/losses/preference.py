@@ -83,7 +83,7 @@ def preference_loss(
 
     ```python
     >>> import math, torch
-    >>> from clip_trl.preference import preference_loss
+    >>> from clip_trl.losses.preference import preference_loss
     >>> out = preference_loss(torch.tensor([-0.1]), torch.tensor([-2.0]), torch.tensor([-0.5]),
     ...                       torch.tensor([-1.0]), beta=0.5)
     >>> h = (-0.1 + 0.5) - (-2.0 + 1.0)  # policy-vs-reference log-ratio of chosen minus rejected: 1.4

@@ -5,7 +5,7 @@ model the same tokens for the same caption, or a caption gets one embedding in t
 evaluation. SigLIP makes this concrete: its text tower pools the *last* position and was trained on texts padded
 to the full length, so a caption padded to the longest caption of its batch gets another embedding (cos 0.86
 with itself beside a long caption; SigLIP 2, left-padded, 0.40). The rule, per family (from
-[`clip_trl.model_adapters`]):
+[`clip_trl.models.families`]):
 
 - SigLIP-family towers: `padding="max_length"`, the processor's own padding, to [`text_max_length`];
 - every other tower (CLIP's end-of-text pooling, BERT's first token under an attention mask): pad each batch to
@@ -18,7 +18,7 @@ Example:
 
 ```python
 >>> from PIL import Image
->>> from clip_trl import encoding
+>>> from clip_trl.models import encoding
 >>> from clip_trl.offline import build_clip
 >>> model, processor = build_clip("tiny")
 >>> texts = encoding.embed_texts(model, processor, ["a cat", "a red square on a white background"])
@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import modeling
-from .image_processing import FastImageTransform
+from clip_trl.data.image_processing import FastImageTransform
+from clip_trl.models import modeling
 
 __all__ = [
     "MAX_TEXT_TOKENS",
@@ -167,7 +167,7 @@ def embed_images(
     Args:
         model: the dual encoder.
         processor: its processor (or image processor); ignored when `image_transform` is given.
-        images: PIL images (already RGB; see `clip_trl.data.load_image` for other inputs).
+        images: PIL images (already RGB; see `clip_trl.data.rows.load_image` for other inputs).
         batch_size: images per forward.
         image_transform: images -> `pixel_values` (or a mapping of vision inputs); default: the fast pipeline
             of the processor's image processor.

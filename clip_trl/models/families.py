@@ -25,7 +25,7 @@ Classes not in the table use the generic CLIP-like path (the [`GENERIC`] adapter
 Example:
 
 ```python
->>> from clip_trl.model_adapters import adapter_for_class
+>>> from clip_trl.models.families import adapter_for_class
 >>> adapter_for_class("SiglipModel").text_padding
 'max_length'
 >>> adapter_for_class("AlignModel").temperature

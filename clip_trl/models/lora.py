@@ -6,7 +6,7 @@ ChineseCLIP, BLIP, ALIGN, FLAVA), a fused `qkv` (BLIP's ViT). A list made for on
 of another, so:
 
 - unset `target_modules` become [`default_lora_targets`]: per tower, the names that tower uses
-  ([`clip_trl.model_adapters.LORA_NAME_GROUPS`], or the family's own list);
+  ([`clip_trl.models.families.LORA_NAME_GROUPS`], or the family's own list);
 - after wrapping, [`warn_on_missed_towers`] warns when a tower got no adapter, naming the modules to add;
 - [`freeze_batch_norm_statistics`] keeps BatchNorm running statistics (GroupViT's projection heads, ALIGN's
   EfficientNet) from moving: they are base-model state that an adapter does not save, so a reloaded adapter
@@ -21,8 +21,8 @@ from typing import Any
 
 from torch import nn
 
-from . import modeling
-from .model_adapters import LORA_NAME_GROUPS
+from clip_trl.models import modeling
+from clip_trl.models.families import LORA_NAME_GROUPS
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def default_lora_targets(model: nn.Module) -> list[str]:
     Example:
 
     ```python
-    >>> from clip_trl.lora import default_lora_targets
+    >>> from clip_trl.models.lora import default_lora_targets
     >>> from clip_trl.offline import build_clip
     >>> default_lora_targets(build_clip("tiny")[0])
     ['q_proj', 'v_proj']

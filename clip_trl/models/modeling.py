@@ -3,7 +3,7 @@
 We rely on `get_image_features`, `get_text_features` and a learnable temperature (transformers' `CLIPModel`,
 `SiglipModel`, `AlignModel`, ..., peft wrappers of them, and lookalikes). What differs between families (extra
 image inputs, pooling, how the temperature is parameterised, where the towers are) is looked up in
-[`clip_trl.model_adapters`]. During training we go through the model's `forward` where the family allows it,
+[`clip_trl.models.families`]. During training we go through the model's `forward` where the family allows it,
 so that `DistributedDataParallel` sees the forward it expects.
 """
 
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model_adapters import ADAPTERS, GENERIC, ModelAdapter, UnsupportedModelError, adapter_for_class
+from clip_trl.models.families import ADAPTERS, GENERIC, ModelAdapter, UnsupportedModelError, adapter_for_class
 
 CLIP_LIKE_ATTRIBUTES = ("get_image_features", "get_text_features")
 TEMPERATURE_GENERIC = replace(GENERIC, temperature="temperature", max_logit_scale=None)
@@ -44,7 +44,7 @@ def base_model(model: nn.Module) -> nn.Module:
 
 
 def adapter(model: nn.Module) -> ModelAdapter:
-    """The [`~clip_trl.model_adapters.ModelAdapter`] of `model`'s class (the generic one for unknown classes;
+    """The [`~clip_trl.models.families.ModelAdapter`] of `model`'s class (the generic one for unknown classes;
     for an unknown class with a `temperature` and no `logit_scale`, the generic one read as ALIGN's)."""
     inner = base_model(model)
     name = type(inner).__name__
@@ -242,7 +242,7 @@ def load_pretrained(name_or_path: str, **kwargs: Any) -> nn.Module:
 
     ```python
     >>> import tempfile, torch
-    >>> from clip_trl.modeling import load_pretrained
+    >>> from clip_trl.models.modeling import load_pretrained
     >>> from clip_trl.offline import build_clip
     >>> model, _ = build_clip("tiny")
     >>> model.register_parameter("logit_bias", torch.nn.Parameter(torch.tensor(-10.0)))

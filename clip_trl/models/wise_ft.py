@@ -25,7 +25,7 @@ __all__ = ["InterpolateArguments", "best_alpha", "plot_wise_ft_sweep", "run_inte
 
 def _load(model: Any) -> tuple[nn.Module, Any]:
     if isinstance(model, (str, os.PathLike)):
-        from .hub import load_model
+        from clip_trl.hub import load_model
 
         return load_model(model)
     return model, None
@@ -198,7 +198,7 @@ def wise_ft_sweep(
 
     ```python
     >>> from clip_trl.offline import build_clip, load_emoji_dataset
-    >>> from clip_trl.interpolation import best_alpha, wise_ft_sweep
+    >>> from clip_trl.models.wise_ft import best_alpha, wise_ft_sweep
     >>> data = load_emoji_dataset(max_examples=40)
     >>> base, processor = build_clip("tiny", seed=0)
     >>> tuned, _ = build_clip("tiny", seed=1)
@@ -208,7 +208,7 @@ def wise_ft_sweep(
 
     ```
     """
-    from . import evaluation
+    from clip_trl import evaluation
 
     if not eval_datasets:
         raise ValueError("`eval_datasets` is empty; pass e.g. {'in_domain': ..., 'retention': ...}.")
@@ -286,7 +286,7 @@ class InterpolateArguments:
 
 def run_interpolate(args: InterpolateArguments) -> str:
     """Write `wise_ft(args.base, args.tuned, args.alpha)` (and the tuned model's processor) to `args.output_dir`."""
-    from .hub import load_model
+    from clip_trl.hub import load_model
 
     tuned, processor = load_model(args.tuned, base_model=args.base)
     mixed = wise_ft(args.base, tuned, args.alpha)

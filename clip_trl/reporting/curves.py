@@ -82,7 +82,7 @@ def plot_training_curves(log_history: Sequence[dict[str, Any]], path: str | os.P
 
     ```python
     >>> import os, tempfile
-    >>> from clip_trl.plotting import plot_training_curves
+    >>> from clip_trl.reporting.curves import plot_training_curves
     >>> history = [{"loss": 2.1, "step": 10}, {"loss": 1.7, "step": 20},
     ...            {"eval_image_to_text_recall@1": 0.4, "step": 20}]
     >>> path = plot_training_curves(history, os.path.join(tempfile.mkdtemp(), "curves.png"))
@@ -162,7 +162,7 @@ class TrainingCurvesCallback(TrainerCallback):
     Example:
 
     ```python
-    >>> from clip_trl.plotting import TrainingCurvesCallback
+    >>> from clip_trl.reporting.curves import TrainingCurvesCallback
     >>> callback = TrainingCurvesCallback()
     >>> callback.plotted_entries is None
     True

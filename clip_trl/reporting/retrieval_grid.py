@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .data import load_image
+from clip_trl.data.rows import load_image
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .evaluation import EmbeddingSet
+    from clip_trl.evaluation import EmbeddingSet
 
 __all__ = ["RETRIEVAL_EXAMPLES_FILENAME", "plot_retrieval_examples", "top_captions"]
 
@@ -41,7 +41,7 @@ def top_captions(embeddings: EmbeddingSet, row: int, k: int = 3) -> list[tuple[s
     ```python
     >>> import torch
     >>> from clip_trl.evaluation import EmbeddingSet, index_captions
-    >>> from clip_trl.visualize import top_captions
+    >>> from clip_trl.reporting.retrieval_grid import top_captions
     >>> captions, positives, first = index_captions(["a cat", "a dog"])
     >>> top_captions(EmbeddingSet(torch.eye(2), torch.eye(2), captions, positives, first), row=1, k=2)
     [('a dog', True), ('a cat', False)]
@@ -74,7 +74,7 @@ def plot_retrieval_examples(
 
     Args:
         images (`Sequence`): the image cell of each row in `rows` (PIL images, bytes, paths, `datasets.Image`
-            dicts: anything [`~clip_trl.data.load_image`] reads), aligned with `rows`.
+            dicts: anything [`~clip_trl.data.rows.load_image`] reads), aligned with `rows`.
         rows (`Sequence[int]`): the rows' indices in the evaluation set the embeddings were computed on.
         embeddings (`Mapping[str, EmbeddingSet]`): model name (column title) -> its [`EmbeddingSet`] of that set.
         path (`str` or `os.PathLike`): where to write the PNG.
@@ -87,7 +87,7 @@ def plot_retrieval_examples(
 
     ```python
     >>> from clip_trl.evaluation import compute_embeddings
-    >>> from clip_trl.visualize import plot_retrieval_examples
+    >>> from clip_trl.reporting.retrieval_grid import plot_retrieval_examples
     >>> sets = {"base": compute_embeddings(base, processor, test),  # doctest: +SKIP
     ...         "tuned": compute_embeddings(tuned, processor, test)}
     >>> plot_retrieval_examples(test.select(range(6))["image"], range(6), sets, "examples.png")  # doctest: +SKIP

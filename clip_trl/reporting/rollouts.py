@@ -117,7 +117,7 @@ def query_rollouts(
     Example:
 
     ```python
-    >>> from clip_trl.rollouts import query_rollouts
+    >>> from clip_trl.reporting.rollouts import query_rollouts
     >>> rollouts = query_rollouts(
     ...     entries=[(0, 1), (0, 1), (0, 0)], probs=[[0.25, 0.75]], candidates=[["cat", "dog"]],
     ...     ground_truth=["dog"], images=[None], per_function=[[1.0], [1.0], [0.0]], total=[1.0, 1.0, 0.0],

@@ -44,10 +44,10 @@ import torch
 from torch import nn
 from transformers.utils import logging as hf_logging
 
-from . import encoding
-from .graded import GradedReward
-from .modeling import check_clip_like, logit_scale
-from .rows import ProcessorImageTransform, load_image, split_processor
+from clip_trl.data.rows import ProcessorImageTransform, load_image, split_processor
+from clip_trl.models import encoding
+from clip_trl.models.modeling import check_clip_like, logit_scale
+from clip_trl.rewards.graded import GradedReward
 
 __all__ = [
     "REWARD_FUNCTIONS",
@@ -424,7 +424,7 @@ class ClipScoreReward:
                 replaced by `chosen_text` when that is passed.
             images (`list`):
                 Image to text: the query image of each action; text to image: the chosen image. PIL
-                images, paths, bytes or `datasets.Image` dicts (anything `clip_trl.data.load_image`
+                images, paths, bytes or `datasets.Image` dicts (anything `clip_trl.data.rows.load_image`
                 decodes).
             queries (`list[str]`, *optional*):
                 Text to image: the query text of each action. Its presence selects that form.
@@ -631,7 +631,7 @@ REWARD_FUNCTIONS: dict[str, RewardFunction] = {
     "correctness": correctness,
     "confidence_correctness": confidence_correctness,
     "caption_similarity": caption_similarity,
-    # Partial credit for a caption of the right `group` (the offline default's recipe; see clip_trl.graded).
+    # Partial credit for a caption of the right `group` (the offline default's recipe; see clip_trl.rewards.graded).
     "graded_group": GradedReward(column="group"),
 }
 """Built-in rewards by the name `reward_funcs` accepts."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import evaluation
+from clip_trl import evaluation
 
 
 class GradedReward:
@@ -32,7 +32,7 @@ class GradedReward:
     Example:
 
     ```python
-    >>> from clip_trl.graded import GradedReward
+    >>> from clip_trl.rewards.graded import GradedReward
     >>> reward = GradedReward(kind_of={"cat": "animal", "dog": "animal", "car": "vehicle"})
     >>> reward(["cat", "dog", "car"], ground_truth=["cat", "cat", "cat"])
     [1.0, 0.5, 0.0]
@@ -84,7 +84,7 @@ def greedy_graded_reward(
     ```python
     >>> import torch
     >>> from clip_trl.evaluation import EmbeddingSet, index_captions
-    >>> from clip_trl.graded import greedy_graded_reward
+    >>> from clip_trl.rewards.graded import greedy_graded_reward
     >>> captions, positives, first = index_captions(["a cat", "a dog", "a car"])
     >>> images = torch.eye(3)[[0, 0, 0]]  # every image looks like "a cat"
     >>> greedy_graded_reward(EmbeddingSet(images, torch.eye(3), captions, positives, first),

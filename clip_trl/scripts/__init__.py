@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 # trl's `ModelConfig` leaves `lora_target_modules` unset, which peft cannot resolve for a dual encoder.
-from .lora import DEFAULT_LORA_TARGET_MODULES
-from .recipes import DEFAULT_CONTRASTIVE
+from clip_trl.models.lora import DEFAULT_LORA_TARGET_MODULES
+from clip_trl.offline.recipes import DEFAULT_CONTRASTIVE
 
 if TYPE_CHECKING:
     import datasets
     from trl import ModelConfig
 
-    from .trainer import ClipContrastiveConfig, ClipContrastiveTrainer, ClipRLConfig, ClipRLTrainer
+    from clip_trl.trainer import ClipContrastiveConfig, ClipContrastiveTrainer, ClipRLConfig, ClipRLTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class ScriptArguments:
             Input resolution of that model (a multiple of 8); `None` keeps the preset's.
         train_shards (`str` or `None`, defaults to `None`):
             Train on webdataset `.tar` shards instead of the training split: a glob (`"/data/shards/*.tar"`) or
-            comma-separated paths, streamed by [`clip_trl.shards.ShardStream`] (each process reads its own
+            comma-separated paths, streamed by [`clip_trl.data.shards.ShardStream`] (each process reads its own
             shards; `--max_steps` is required). Evaluation and test still use the splits above.
         shuffle_buffer (`int`, defaults to `1000`):
             Rows in each shard reader's shuffle buffer (`train_shards` only).
@@ -278,7 +278,7 @@ def load_data(script_args: ScriptArguments) -> datasets.DatasetDict:
     args = script_args
     train_name, eval_name, test_name = args.dataset_train_split, args.dataset_eval_split, args.dataset_test_split
     if args.dataset_name is None:
-        from .offline import load_emoji_dataset
+        from clip_trl.offline import load_emoji_dataset
 
         emoji = load_emoji_dataset(
             seed=args.split_seed, validation_size=args.validation_size, test_size=args.test_size
@@ -337,7 +337,7 @@ def clip_peft_config(model_args: ModelConfig) -> Any:
     trl's defaults target causal language models: `lora_task_type="CAUSAL_LM"` would wrap CLIP in
     `PeftModelForCausalLM`, so that task type becomes none (a plain `PeftModel`). Unset `lora_target_modules` stay
     unset: the trainers then put adapters on the attention projections of both towers, named as each tower names
-    them ([`clip_trl.lora.default_lora_targets`]: `q_proj`/`v_proj` in CLIP, `query`/`value` in a BERT tower).
+    them ([`clip_trl.models.lora.default_lora_targets`]: `q_proj`/`v_proj` in CLIP, `query`/`value` in a BERT tower).
 
     Example:
 
@@ -398,7 +398,7 @@ def resolve_model(
     base_dir = base_dir or os.path.join(training_args.output_dir, "base_model")
     with training_args.main_process_first(desc="building the offline base model"):
         if not os.path.isfile(os.path.join(base_dir, "config.json")):
-            from .offline import build_clip
+            from clip_trl.offline import build_clip
 
             logger.info("No --model_name_or_path: building a random %s CLIP in %s.", script_args.offline_model_size,
                         base_dir)
@@ -482,7 +482,7 @@ def run_contrastive(
 
     ```
     """
-    from .trainer import ClipContrastiveTrainer
+    from clip_trl.trainer import ClipContrastiveTrainer
 
     data = data if data is not None else load_data(script_args)
     model = resolve_model(script_args, training_args, model_args)
@@ -506,7 +506,7 @@ def _contrastive_args_for(training_args: ClipRLConfig, output_dir: str) -> ClipC
     optimisation settings are the pipeline's contrastive defaults, since RL's learning rate and epochs suit a
     different objective.
     """
-    from .trainer import ClipBaseConfig, ClipContrastiveConfig
+    from clip_trl.trainer import ClipBaseConfig, ClipContrastiveConfig
 
     shared = {f.name for f in dataclasses.fields(ClipBaseConfig) if f.init}
     keep = {
@@ -566,7 +566,7 @@ def run_rl(
 
     ```
     """
-    from .trainer import ClipRLTrainer
+    from clip_trl.trainer import ClipRLTrainer
 
     data = data if data is not None else load_data(script_args)
     model = model_args.model_name_or_path
@@ -606,10 +606,10 @@ def run_rl(
 
 
 def train_dataset(script_args: ScriptArguments, training_args: Any, data: datasets.DatasetDict) -> Any:
-    """The training data: a [`~clip_trl.shards.ShardStream`] over `--train_shards`, else the training split."""
+    """The training data: a [`~clip_trl.data.shards.ShardStream`] over `--train_shards`, else the training split."""
     if not script_args.train_shards:
         return data[script_args.dataset_train_split]
-    from .shards import ShardStream
+    from clip_trl.data.shards import ShardStream
 
     if training_args.max_steps is None or training_args.max_steps <= 0:
         raise ValueError("`--train_shards` streams the data (no length is known): set `--max_steps`.")

@@ -6,13 +6,19 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .scripts import ScriptArguments, clip_peft_config, load_data, model_init_kwargs_from, save_trainer
+from clip_trl.scripts import (
+    ScriptArguments,
+    clip_peft_config,
+    load_data,
+    model_init_kwargs_from,
+    save_trainer,
+)
 
 if TYPE_CHECKING:
     import datasets
     from trl import ModelConfig
 
-    from .trainer import ClipDPOConfig, ClipDPOTrainer
+    from clip_trl.trainer import ClipDPOConfig, ClipDPOTrainer
 
 __all__ = ["DPOScriptArguments", "load_preference_data", "run_dpo"]
 
@@ -23,7 +29,7 @@ class DPOScriptArguments(ScriptArguments):
     [`~clip_trl.scripts.ScriptArguments`] plus how to get preference pairs.
 
     A data set that already has the config's `rejected_column` is used as it is. Otherwise pairs are made from
-    its captions with [`~clip_trl.preference_data.near_miss_pairs`]: the chosen caption is the row's own, the
+    its captions with [`~clip_trl.data.preference_pairs.near_miss_pairs`]: the chosen caption is the row's own, the
     rejected one the caption of another row of the same `group_column` value that shares the most words with it
     (drawn from every row of every split, so that held-out pairs are as hard as training pairs).
 
@@ -50,7 +56,7 @@ def load_preference_data(script_args: DPOScriptArguments, training_args: ClipDPO
 
     ```python
     >>> from clip_trl import ClipDPOConfig
-    >>> from clip_trl.dpo_script import DPOScriptArguments, load_preference_data
+    >>> from clip_trl.scripts.dpo import DPOScriptArguments, load_preference_data
     >>> data = load_preference_data(DPOScriptArguments(max_train_samples=32, max_eval_samples=8),
     ...                             ClipDPOConfig(output_dir="out"))
     >>> row = data["test"][0]
@@ -59,7 +65,7 @@ def load_preference_data(script_args: DPOScriptArguments, training_args: ClipDPO
 
     ```
     """
-    from .preference_data import near_miss_pairs
+    from clip_trl.data.preference_pairs import near_miss_pairs
 
     data = load_data(script_args)
     train = data[script_args.dataset_train_split]
@@ -93,7 +99,7 @@ def run_dpo(
 ) -> ClipDPOTrainer:
     """DPO from parsed arguments: preference data, the starting model (`--model_name_or_path`, required: DPO
     refines a model that already ranks captions), train, save. Returns the trainer."""
-    from .trainer import ClipDPOTrainer
+    from clip_trl.trainer import ClipDPOTrainer
 
     if not model_args.model_name_or_path:
         raise ValueError(

@@ -10,7 +10,7 @@ the evaluation done on held-out data:
    `<output_dir>/clip_finetuned/`.
 4. **RL**: [`~clip_trl.ClipRLTrainer`] from the contrastive model with the recipe that beats more contrastive
    training on the offline default (docs/rl.md): partial credit for a caption of the right `group`
-   ([`clip_trl.graded.GradedReward`]; `correctness` for data without that column), exact policy gradient over
+   ([`clip_trl.rewards.graded.GradedReward`]; `correctness` for data without that column), exact policy gradient over
    in-batch candidates; validated every epoch; saved to
    `<output_dir>/clip_rl_finetuned/`.
 5. **Test**: the three models on the test split — recall@1/5/10 both ways, in-batch accuracy at batch size 32,
@@ -33,10 +33,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from . import evaluation, modeling
-from .graded import greedy_graded_reward
-from .recipes import DEFAULT_CONTRASTIVE, DEFAULT_OFFLINE_IMAGE_SIZE, DEFAULT_RL, GRADED_GROUP
-from .rewards import RewardSet
+from clip_trl import evaluation
+from clip_trl.models import modeling
+from clip_trl.offline.recipes import DEFAULT_CONTRASTIVE, DEFAULT_OFFLINE_IMAGE_SIZE, DEFAULT_RL, GRADED_GROUP
+from clip_trl.rewards import RewardSet
+from clip_trl.rewards.graded import greedy_graded_reward
 
 if TYPE_CHECKING:
     import datasets
@@ -97,7 +98,7 @@ class PipelineArguments:
         contrastive_coef (`float`, defaults to 0.0): weight of the contrastive loss mixed into the RL loss.
         policy_temperature (`float`, defaults to 1.0): τ of the policy, in training and in the reported reward.
         reward_funcs (`list[str]` or `None`, defaults to `None`): built-in rewards of [`clip_trl.rewards`], or
-            `graded_group` ([`clip_trl.graded.GradedReward`]: 1 for the right caption, 0.5 for a caption of the same
+            `graded_group` ([`clip_trl.rewards.graded.GradedReward`]: 1 for the right caption, 0.5 for a caption of the same
             `group`). `None`: `graded_group` when the training data has a `group` column (the offline default
             does), else `correctness`.
         eval_batch_size (`int`, defaults to 256): images per forward pass in evaluation (a speed knob only).
@@ -241,7 +242,7 @@ def greedy_rewards(
     ```python
     >>> import datasets, torch
     >>> from clip_trl.evaluation import EmbeddingSet, index_captions
-    >>> from clip_trl.pipeline import greedy_rewards
+    >>> from clip_trl.scripts.pipeline import greedy_rewards
     >>> rows = datasets.Dataset.from_dict({"caption": ["a cat", "a dog", "a cow"]})
     >>> captions, positives, first = index_captions(rows["caption"])
     >>> images = torch.eye(3)[[0, 0, 2]]  # the dog picture looks like the cat caption
@@ -326,7 +327,7 @@ def evaluate_model(
 
     ```python
     >>> from clip_trl.offline import build_clip, load_emoji_dataset
-    >>> from clip_trl.pipeline import evaluate_model
+    >>> from clip_trl.scripts.pipeline import evaluate_model
     >>> model, processor = build_clip("tiny")
     >>> metrics, _ = evaluate_model(model, processor, load_emoji_dataset()["test"])
     >>> sorted(metrics)[:2]
@@ -425,8 +426,8 @@ def _write_markdown(path: str, results: dict[str, Any]) -> None:
 
 
 def _plot_curves(log_history: list[dict[str, Any]], path: str) -> str | None:
-    """Training curves through `clip_trl.plotting` when that module is there; `None` (logged) otherwise."""
-    from .plotting import plot_training_curves
+    """Training curves through `clip_trl.reporting.curves` when that module is there; `None` (logged) otherwise."""
+    from clip_trl.reporting.curves import plot_training_curves
 
     try:
         written = plot_training_curves(log_history, path)
@@ -451,7 +452,7 @@ def _check_pipeline_rewards(names: Sequence[str], columns: Sequence[str]) -> lis
 
 
 def _graded_metric(embeddings: evaluation.EmbeddingSet, test: datasets.Dataset) -> dict[str, float]:
-    """`graded_reward` (see [`clip_trl.graded.greedy_graded_reward`]) when the test rows have a `group`."""
+    """`graded_reward` (see [`clip_trl.rewards.graded.greedy_graded_reward`]) when the test rows have a `group`."""
     if "group" not in test.column_names:
         return {}
     return {"graded_reward": greedy_graded_reward(embeddings, list(test["group"]))}
@@ -486,13 +487,13 @@ def run_pipeline(args: PipelineArguments) -> dict[str, Any]:
 
     Files written under `args.output_dir`: `base_model/` (only for the offline random model), `clip_finetuned/`,
     `clip_rl_finetuned/` (model, processor, model card, training curves), `results.json`, `results.md`,
-    `contrastive_curves.png` and `rl_curves.png` (when `clip_trl.plotting` is available) and
+    `contrastive_curves.png` and `rl_curves.png` (when `clip_trl.reporting.curves` is available) and
     `retrieval_examples.png`.
 
     Example:
 
     ```python
-    >>> from clip_trl.pipeline import PipelineArguments, run_pipeline
+    >>> from clip_trl.scripts.pipeline import PipelineArguments, run_pipeline
     >>> results = run_pipeline(PipelineArguments(output_dir="/tmp/pipeline", quick=True))  # doctest: +SKIP
     >>> list(results["stages"])  # doctest: +SKIP
     ['base', 'contrastive', 'contrastive+rl']
@@ -502,8 +503,8 @@ def run_pipeline(args: PipelineArguments) -> dict[str, Any]:
     from transformers import AutoModel, AutoProcessor, set_seed
     from trl import ModelConfig
 
-    from .scripts import ScriptArguments, dump_json, load_data, resolve_model, save_trainer
-    from .trainer import ClipContrastiveConfig, ClipContrastiveTrainer, ClipRLConfig, ClipRLTrainer
+    from clip_trl.scripts import ScriptArguments, dump_json, load_data, resolve_model, save_trainer
+    from clip_trl.trainer import ClipContrastiveConfig, ClipContrastiveTrainer, ClipRLConfig, ClipRLTrainer
 
     started = time.perf_counter()
     out = args.output_dir
@@ -608,7 +609,7 @@ def run_pipeline(args: PipelineArguments) -> dict[str, Any]:
             written = _plot_curves(history, os.path.join(out, f"{key}.png"))
             pictures[key] = os.path.basename(written) if written else None
         if args.num_examples > 0:
-            from .visualize import RETRIEVAL_EXAMPLES_FILENAME, plot_retrieval_examples
+            from clip_trl.reporting.retrieval_grid import RETRIEVAL_EXAMPLES_FILENAME, plot_retrieval_examples
 
             count = min(args.num_examples, len(test))
             # A seeded draw, not hand-picked examples: the picture shows typical results.

@@ -1,13 +1,13 @@
 """One config and one trainer per method, sharing `ClipBaseTrainer`."""
 
-from .base import ClipBaseTrainer
-from .base_config import ClipBaseConfig
-from .contrastive_config import ClipContrastiveConfig
-from .contrastive_trainer import ClipContrastiveTrainer
-from .dpo_config import ClipDPOConfig
-from .dpo_trainer import ClipDPOTrainer
-from .rl_config import ClipRLConfig
-from .rl_trainer import ClipRLTrainer
+from clip_trl.trainer.base import ClipBaseTrainer
+from clip_trl.trainer.base_config import ClipBaseConfig
+from clip_trl.trainer.contrastive_config import ClipContrastiveConfig
+from clip_trl.trainer.contrastive_trainer import ClipContrastiveTrainer
+from clip_trl.trainer.dpo_config import ClipDPOConfig
+from clip_trl.trainer.dpo_trainer import ClipDPOTrainer
+from clip_trl.trainer.rl_config import ClipRLConfig
+from clip_trl.trainer.rl_trainer import ClipRLTrainer
 
 __all__ = [
     "ClipBaseConfig",

@@ -24,13 +24,14 @@ from torch import nn
 from transformers import AutoProcessor, PreTrainedModel, Trainer, TrainerCallback
 from transformers.utils import logging
 
-from .. import encoding, modeling
-from ..data import ClipDataCollator, check_columns, split_processor, with_row_index
-from ..image_processing import image_transform_for
-from ..plotting import TrainingCurvesCallback
-from .base_config import ClipBaseConfig
-from .cards import ModelCardMixin
-from .checkpointing import CrashSafeCheckpointMixin
+from clip_trl.data.collator import ClipDataCollator, check_columns, with_row_index
+from clip_trl.data.image_processing import image_transform_for
+from clip_trl.data.rows import split_processor
+from clip_trl.models import encoding, modeling
+from clip_trl.reporting.curves import TrainingCurvesCallback
+from clip_trl.trainer.base_config import ClipBaseConfig
+from clip_trl.trainer.cards import ModelCardMixin
+from clip_trl.trainer.checkpointing import CrashSafeCheckpointMixin
 
 logger = logging.get_logger(__name__)
 
@@ -54,7 +55,7 @@ def _prepare_peft_model(model: nn.Module, peft_config: Any) -> nn.Module:
     """Wrap `model` with `get_peft_model(model, peft_config)` after checking the combination makes sense.
 
     Unset `target_modules` become the attention projections of *both* towers, named as the model names them
-    ([`clip_trl.lora.default_lora_targets`]); targets that leave a tower without adapters are warned about.
+    ([`clip_trl.models.lora.default_lora_targets`]); targets that leave a tower without adapters are warned about.
     """
     from peft import (  # a dependency; imported here to keep start-up light
         PeftConfig,
@@ -62,7 +63,7 @@ def _prepare_peft_model(model: nn.Module, peft_config: Any) -> nn.Module:
         get_peft_model,
     )
 
-    from .. import lora
+    from clip_trl.models import lora
 
     if not isinstance(peft_config, PeftConfig):
         raise TypeError(
@@ -207,7 +208,7 @@ class ClipBaseTrainer(CrashSafeCheckpointMixin, ModelCardMixin, Trainer):
         self._raw_eval_dataset = eval_dataset
 
         # One text-encoding rule per architecture (SigLIP: the processor's max-length padding), used by the
-        # collators here and by evaluation, rewards and reranking through `clip_trl.encoding`.
+        # collators here and by evaluation, rewards and reranking through `clip_trl.models.encoding`.
         self._text_padding = encoding.text_padding(model)
         self._text_max_length = encoding.text_max_length(model, split_processor(processing_class)[1], args.max_length)
         if data_collator is None:
@@ -231,7 +232,7 @@ class ClipBaseTrainer(CrashSafeCheckpointMixin, ModelCardMixin, Trainer):
         if self.args.world_size > 1:
             _destroy_process_group_at_exit()
         if self.args.process_index == 0:  # e.g. `accelerate launch --cpu --num_processes 2` without MPI
-            from .launch_check import warn_if_fewer_processes, warn_if_fsdp_inactive
+            from clip_trl.trainer.launch_check import warn_if_fewer_processes, warn_if_fsdp_inactive
 
             warn_if_fewer_processes(self.args.world_size)
             warn_if_fsdp_inactive(self.args.fsdp, getattr(self, "is_fsdp_enabled", False))
@@ -297,8 +298,8 @@ class ClipBaseTrainer(CrashSafeCheckpointMixin, ModelCardMixin, Trainer):
 
     def get_train_dataloader(self) -> Any:
         # A `ShardStream` (webdataset shards) is already split per process and resumes itself exactly: it gets its
-        # own DataLoader and checkpointed position (clip_trl/shards.py says why accelerate's would not do).
-        from ..shards import ShardStream, train_dataloader
+        # own DataLoader and checkpointed position (clip_trl/data/shards.py says why accelerate's would not do).
+        from clip_trl.data.shards import ShardStream, train_dataloader
 
         if isinstance(self.train_dataset, ShardStream):
             return train_dataloader(self)
@@ -505,8 +506,8 @@ class ClipBaseTrainer(CrashSafeCheckpointMixin, ModelCardMixin, Trainer):
             return metrics
         if dataset is None:
             raise ValueError("Evaluation needs an `eval_dataset` (pass one to the trainer or to `evaluate()`).")
-        from .. import evaluation
-        from .sharded_eval import compute_embeddings
+        from clip_trl import evaluation
+        from clip_trl.trainer.sharded_eval import compute_embeddings
 
         self._memory_tracker.start()
         start = time.time()

@@ -65,7 +65,7 @@ class ClipBaseConfig(TrainingArguments):
             `nonfinite_steps_skipped`); this many skipped steps in a row stop training with an error.
         image_processing (`str`, defaults to `"fast"`):
             `"fast"`: clip_trl's resize / center-crop / normalise
-            ([`~clip_trl.image_processing.FastImageTransform`]), bitwise equal to the model's image processor and
+            ([`~clip_trl.data.image_processing.FastImageTransform`]), bitwise equal to the model's image processor and
             faster; it falls back to the processor by itself for processors it does not implement. `"draft"`: the
             same, but JPEGs are decoded reduced (JPEG draft mode) to about the resize's size first — much faster on
             large photos, not bitwise equal (see the performance docs). `"processor"`: always call the model's
@@ -157,7 +157,7 @@ class ClipBaseConfig(TrainingArguments):
 
     # ------------------------------------------------------------------------------------ model card
     # What the model card says about the method comes from here, so that a new trainer (with its own config)
-    # needs no change in `clip_trl/model_card.py`.
+    # needs no change in `clip_trl/hub/model_card.py`.
 
     def model_card_fields(self) -> list[str]:
         r"""
@@ -194,7 +194,7 @@ class ClipBaseConfig(TrainingArguments):
         return "Fine-tuning of a CLIP-style dual encoder."
 
     def model_card_citations(self) -> list[str]:
-        """Keys in [`clip_trl.citations.BIBTEX`] of the works the method rests on (CLIP and LoRA are added by
+        """Keys in [`clip_trl.hub.citations.BIBTEX`] of the works the method rests on (CLIP and LoRA are added by
         the card), or whole BibTeX entries."""
         return []
 
@@ -206,7 +206,7 @@ class ClipBaseConfig(TrainingArguments):
         if self.bf16 is None:
             # Safe where it is fast: bf16 autocast keeps float32 master weights; on CPU it is slower, so off.
             self.bf16 = not self.fp16 and _cuda_supports_bf16()
-        from ..image_processing import check_image_processing_mode
+        from clip_trl.data.image_processing import check_image_processing_mode
 
         check_image_processing_mode(self.image_processing)
         super().__post_init__()

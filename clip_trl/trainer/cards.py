@@ -1,6 +1,6 @@
 """The trainers' model cards: every save writes `README.md` next to the weights (checkpoints included), and
 `push_to_hub` — the Trainer's own: it saves, calls `create_model_card`, then uploads `output_dir` — publishes
-it with the training-curves picture. The card's content comes from [`clip_trl.model_card.build_model_card`].
+it with the training-curves picture. The card's content comes from [`clip_trl.hub.model_card.build_model_card`].
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import os
 
 from transformers.utils import logging
 
-from ..hub import warn_if_base_is_local
-from ..plotting import TRAINING_CURVES_FILENAME
+from clip_trl.hub import warn_if_base_is_local
+from clip_trl.reporting.curves import TRAINING_CURVES_FILENAME
 
 logger = logging.get_logger(__name__)
 
@@ -39,7 +39,7 @@ class ModelCardMixin:
         `peft` for an adapter —, `pipeline_tag: zero-shot-image-classification`, tags with `clip_trl` and the
         method, and a `model-index` with the final `eval_*` metrics of `state.log_history`), then what was
         trained and how, a quick-start snippet, the training curves (redrawn if evaluations were logged
-        since training ended), framework versions and citations. See [`clip_trl.model_card.build_model_card`].
+        since training ended), framework versions and citations. See [`clip_trl.hub.model_card.build_model_card`].
 
         The signature accepts both TRL's arguments (`model_name`, `dataset_name`, `tags`) and those of
         [`~transformers.Trainer.create_model_card`], so `push_to_hub(dataset_name=..., license=...)` works.
@@ -87,7 +87,7 @@ class ModelCardMixin:
         self._write_model_card(self.args.output_dir)
 
     def _write_model_card(self, folder: str, strict: bool = True) -> None:
-        from ..model_card import build_model_card
+        from clip_trl.hub.model_card import build_model_card
 
         try:
             os.makedirs(folder, exist_ok=True)
@@ -127,6 +127,6 @@ class ModelCardMixin:
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict=state_dict)
         # An adapter folder does not hold the base model's parameters: save those clip_trl added (`logit_bias`).
-        from .. import lora
+        from clip_trl.models import lora
 
         lora.save_added_parameters(self.model, output_dir if output_dir is not None else self.args.output_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .base_config import ClipBaseConfig
+from clip_trl.trainer.base_config import ClipBaseConfig
 
 LOSS_TYPES = ("clip", "siglip")
 

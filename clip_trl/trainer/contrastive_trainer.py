@@ -9,12 +9,12 @@ import torch
 from accelerate.utils import DistributedType
 from torch import nn
 
-from .. import modeling
-from ..data import ClipDataCollator
-from ..gradcache import cached_backward, split_into_chunks
-from ..losses import clip_loss, contrastive_loss, siglip_loss
-from .base import ClipBaseTrainer
-from .contrastive_config import ClipContrastiveConfig
+from clip_trl.data.collator import ClipDataCollator
+from clip_trl.losses.contrastive import clip_loss, contrastive_loss, siglip_loss
+from clip_trl.losses.gradcache import cached_backward, split_into_chunks
+from clip_trl.models import modeling
+from clip_trl.trainer.base import ClipBaseTrainer
+from clip_trl.trainer.contrastive_config import ClipContrastiveConfig
 
 
 class ClipContrastiveTrainer(ClipBaseTrainer):
@@ -32,7 +32,7 @@ class ClipContrastiveTrainer(ClipBaseTrainer):
             A hub id, a local folder, or an instantiated CLIP-like model.
         args ([`ClipContrastiveConfig`], *optional*):
             Training configuration; defaults to `ClipContrastiveConfig(output_dir="<model name>-contrastive")`.
-        data_collator (*optional*): defaults to a [`~clip_trl.data.ClipDataCollator`].
+        data_collator (*optional*): defaults to a [`~clip_trl.data.collator.ClipDataCollator`].
         train_dataset / eval_dataset (`datasets.Dataset` or `IterableDataset`):
             Rows with an image column and a caption column (names in `args`).
         processing_class (*optional*): a CLIP processor; loaded from `model` when it is a string/path.
@@ -127,7 +127,7 @@ class ClipContrastiveTrainer(ClipBaseTrainer):
     ) -> torch.Tensor:
         r"""
         One micro-batch: forward, loss and backward. With `contrastive_chunk_size` set and a per-device batch
-        larger than it, the batch is encoded in chunks with cached features (see [`clip_trl.gradcache`]); the
+        larger than it, the batch is encoded in chunks with cached features (see [`clip_trl.losses.gradcache`]); the
         loss and the gradients are the same as the ordinary step's.
 
         Returns:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..preference import LOSS_TYPES
-from .base_config import ClipBaseConfig
+from clip_trl.losses.preference import LOSS_TYPES
+from clip_trl.trainer.base_config import ClipBaseConfig
 
 
 @dataclass
@@ -17,7 +17,7 @@ class ClipDPOConfig(ClipBaseConfig):
     Rows hold an image, a chosen caption and a rejected caption (or a list of rejected captions). The policy
     over a row's captions is `π(c|x) = softmax_c(s(x, c))` (`s` = the CLIP logit); the loss pushes the
     log-ratio `log π/π_ref` of the chosen caption above that of each rejected one, with the reference `π_ref`
-    the frozen starting model. See [`clip_trl.preference.preference_loss`].
+    the frozen starting model. See [`clip_trl.losses.preference.preference_loss`].
 
     Every [`~transformers.TrainingArguments`] field and the shared fields of [`ClipBaseConfig`] apply.
     `caption_column` is not used: the chosen captions (`chosen_column`) are the captions of retrieval evaluation.

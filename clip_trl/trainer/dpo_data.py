@@ -7,21 +7,22 @@ from typing import Any
 
 import torch
 
-from ..data import ROW_INDEX_KEY, BadRowError, ClipDataCollator, check_caption
+from clip_trl.data.collator import ROW_INDEX_KEY, ClipDataCollator
+from clip_trl.data.rows import BadRowError, check_caption
 
 
 class ClipDPODataCollator(ClipDataCollator):
     """Collate preference rows (`image`, `chosen`, `rejected`) into a batch.
 
     The batch's distinct captions (chosen and rejected) are tokenised once. Output keys, besides `pixel_values`
-    and the bookkeeping of [`~clip_trl.data.ClipDataCollator`]:
+    and the bookkeeping of [`~clip_trl.data.collator.ClipDataCollator`]:
 
     - `input_ids` / `attention_mask`: the batch's distinct captions;
     - `chosen_index` `[B]`: each row's chosen caption among them;
     - `rejected_index` `[B, R]`: each row's rejected captions among them, padded with -1.
 
     A row whose rejected caption equals its chosen one, or whose rejected list is empty, is a
-    [`~clip_trl.data.BadRowError`] naming the row and column (or skipped and counted with `skip_bad_rows`).
+    [`~clip_trl.data.rows.BadRowError`] naming the row and column (or skipped and counted with `skip_bad_rows`).
     """
 
     def __init__(self, processing_class: Any, *, rejected_column: str = "rejected", **kwargs: Any) -> None:

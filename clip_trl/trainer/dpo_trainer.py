@@ -8,13 +8,13 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from .. import modeling
-from ..data import with_row_index
-from ..policy import policy_log_probs
-from ..preference import preference_loss
-from .base import ClipBaseTrainer
-from .dpo_config import ClipDPOConfig
-from .dpo_data import ClipDPODataCollator
+from clip_trl.data.collator import with_row_index
+from clip_trl.losses.policy import policy_log_probs
+from clip_trl.losses.preference import preference_loss
+from clip_trl.models import modeling
+from clip_trl.trainer.base import ClipBaseTrainer
+from clip_trl.trainer.dpo_config import ClipDPOConfig
+from clip_trl.trainer.dpo_data import ClipDPODataCollator
 
 
 class ClipDPOTrainer(ClipBaseTrainer):

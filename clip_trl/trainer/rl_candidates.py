@@ -3,7 +3,7 @@ r"""On-policy candidate sets and rollout reuse for [`ClipRLTrainer`].
 - [`RetrievedCandidates`]: `candidates="retrieved"`. Each image's candidates are the current model's
   top-`num_candidates` texts of a pool (hard negatives the policy actually confuses), refreshed every
   `candidate_refresh_steps` through the library's own text-embedding path
-  (`clip_trl.encoding.embed_texts`). Under several processes every process embeds one shard of the pool and the
+  (`clip_trl.models.encoding.embed_texts`). Under several processes every process embeds one shard of the pool and the
   shards are all-gathered, so the index is built once per refresh and is identical everywhere.
 - [`RepeatBatchSampler`]: `num_iterations > 1`. Serves each group of rows (one optimizer step's worth, over
   all processes) `num_iterations` times in a row, so the trainer can compute a rollout (actions, rewards,
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Sampler
 
-from . import modeling
+from clip_trl.models import modeling
 
 
 def _distinct_strings(values: Sequence[Any], where: str) -> list[str]:
@@ -45,7 +45,7 @@ def resolve_candidate_pool(pool: str | Sequence[str] | None, dataset: Any, capti
 
     ```python
     >>> import datasets
-    >>> from clip_trl.candidates import resolve_candidate_pool
+    >>> from clip_trl.trainer.rl_candidates import resolve_candidate_pool
     >>> rows = datasets.Dataset.from_dict({"caption": ["a cat", "a dog", "a cat"], "alt": [["x", "y"], ["y"], ["z"]]})
     >>> resolve_candidate_pool(None, rows, "caption")
     ['a cat', 'a dog']
@@ -114,7 +114,9 @@ class RetrievedCandidates:
         """Embed the pool with `model` (each process a contiguous shard, then all-gathered)."""
         import torch.distributed as dist
 
-        from .encoding import embed_texts  # the library's text-embedding path (eval mode, no grad)
+        from clip_trl.models.encoding import (
+            embed_texts,  # the library's text-embedding path (eval mode, no grad)
+        )
 
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)

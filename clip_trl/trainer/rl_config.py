@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..policy import ADVANTAGES
-from .base_config import ClipBaseConfig
+from clip_trl.losses.policy import ADVANTAGES
+from clip_trl.trainer.base_config import ClipBaseConfig
 
 CANDIDATE_SETS = ("in_batch", "column", "labels", "retrieved")
 DIRECTIONS = ("image_to_text", "text_to_image")
@@ -85,7 +85,7 @@ class ClipRLConfig(ClipBaseConfig):
             function's value and the advantage. It goes to `output_dir/rollouts/` (a parquet file per step,
             thumbnails and an `index.html` page), to the `report_to` integrations that show tables (TensorBoard
             as text, Weights & Biases, Trackio), to the console when `rich` is installed, and the model card
-            shows a few. See [`clip_trl.rollouts`].
+            shows a few. See [`clip_trl.reporting.rollouts`].
         num_rollouts_to_log (`int`, defaults to `8`):
             Queries per logged table: the first ones of the latest rollout (over all processes, in rank order).
             With `num_iterations > 1` that is the rollout the step's batch reuses, logged once.

@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from ..data import ROW_INDEX_KEY, BadRowError, ClipDataCollator, check_caption, content_key
+from clip_trl.data.collator import ROW_INDEX_KEY, ClipDataCollator
+from clip_trl.data.rows import BadRowError, check_caption, content_key
 
 logger = logging.getLogger(__name__)
 

@@ -12,16 +12,22 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from .. import modeling
-from ..candidates import RepeatBatchSampler, RetrievedCandidates, resolve_candidate_pool
-from ..data import content_key
-from ..losses import contrastive_loss, gather_with_grad
-from ..policy import exact_advantages, group_advantages, policy_log_probs, rl_loss, sample_actions
-from ..rewards import RewardScores, RewardSet
-from .base import ClipBaseTrainer
-from .rl_config import ClipRLConfig
-from .rl_data import ClipRLDataCollator, _UniqueTexts
-from .rollout_logging import RolloutLoggingCallback
+from clip_trl.data.rows import content_key
+from clip_trl.losses.contrastive import contrastive_loss, gather_with_grad
+from clip_trl.losses.policy import (
+    exact_advantages,
+    group_advantages,
+    policy_log_probs,
+    rl_loss,
+    sample_actions,
+)
+from clip_trl.models import modeling
+from clip_trl.rewards import RewardScores, RewardSet
+from clip_trl.trainer.base import ClipBaseTrainer
+from clip_trl.trainer.rl_candidates import RepeatBatchSampler, RetrievedCandidates, resolve_candidate_pool
+from clip_trl.trainer.rl_config import ClipRLConfig
+from clip_trl.trainer.rl_data import ClipRLDataCollator, _UniqueTexts
+from clip_trl.trainer.rollout_logging import RolloutLoggingCallback
 
 RewardFunc = Callable[..., list]
 

@@ -1,6 +1,6 @@
 """`ClipRLConfig(log_rollouts=True)`: the callback that captures the RL trainer's rollouts and, at each logging
 step, sends a table of them to the files in `output_dir/rollouts`, the `report_to` integrations and the console.
-The tables themselves are built in [`clip_trl.rollouts`].
+The tables themselves are built in [`clip_trl.reporting.rollouts`].
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
 
-from ..rollouts import (
+from clip_trl.reporting.rollouts import (
     ROLLOUTS_DIRNAME,
     QueryRollout,
     RolloutWriter,
@@ -22,13 +22,13 @@ from ..rollouts import (
     print_rollouts,
     query_rollouts,
 )
-from .base import is_training_log
+from clip_trl.trainer.base import is_training_log
 
 
 class RolloutLoggingCallback(TrainerCallback):
     """Keeps the first `num_rollouts_to_log` queries of the latest training batch ([`capture`], called by
     [`ClipRLTrainer`]); on each training log, every process contributes its queries (gathered in rank order) and
-    the main process writes them (see [`clip_trl.rollouts`]). On `on_train_begin` it drops rollout files of steps
+    the main process writes them (see [`clip_trl.reporting.rollouts`]). On `on_train_begin` it drops rollout files of steps
     after the one a run resumes from.
 
     Args:

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .. import evaluation
-from ..data import EVAL_HINT, BadRowError
-from ..evaluation import EmbeddingSet, index_captions
+from clip_trl import evaluation
+from clip_trl.data.rows import EVAL_HINT, BadRowError
+from clip_trl.evaluation import EmbeddingSet, index_captions
 
 
 def _world() -> tuple[int, int]:

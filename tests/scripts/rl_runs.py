@@ -23,7 +23,7 @@ import datasets
 import torch
 
 from clip_trl import ClipRLConfig, ClipRLTrainer
-from clip_trl.data import image_key
+from clip_trl.data.rows import image_key
 from clip_trl.offline import build_clip, load_emoji_dataset
 
 # (name, ClipRLConfig overrides). Every run has `advantage="exact"`: no sampling, so a 1-process and a

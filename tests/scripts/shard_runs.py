@@ -11,8 +11,8 @@ import os
 import torch
 
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer
+from clip_trl.data.shards import ShardStream
 from clip_trl.offline import build_clip
-from clip_trl.shards import ShardStream
 
 
 def keys(rows):

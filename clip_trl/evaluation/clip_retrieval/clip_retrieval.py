@@ -41,7 +41,7 @@ Returns:
 
 Examples:
     >>> import evaluate
-    >>> from clip_trl.metrics import CLIP_RETRIEVAL_METRIC_PATH
+    >>> from clip_trl.evaluation import CLIP_RETRIEVAL_METRIC_PATH
     >>> metric = evaluate.load(CLIP_RETRIEVAL_METRIC_PATH)
     >>> metric.compute(predictions=[[0.9, 0.1], [0.7, 0.3]], references=[[0], [1]], ks=[1, 2])
     {'image_to_text_recall@1': 0.5, 'image_to_text_recall@2': 1.0, 'text_to_image_recall@1': 1.0, \
