@@ -267,10 +267,10 @@ def test_a_target_that_misses_a_tower_is_warned_about(caplog):
     from peft import LoraConfig
 
     model = ZOO_BY_NAME["AltCLIPModel"].build_model()
-    from clip_trl.trainer.base import _prepare_peft_model
+    from clip_trl.models.lora import prepare_peft_model
 
     with caplog.at_level(logging.WARNING, logger="clip_trl.models.lora"):
-        _prepare_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+        prepare_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     assert "match no module in the text tower of AltCLIPModel" in caplog.text
     assert "['query', 'value']" in caplog.text
 

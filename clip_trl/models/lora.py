@@ -180,3 +180,32 @@ def load_added_parameters(model: nn.Module, id_or_path: str, **file_kwargs: Any)
         parameter = nn.Parameter(value.to(device=reference.device, dtype=reference.dtype), requires_grad=False)
         base.register_parameter(name, parameter)
     return sorted(load_file(path))
+
+
+def prepare_peft_model(model: nn.Module, peft_config: Any) -> nn.Module:
+    """Wrap `model` with `get_peft_model(model, peft_config)` after checking the combination makes sense.
+
+    Unset `target_modules` become the attention projections of *both* towers, named as the model names them
+    ([`clip_trl.models.lora.default_lora_targets`]); targets that leave a tower without adapters are warned about.
+    """
+    from peft import (  # a dependency; imported here to keep start-up light
+        PeftConfig,
+        PeftModel,
+        get_peft_model,
+    )
+
+    if not isinstance(peft_config, PeftConfig):
+        raise TypeError(
+            f"`peft_config` must be a peft `PeftConfig` (e.g. `LoraConfig(target_modules=['q_proj', 'v_proj'])`), "
+            f"got {type(peft_config).__name__}."
+        )
+    if isinstance(model, PeftModel):
+        raise ValueError(
+            "`model` is already a PeftModel and a `peft_config` was given too. Pass the base model with "
+            "`peft_config`, or the PeftModel without it (to keep training its adapters)."
+        )
+    peft_config = with_default_targets(model, peft_config)
+    wrapped = get_peft_model(model, peft_config)
+    warn_on_missed_towers(wrapped)
+    freeze_batch_norm_statistics(wrapped)
+    return wrapped

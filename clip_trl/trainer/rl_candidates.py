@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import Sampler
 
+from clip_trl.losses.contrastive import gather_with_grad
 from clip_trl.models import modeling
 
 
@@ -76,7 +78,6 @@ def resolve_candidate_pool(pool: str | Sequence[str] | None, dataset: Any, capti
 
 
 def _all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
-    import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return [tensor]
@@ -185,3 +186,79 @@ class RepeatBatchSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return (self.num_rows // self.group_size) * self.group_size * self.repeat_count
+
+
+class GlobalCandidates:
+    """The in-batch candidate set of the global batch, for `gather_candidates=True`.
+
+    Each rank contributes its batch's distinct candidates (captions, or images for `text_to_image`); the
+    global set is their concatenation in rank order, de-duplicated by first occurrence — captions by their
+    text, images by their content hash, as the collator does within a batch — so it is exactly the set a
+    single process would build from the global batch. Names, keys and (for `text_to_image`) the candidate
+    images travel as Python objects; embeddings are gathered with gradient by [`embed`].
+    """
+
+    def __init__(self, inputs: dict[str, Any], direction: str, image_column: str) -> None:
+        # In-batch candidate sets are the same list for every query of a batch: the first row describes them.
+        names: list[str] = list(inputs["candidates"][0])
+        rows: list[Any] = list(inputs["candidate_rows"])
+        images = None
+        if direction == "image_to_text":
+            keys: list[Any] = names
+            query_keys: list[Any] = list(inputs["ground_truth"])
+        else:
+            image_rows = inputs["distinct_image_rows"].tolist()
+            image_keys = inputs["image_keys"].tolist()
+            keys = [image_keys[row] for row in image_rows]
+            query_keys = image_keys
+            # Rewards receive the chosen images, which may live on another rank.
+            images = [inputs["rows"][row][image_column] for row in image_rows]
+        per_rank = all_gather_objects((keys, names, images, rows))
+        # Embeddings are gathered as equal-sized blocks (padded to the largest rank's count); `selection`
+        # picks, in global order, the first copy of each distinct candidate out of those blocks.
+        self.width = max(len(rank_keys) for rank_keys, *_ in per_rank)
+        position: dict[Any, int] = {}
+        selection: list[int] = []
+        self.names: list[str] = []
+        self.rows: list[Any] = []
+        self.images: list[Any] | None = [] if images is not None else None
+        for rank, (rank_keys, rank_names, rank_images, rank_rows) in enumerate(per_rank):
+            for i, key in enumerate(rank_keys):
+                if key in position:
+                    continue
+                position[key] = len(self.names)
+                selection.append(rank * self.width + i)
+                self.names.append(rank_names[i])
+                self.rows.append(rank_rows[i])
+                if self.images is not None:
+                    self.images.append(rank_images[i])
+        device = inputs["candidate_index"].device
+        self.local_index = inputs["candidate_index"][0]  # this rank's candidates among its embedded keys
+        self.selection = torch.tensor(selection, device=device)
+        num_queries = len(query_keys)
+        self.candidate_index = torch.arange(len(self.names), device=device).expand(num_queries, -1)
+        self.overrides: dict[str, Any] = {
+            "candidate_index": self.candidate_index,
+            "target_index": torch.tensor([position[key] for key in query_keys], device=device),
+            "candidates": [self.names] * num_queries,
+            "candidate_texts": [self.names] * num_queries,
+            "candidate_rows": self.rows,
+        }
+        if self.images is not None:
+            self.overrides["candidate_images"] = self.images
+
+    def embed(self, keys: torch.Tensor) -> torch.Tensor:
+        """The global candidates' embeddings `[K, d]` from this rank's `keys`; gradients reach the rank
+        that owns each (first) copy, so DDP's average equals the single-process gradient."""
+        local = keys[self.local_index]
+        padded = F.pad(local, (0, 0, 0, self.width - local.shape[0]))
+        return gather_with_grad(padded)[self.selection.to(keys.device)]
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """`obj` from every rank, in rank order (`[obj]` with one process)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered

@@ -7,13 +7,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
 from clip_trl.data.rows import content_key
-from clip_trl.losses.contrastive import contrastive_loss, gather_with_grad
+from clip_trl.losses.contrastive import contrastive_loss
 from clip_trl.losses.policy import (
     exact_advantages,
     group_advantages,
@@ -24,7 +22,12 @@ from clip_trl.losses.policy import (
 from clip_trl.models import modeling
 from clip_trl.rewards import RewardScores, RewardSet
 from clip_trl.trainer.base import ClipBaseTrainer
-from clip_trl.trainer.rl_candidates import RepeatBatchSampler, RetrievedCandidates, resolve_candidate_pool
+from clip_trl.trainer.rl_candidates import (
+    GlobalCandidates,
+    RepeatBatchSampler,
+    RetrievedCandidates,
+    resolve_candidate_pool,
+)
 from clip_trl.trainer.rl_config import ClipRLConfig
 from clip_trl.trainer.rl_data import ClipRLDataCollator, _UniqueTexts
 from clip_trl.trainer.rollout_logging import RolloutLoggingCallback
@@ -177,7 +180,7 @@ class ClipRLTrainer(ClipBaseTrainer):
     # --------------------------------------------------------------------------------------------- policy
 
     def _policy_log_probs(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: torch.Tensor,
-                          inputs: dict[str, Any], global_candidates: _GlobalCandidates | None = None) -> torch.Tensor:
+                          inputs: dict[str, Any], global_candidates: GlobalCandidates | None = None) -> torch.Tensor:
         """`log π(c|x)` `[B, K]` for every query over its (padded) candidate list."""
         if self.args.direction == "image_to_text":
             queries, keys = image_embeds, text_embeds
@@ -234,7 +237,7 @@ class ClipRLTrainer(ClipBaseTrainer):
         global_candidates = None
         if args.gather_candidates:
             # Before the forward: every rank must join the same collectives in the same order.
-            global_candidates = _GlobalCandidates(inputs, args.direction, args.image_column)
+            global_candidates = GlobalCandidates(inputs, args.direction, args.image_column)
             inputs.update(global_candidates.overrides)
         image_embeds, text_embeds = modeling.encode_batch(model, inputs)
         scale = modeling.logit_scale(model)
@@ -464,79 +467,3 @@ def _nan_std(rewards: torch.Tensor) -> torch.Tensor:
     filled = torch.where(valid, rewards, torch.zeros_like(rewards))
     mean = filled.sum(dim=1, keepdim=True) / count[:, None]
     return ((torch.where(valid, rewards - mean, torch.zeros_like(rewards)) ** 2).sum(dim=1) / count).sqrt()
-
-
-class _GlobalCandidates:
-    """The in-batch candidate set of the global batch, for `gather_candidates=True`.
-
-    Each rank contributes its batch's distinct candidates (captions, or images for `text_to_image`); the
-    global set is their concatenation in rank order, de-duplicated by first occurrence — captions by their
-    text, images by their content hash, as the collator does within a batch — so it is exactly the set a
-    single process would build from the global batch. Names, keys and (for `text_to_image`) the candidate
-    images travel as Python objects; embeddings are gathered with gradient by [`embed`].
-    """
-
-    def __init__(self, inputs: dict[str, Any], direction: str, image_column: str) -> None:
-        # In-batch candidate sets are the same list for every query of a batch: the first row describes them.
-        names: list[str] = list(inputs["candidates"][0])
-        rows: list[Any] = list(inputs["candidate_rows"])
-        images = None
-        if direction == "image_to_text":
-            keys: list[Any] = names
-            query_keys: list[Any] = list(inputs["ground_truth"])
-        else:
-            image_rows = inputs["distinct_image_rows"].tolist()
-            image_keys = inputs["image_keys"].tolist()
-            keys = [image_keys[row] for row in image_rows]
-            query_keys = image_keys
-            # Rewards receive the chosen images, which may live on another rank.
-            images = [inputs["rows"][row][image_column] for row in image_rows]
-        per_rank = _all_gather_objects((keys, names, images, rows))
-        # Embeddings are gathered as equal-sized blocks (padded to the largest rank's count); `selection`
-        # picks, in global order, the first copy of each distinct candidate out of those blocks.
-        self.width = max(len(rank_keys) for rank_keys, *_ in per_rank)
-        position: dict[Any, int] = {}
-        selection: list[int] = []
-        self.names: list[str] = []
-        self.rows: list[Any] = []
-        self.images: list[Any] | None = [] if images is not None else None
-        for rank, (rank_keys, rank_names, rank_images, rank_rows) in enumerate(per_rank):
-            for i, key in enumerate(rank_keys):
-                if key in position:
-                    continue
-                position[key] = len(self.names)
-                selection.append(rank * self.width + i)
-                self.names.append(rank_names[i])
-                self.rows.append(rank_rows[i])
-                if self.images is not None:
-                    self.images.append(rank_images[i])
-        device = inputs["candidate_index"].device
-        self.local_index = inputs["candidate_index"][0]  # this rank's candidates among its embedded keys
-        self.selection = torch.tensor(selection, device=device)
-        num_queries = len(query_keys)
-        self.candidate_index = torch.arange(len(self.names), device=device).expand(num_queries, -1)
-        self.overrides: dict[str, Any] = {
-            "candidate_index": self.candidate_index,
-            "target_index": torch.tensor([position[key] for key in query_keys], device=device),
-            "candidates": [self.names] * num_queries,
-            "candidate_texts": [self.names] * num_queries,
-            "candidate_rows": self.rows,
-        }
-        if self.images is not None:
-            self.overrides["candidate_images"] = self.images
-
-    def embed(self, keys: torch.Tensor) -> torch.Tensor:
-        """The global candidates' embeddings `[K, d]` from this rank's `keys`; gradients reach the rank
-        that owns each (first) copy, so DDP's average equals the single-process gradient."""
-        local = keys[self.local_index]
-        padded = F.pad(local, (0, 0, 0, self.width - local.shape[0]))
-        return gather_with_grad(padded)[self.selection.to(keys.device)]
-
-
-def _all_gather_objects(obj: Any) -> list[Any]:
-    """`obj` from every rank, in rank order (`[obj]` with one process)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
-    return gathered

@@ -22,7 +22,7 @@ from clip_trl.reporting.rollouts import (
     print_rollouts,
     query_rollouts,
 )
-from clip_trl.trainer.base import is_training_log
+from clip_trl.trainer.step_metrics import is_training_log
 
 
 class RolloutLoggingCallback(TrainerCallback):
