@@ -36,8 +36,8 @@ import torch
 from clip_trl import evaluation
 from clip_trl.models import modeling
 from clip_trl.offline.recipes import DEFAULT_CONTRASTIVE, DEFAULT_OFFLINE_IMAGE_SIZE, DEFAULT_RL, GRADED_GROUP
-from clip_trl.rewards import RewardSet
 from clip_trl.rewards.graded import greedy_graded_reward
+from clip_trl.rewards.scoring import RewardSet, reward_kwargs
 
 if TYPE_CHECKING:
     import datasets
@@ -276,21 +276,14 @@ def greedy_rewards(
         for row in rows:
             own = [embeddings.captions[j] for j in embeddings.positives[row].nonzero().flatten().tolist()]
             truths.append(own[0] if len(own) == 1 else own)
-        completions = [candidates[c] for c in chosen]
-        kwargs: dict[str, Any] = {
-            "candidates": [candidates] * len(rows),
-            "candidate_texts": [candidates] * len(rows),
-            "chosen": chosen,
-            "chosen_text": completions,
-            "chosen_row": [candidate_rows[c] for c in chosen],
-            "probs": [float(probs[i, c]) for i, c in enumerate(chosen)],
-            "ground_truth": truths,
-        }
+        query_rows = [{c: columns[c][row] for c in others} for row in rows]
         if image_column is not None and image_column in dataset.column_names:
-            kwargs["images"] = list(dataset.select(rows)[image_column])
-        for column in others:
-            kwargs.setdefault(column, [columns[column][row] for row in rows])
-        kwargs["trainer_state"] = None
+            for query_row, image in zip(query_rows, dataset.select(rows)[image_column]):
+                query_row[image_column] = image
+        completions, kwargs = reward_kwargs(
+            list(enumerate(chosen)), query_rows, [candidates] * len(rows), [candidates] * len(rows), truths,
+            probs.tolist(), image_column=image_column, candidate_rows=candidate_rows,
+        )
         scores = rewards(completions, **kwargs)
         for name, column in zip(scores.names, scores.per_function.T.tolist()):
             per_reward[name].extend(v for v in column if not math.isnan(v))

@@ -20,7 +20,7 @@ from clip_trl.losses.policy import (
     sample_actions,
 )
 from clip_trl.models import modeling
-from clip_trl.rewards import RewardScores, RewardSet
+from clip_trl.rewards.scoring import RewardScores, RewardSet, reward_kwargs
 from clip_trl.trainer.base import ClipBaseTrainer
 from clip_trl.trainer.rl_candidates import (
     GlobalCandidates,
@@ -403,38 +403,16 @@ class ClipRLTrainer(ClipBaseTrainer):
 
     def _reward_kwargs(self, entries: list[tuple[int, int]], inputs: dict[str, Any], log_probs: torch.Tensor
                        ) -> tuple[list[str], dict[str, Any]]:
-        rows, candidates, truth = inputs["rows"], inputs["candidates"], inputs["ground_truth"]
-        candidate_texts = inputs["candidate_texts"]
-        probs = log_probs.detach().exp().tolist()  # one transfer, not one per entry
-        completions = [candidates[b][k] for b, k in entries]
-        kwargs: dict[str, Any] = {
-            "candidates": [candidates[b] for b, _ in entries],
-            "chosen": [k for _, k in entries],
-            "probs": [probs[b][k] for b, k in entries],
-            "ground_truth": [truth[b] for b, _ in entries],
-            "candidate_texts": [candidate_texts[b] for b, _ in entries],
-        }
-        # The row each chosen candidate came from (in-batch sets), so a reward can compare the chosen
-        # candidate's columns with the query's (partial credit for the same `group`, say).
-        candidate_rows = inputs.get("candidate_rows")
-        kwargs["chosen_row"] = [None if candidate_rows is None else candidate_rows[k] for _, k in entries]
-        image_column = self.args.image_column
-        if self.args.direction == "image_to_text":
-            kwargs["images"] = [rows[b][image_column] for b, _ in entries]
-            kwargs["chosen_text"] = [candidate_texts[b][k] for b, k in entries]
-        else:
-            # The candidate images: gathered from every rank with `gather_candidates`, else this batch's.
-            candidate_images = inputs.get("candidate_images")
-            if candidate_images is None:
-                candidate_images = [rows[r][image_column] for r in inputs["distinct_image_rows"].tolist()]
-            kwargs["images"] = [candidate_images[k] for _, k in entries]
-            kwargs["queries"] = [truth[b] for b, _ in entries]
-            kwargs["chosen_text"] = kwargs["queries"]  # the text the policy scored is the query
-        for column in rows[0]:
-            if column != image_column and column not in kwargs:
-                kwargs[column] = [rows[b].get(column) for b, _ in entries]
-        kwargs["trainer_state"] = self.state
-        return completions, kwargs
+        rows, image_column = inputs["rows"], self.args.image_column
+        candidate_images = inputs.get("candidate_images")  # gathered from every rank with `gather_candidates`
+        if self.args.direction == "text_to_image" and candidate_images is None:
+            candidate_images = [rows[r][image_column] for r in inputs["distinct_image_rows"].tolist()]
+        return reward_kwargs(
+            entries, rows, inputs["candidates"], inputs["candidate_texts"], inputs["ground_truth"],
+            log_probs.detach().exp().tolist(),  # one transfer, not one per entry
+            image_column=image_column, direction=self.args.direction, candidate_rows=inputs.get("candidate_rows"),
+            candidate_images=candidate_images, trainer_state=self.state,
+        )
 
     def _score(self, entries: list[tuple[int, int]], inputs: dict[str, Any], log_probs: torch.Tensor) -> RewardScores:
         """Every reward function's output per entry and their weighted sum (NaN where all of them said `None`)."""
