@@ -66,7 +66,7 @@ def tokenizer_ids() -> tuple[str, bool]:
 
 def small_model() -> tuple[str, bool]:
     from clip_trl.offline import OFFLINE_MODEL_SIZES
-    from clip_trl.scripts.pipeline import DEFAULT_OFFLINE_IMAGE_SIZE
+    from clip_trl.offline.recipes import DEFAULT_OFFLINE_IMAGE_SIZE
 
     preset = OFFLINE_MODEL_SIZES["small"]
     vision = preset["vision_config"]

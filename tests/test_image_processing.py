@@ -10,8 +10,8 @@ from PIL import Image, ImageFilter
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer
-from clip_trl.data.collator import ClipDataCollator
 from clip_trl.data import image_processing as ip_module
+from clip_trl.data.collator import ClipDataCollator
 from clip_trl.data.image_processing import FastImageTransform, image_transform_for
 from clip_trl.data.rows import ProcessorImageTransform, load_image, to_rgb
 

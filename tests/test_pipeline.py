@@ -10,7 +10,8 @@ from clip_trl.cli import main
 from clip_trl.evaluation import EmbeddingSet, in_batch_accuracy_from_embeddings, index_captions
 from clip_trl.offline import build_clip
 from clip_trl.scripts import ScriptArguments, load_data
-from clip_trl.scripts.pipeline import STAGES, greedy_rewards, results_table
+from clip_trl.scripts.pipeline import STAGES
+from clip_trl.scripts.pipeline_results import greedy_rewards, results_table
 
 METRICS = [
     "image_to_text_recall@1", "image_to_text_recall@5", "image_to_text_recall@10",

@@ -169,7 +169,7 @@ def _run_training(command: str, parsed: tuple[Any, ...]) -> int:
 
 def _run_evaluate(parsed: tuple[Any, ...], parser: Any) -> int:
     from clip_trl.scripts import dump_json, load_data, print_metrics
-    from clip_trl.scripts.pipeline import evaluate_model
+    from clip_trl.scripts.pipeline_results import evaluate_model
 
     script_args, eval_args, model_args = parsed
     if not model_args.model_name_or_path:
