@@ -25,7 +25,10 @@ from trl import ModelConfig, TrlParser
 
 from clip_trl import ClipContrastiveConfig
 from clip_trl.cli import parse_dataclasses
-from clip_trl.scripts import ScriptArguments, evaluate_on_test, load_data, run_contrastive
+from clip_trl.scripts.arguments import ScriptArguments
+from clip_trl.scripts.common import evaluate_on_test
+from clip_trl.scripts.contrastive import run_contrastive
+from clip_trl.scripts.data import load_data
 
 
 def main(script_args: ScriptArguments, training_args: ClipContrastiveConfig, model_args: ModelConfig) -> dict:

@@ -25,7 +25,7 @@ from trl import ModelConfig, TrlParser
 
 from clip_trl import ClipDPOConfig
 from clip_trl.cli import parse_dataclasses
-from clip_trl.scripts import evaluate_on_test, print_metrics
+from clip_trl.scripts.common import evaluate_on_test, print_metrics
 from clip_trl.scripts.dpo import DPOScriptArguments, load_preference_data, run_dpo
 
 

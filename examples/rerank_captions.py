@@ -26,7 +26,9 @@ from trl import TrlParser
 
 from clip_trl.cli import parse_dataclasses
 from clip_trl.inference.rerank import generate_candidates, rerank
-from clip_trl.scripts import ScriptArguments, dump_json, load_data
+from clip_trl.scripts.arguments import ScriptArguments
+from clip_trl.scripts.common import dump_json
+from clip_trl.scripts.data import load_data
 
 
 @dataclass

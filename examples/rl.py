@@ -22,7 +22,10 @@ from trl import ModelConfig, TrlParser
 
 from clip_trl import ClipRLConfig
 from clip_trl.cli import parse_dataclasses
-from clip_trl.scripts import RLScriptArguments, evaluate_on_test, load_data, run_rl
+from clip_trl.scripts.arguments import RLScriptArguments
+from clip_trl.scripts.common import evaluate_on_test
+from clip_trl.scripts.data import load_data
+from clip_trl.scripts.rl import run_rl
 
 
 def main(script_args: RLScriptArguments, training_args: ClipRLConfig, model_args: ModelConfig) -> dict:

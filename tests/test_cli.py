@@ -10,7 +10,8 @@ import yaml
 
 from clip_trl import ClipContrastiveConfig, ClipRLConfig
 from clip_trl.cli import main, make_parser, parse_dataclasses
-from clip_trl.scripts import RLScriptArguments, ScriptArguments, clip_peft_config
+from clip_trl.scripts.arguments import RLScriptArguments, ScriptArguments
+from clip_trl.scripts.common import clip_peft_config
 from clip_trl.scripts.pipeline import PipelineArguments
 
 REPO = Path(__file__).resolve().parents[1]

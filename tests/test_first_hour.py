@@ -139,8 +139,8 @@ def test_reward_weights_given_to_the_trainer_says_it_belongs_in_the_config(tiny,
 def test_rl_example_prints_test_metrics_once_and_its_card_has_final_reward_and_kl(tmp_path, capsys, monkeypatch):
     from trl import ModelConfig
 
-    from clip_trl import scripts
-    from clip_trl.scripts import RLScriptArguments
+    from clip_trl.scripts import rl as rl_script
+    from clip_trl.scripts.arguments import RLScriptArguments
 
     spec = importlib.util.spec_from_file_location("rl_example", REPO / "examples" / "rl.py")
     example = importlib.util.module_from_spec(spec)
@@ -148,7 +148,7 @@ def test_rl_example_prints_test_metrics_once_and_its_card_has_final_reward_and_k
     trainers = []
 
     def run_rl(*args, **kwargs):  # the example's own call, keeping the trainer to compare the card with
-        trainers.append(scripts.run_rl(*args, **kwargs))
+        trainers.append(rl_script.run_rl(*args, **kwargs))
         return trainers[-1]
 
     monkeypatch.setattr(example, "run_rl", run_rl)

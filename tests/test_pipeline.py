@@ -9,7 +9,8 @@ from PIL import Image
 from clip_trl.cli import main
 from clip_trl.evaluation import EmbeddingSet, in_batch_accuracy_from_embeddings, index_captions
 from clip_trl.offline import build_clip
-from clip_trl.scripts import ScriptArguments, load_data
+from clip_trl.scripts.arguments import ScriptArguments
+from clip_trl.scripts.data import load_data
 from clip_trl.scripts.pipeline import STAGES
 from clip_trl.scripts.pipeline_results import greedy_rewards, results_table
 

@@ -194,7 +194,8 @@ def test_slurm_example_is_valid_bash_including_the_per_task_command():
 
 
 def test_scripts_train_on_shards_and_require_max_steps(shards):
-    from clip_trl.scripts import ScriptArguments, train_dataset
+    from clip_trl.scripts.arguments import ScriptArguments
+    from clip_trl.scripts.data import train_dataset
 
     folder = os.path.dirname(shards[0])
     script_args = ScriptArguments(train_shards=f"{folder}/shard-0000[0-3].tar, {folder}/shard-{{00004..00007}}.tar",

@@ -45,7 +45,7 @@ _COMMANDS = {
 @dataclass
 class EvaluateArguments:
     r"""
-    Arguments of `clip-trl evaluate` besides the data ([`~clip_trl.scripts.ScriptArguments`]) and the model
+    Arguments of `clip-trl evaluate` besides the data ([`~clip_trl.scripts.arguments.ScriptArguments`]) and the model
     (trl's `ModelConfig`: `--model_name_or_path` is required).
 
     Parameters:
@@ -73,7 +73,7 @@ class EvaluateArguments:
 def _dataclass_types(command: str) -> tuple[type, ...]:
     from trl import ModelConfig
 
-    from clip_trl.scripts import RLScriptArguments, ScriptArguments
+    from clip_trl.scripts.arguments import RLScriptArguments, ScriptArguments
 
     if command == "contrastive":
         from clip_trl.trainer import ClipContrastiveConfig
@@ -154,7 +154,10 @@ def parse_dataclasses(parser: Any, args: Sequence[str] | None = None) -> tuple[A
 
 
 def _run_training(command: str, parsed: tuple[Any, ...]) -> int:
-    from clip_trl.scripts import evaluate_on_test, load_data, run_contrastive, run_rl
+    from clip_trl.scripts.common import evaluate_on_test
+    from clip_trl.scripts.contrastive import run_contrastive
+    from clip_trl.scripts.data import load_data
+    from clip_trl.scripts.rl import run_rl
 
     script_args, training_args, model_args = parsed
     data = load_data(script_args)
@@ -168,7 +171,8 @@ def _run_training(command: str, parsed: tuple[Any, ...]) -> int:
 
 
 def _run_evaluate(parsed: tuple[Any, ...], parser: Any) -> int:
-    from clip_trl.scripts import dump_json, load_data, print_metrics
+    from clip_trl.scripts.common import dump_json, print_metrics
+    from clip_trl.scripts.data import load_data
     from clip_trl.scripts.pipeline_results import evaluate_model
 
     script_args, eval_args, model_args = parsed
@@ -196,7 +200,7 @@ def _run_evaluate(parsed: tuple[Any, ...], parser: Any) -> int:
 
 
 def _run_dpo(parsed: tuple[Any, ...], parser: Any) -> int:
-    from clip_trl.scripts import evaluate_on_test, print_metrics
+    from clip_trl.scripts.common import evaluate_on_test, print_metrics
     from clip_trl.scripts.dpo import load_preference_data, run_dpo
 
     script_args, training_args, model_args = parsed

@@ -6,13 +6,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from clip_trl.scripts import (
-    ScriptArguments,
-    clip_peft_config,
-    load_data,
-    model_init_kwargs_from,
-    save_trainer,
-)
+from clip_trl.scripts.arguments import ScriptArguments
+from clip_trl.scripts.common import clip_peft_config, model_init_kwargs_from, save_trainer
+from clip_trl.scripts.data import load_data
 
 if TYPE_CHECKING:
     import datasets
@@ -26,7 +22,7 @@ __all__ = ["DPOScriptArguments", "load_preference_data", "run_dpo"]
 @dataclass
 class DPOScriptArguments(ScriptArguments):
     r"""
-    [`~clip_trl.scripts.ScriptArguments`] plus how to get preference pairs.
+    [`~clip_trl.scripts.arguments.ScriptArguments`] plus how to get preference pairs.
 
     A data set that already has the config's `rejected_column` is used as it is. Otherwise pairs are made from
     its captions with [`~clip_trl.data.preference_pairs.near_miss_pairs`]: the chosen caption is the row's own, the
@@ -50,7 +46,7 @@ class DPOScriptArguments(ScriptArguments):
 
 
 def load_preference_data(script_args: DPOScriptArguments, training_args: ClipDPOConfig) -> datasets.DatasetDict:
-    """The run's splits (see [`~clip_trl.scripts.load_data`]) with `chosen` / `rejected` columns.
+    """The run's splits (see [`~clip_trl.scripts.data.load_data`]) with `chosen` / `rejected` columns.
 
     Example:
 

@@ -81,7 +81,7 @@ class PipelineArguments:
             small CLIP built offline ([`clip_trl.offline.build_clip`]), saved to `<output_dir>/base_model`.
         dataset (`str` or `None`, defaults to `None`):
             A Hub data set id, a `save_to_disk` folder, or a `datasets.load_dataset` path. `None`: the offline
-            emoji set. Splits: see [`clip_trl.scripts.load_data`].
+            emoji set. Splits: see [`clip_trl.scripts.data.load_data`].
         dataset_config (`str` or `None`): the data set's configuration name.
         image_column (`str`, defaults to `"image"`), caption_column (`str`, defaults to `"caption"`): columns.
         seed (`int`, defaults to 42): seed of the split, the weights of the offline model, and training.
@@ -247,7 +247,9 @@ def run_pipeline(args: PipelineArguments) -> dict[str, Any]:
     from transformers import AutoModel, AutoProcessor, set_seed
     from trl import ModelConfig
 
-    from clip_trl.scripts import ScriptArguments, dump_json, load_data, resolve_model, save_trainer
+    from clip_trl.scripts.arguments import ScriptArguments
+    from clip_trl.scripts.common import dump_json, resolve_model, save_trainer
+    from clip_trl.scripts.data import load_data
     from clip_trl.trainer import ClipContrastiveConfig, ClipContrastiveTrainer, ClipRLConfig, ClipRLTrainer
 
     started = time.perf_counter()

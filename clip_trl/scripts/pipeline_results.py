@@ -66,7 +66,7 @@ def greedy_rewards(
     ```python
     >>> import datasets, torch
     >>> from clip_trl.evaluation import EmbeddingSet, index_captions
-    >>> from clip_trl.scripts.pipeline import greedy_rewards
+    >>> from clip_trl.scripts.pipeline_results import greedy_rewards
     >>> rows = datasets.Dataset.from_dict({"caption": ["a cat", "a dog", "a cow"]})
     >>> captions, positives, first = index_captions(rows["caption"])
     >>> images = torch.eye(3)[[0, 0, 2]]  # the dog picture looks like the cat caption
@@ -144,7 +144,7 @@ def evaluate_model(
 
     ```python
     >>> from clip_trl.offline import build_clip, load_emoji_dataset
-    >>> from clip_trl.scripts.pipeline import evaluate_model
+    >>> from clip_trl.scripts.pipeline_results import evaluate_model
     >>> model, processor = build_clip("tiny")
     >>> metrics, _ = evaluate_model(model, processor, load_emoji_dataset()["test"])
     >>> sorted(metrics)[:2]
