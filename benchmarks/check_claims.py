@@ -53,12 +53,12 @@ def emoji_split() -> tuple[str, bool]:
 
 
 def tokenizer_ids() -> tuple[str, bool]:
-    from clip_trl.offline import _find_clip_bpe_file, clip_tokenizer
+    from clip_trl.offline import CLIP_BPE_FILE, clip_tokenizer
 
     tokenizer = clip_tokenizer()
     ids = tokenizer("a photo of a cat")["input_ids"]
-    where = _find_clip_bpe_file()
-    bundled = where is not None and where.parent.name == "assets" and where.parent.parent.name == "clip_trl"
+    where = CLIP_BPE_FILE
+    bundled = where.is_file() and "clip_trl" in where.parts
     expected = [49406, 320, 1125, 539, 320, 2368, 49407]
     return (f"{len(tokenizer):,} tokens, 'a photo of a cat' -> {ids}, file {'inside clip_trl' if bundled else where}",
             len(tokenizer) == 49408 and ids == expected and bundled)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ SPLITS = ("train", "validation", "test")
 
 
 def test_openai_bpe_file_ships_inside_the_package_with_its_license() -> None:
-    found = offline._find_clip_bpe_file()
+    found = offline.CLIP_BPE_FILE
     assert found == Path(offline.__file__).parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
     notice = (found.parent / "LICENSE-clip-bpe.txt").read_text(encoding="utf-8")
     assert "MIT License" in notice and "Copyright (c) 2021 OpenAI" in notice
@@ -176,50 +175,14 @@ def test_clip_tokenizer_explicit_missing_path() -> None:
         clip_tokenizer(bpe_path="/nonexistent/bpe_simple_vocab_16e6.txt.gz")
 
 
-def test_clip_tokenizer_fallback_when_forced(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="clip_trl.offline"):
-        tokenizer = clip_tokenizer(force_fallback=True)
-    assert "fallback" in caplog.text
-    n = len(tokenizer)
-    assert 1000 < n < 49408
-    # Specials last, as in CLIP: EOS is the largest id, so any pooling rule finds it.
-    assert (tokenizer.bos_token, tokenizer.bos_token_id) == ("<|startoftext|>", n - 2)
-    assert (tokenizer.eos_token, tokenizer.eos_token_id) == ("<|endoftext|>", n - 1)
-    assert tokenizer.pad_token_id == n - 1
+def test_clip_tokenizer_without_its_merges_file_says_to_reinstall(monkeypatch: pytest.MonkeyPatch) -> None:
+    from clip_trl.offline import tokenizer as tokenizer_module
 
-    ids = tokenizer("Grinning Face with big eyes")["input_ids"]
-    assert ids == tokenizer("grinning face with big eyes")["input_ids"]
-    assert ids[0] == n - 2 and ids[-1] == n - 1
-    assert len(ids) < 2 + len("grinning face with big eyes")  # real merges, not one token per character
-    # Byte-level: text the emoji names never contain still encodes without an unknown token.
-    odd = tokenizer("日本語 ✨ naïve $42")["input_ids"]
-    assert (n - 1) not in odd[1:-1]
-    assert tokenizer.decode(odd, skip_special_tokens=True).replace(" ", "") == "日本語✨naïve$42"
-    # Deterministic: a second build gives the same vocabulary.
-    assert clip_tokenizer(force_fallback=True).get_vocab() == tokenizer.get_vocab()
+    monkeypatch.setattr(tokenizer_module, "CLIP_BPE_FILE", Path("/nonexistent/bpe_simple_vocab_16e6.txt.gz"))
+    with pytest.raises(FileNotFoundError, match=r"it ships inside clip_trl: reinstall clip_trl"):
+        clip_tokenizer()
 
 
-def test_clip_tokenizer_fallback_when_file_missing(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    monkeypatch.setattr(offline, "_find_clip_bpe_file", lambda: None)
-    with caplog.at_level(logging.WARNING, logger="clip_trl.offline"):
-        tokenizer = clip_tokenizer(model_max_length=16)
-    assert "open-clip-torch" in caplog.text
-    assert len(tokenizer) < 49408 and tokenizer.model_max_length == 16
-
-    model, processor = build_clip("tiny")  # the model follows whatever tokenizer it gets
-    assert model.config.text_config.vocab_size == len(processor.tokenizer) == len(tokenizer)
-    inputs = processor(text=["red apple", "a photo of a dog"], padding=True, return_tensors="pt")
-    assert _features(model.get_text_features(**inputs)).shape == (2, 32)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Models
-# ----------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
 def tiny() -> tuple[Any, Any]:
     return build_clip("tiny")
 

@@ -251,10 +251,9 @@ def print_env() -> None:
     else:
         devices = f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
     try:
-        from clip_trl.offline import _find_clip_bpe_file
+        from clip_trl.offline import CLIP_BPE_FILE
 
-        bpe = _find_clip_bpe_file()
-        tokenizer = f"OpenAI CLIP BPE from {bpe}" if bpe else "fallback BPE (open-clip-torch not installed)"
+        tokenizer = f"OpenAI CLIP BPE from {CLIP_BPE_FILE}" if CLIP_BPE_FILE.is_file() else "missing (reinstall clip_trl)"
     except Exception as error:  # the report must print whatever is broken
         tokenizer = f"unavailable ({error})"
     try:
