@@ -37,6 +37,7 @@ from clip_trl.evaluation import (
     zero_shot_accuracy,
     zero_shot_scores,
 )
+from clip_trl.evaluation import scores as score_functions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,7 +173,7 @@ def test_retrieval_is_blockwise_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     positives[torch.arange(20), torch.arange(20)] = True
     positives[torch.arange(20, 30) % 20, torch.arange(20, 30)] = True
     whole = retrieval_scores(images, texts, positives, ks=(1, 3, 7))
-    monkeypatch.setattr(evaluation, "_SCORE_BLOCK_ELEMENTS", 1)
+    monkeypatch.setattr(score_functions, "_SCORE_BLOCK_ELEMENTS", 1)
     assert retrieval_scores(images, texts, positives, ks=(1, 3, 7)) == whole
 
 

@@ -191,7 +191,7 @@ def wise_ft_sweep(
     Evaluate the WiSE-FT model at each `alpha` on named eval sets (e.g. `{"in_domain": ..., "retention": ...}`).
 
     Returns one row per alpha: `{"alpha": a, "<set>/<metric>": value, ..., "mean": m}` with every retrieval
-    metric of [`clip_trl.evaluation.retrieval_metrics`] per set, and `mean` the average of `metric` over the sets
+    metric of [`clip_trl.evaluation.metrics.retrieval_metrics`] per set, and `mean` the average of `metric` over the sets
     — the balanced choice of `alpha` is the row with the highest `mean` (see [`best_alpha`]).
 
     Example:

@@ -20,7 +20,7 @@ from clip_trl.data.rows import load_image
 if TYPE_CHECKING:
     from PIL import Image
 
-    from clip_trl.evaluation import EmbeddingSet
+    from clip_trl.evaluation.embeddings import EmbeddingSet
 
 __all__ = ["RETRIEVAL_EXAMPLES_FILENAME", "plot_retrieval_examples", "top_captions"]
 
@@ -40,7 +40,7 @@ def top_captions(embeddings: EmbeddingSet, row: int, k: int = 3) -> list[tuple[s
 
     ```python
     >>> import torch
-    >>> from clip_trl.evaluation import EmbeddingSet, index_captions
+    >>> from clip_trl.evaluation.embeddings import EmbeddingSet, index_captions
     >>> from clip_trl.reporting.retrieval_grid import top_captions
     >>> captions, positives, first = index_captions(["a cat", "a dog"])
     >>> top_captions(EmbeddingSet(torch.eye(2), torch.eye(2), captions, positives, first), row=1, k=2)
@@ -86,7 +86,7 @@ def plot_retrieval_examples(
     Example:
 
     ```python
-    >>> from clip_trl.evaluation import compute_embeddings
+    >>> from clip_trl.evaluation.embeddings import compute_embeddings
     >>> from clip_trl.reporting.retrieval_grid import plot_retrieval_examples
     >>> sets = {"base": compute_embeddings(base, processor, test),  # doctest: +SKIP
     ...         "tuned": compute_embeddings(tuned, processor, test)}

@@ -84,7 +84,7 @@ def greedy_graded_reward(
 
     ```python
     >>> import torch
-    >>> from clip_trl.evaluation import EmbeddingSet, index_captions
+    >>> from clip_trl.evaluation.embeddings import EmbeddingSet, index_captions
     >>> from clip_trl.rewards.graded import greedy_graded_reward
     >>> captions, positives, first = index_captions(["a cat", "a dog", "a car"])
     >>> images = torch.eye(3)[[0, 0, 0]]  # every image looks like "a cat"

@@ -49,7 +49,7 @@ def greedy_rewards(
     except on exact score ties (the accuracy counts a tie as a miss, `argmax` takes the first candidate).
 
     Args:
-        embeddings ([`~clip_trl.evaluation.EmbeddingSet`]): the model's embeddings of `dataset`.
+        embeddings ([`~clip_trl.evaluation.embeddings.EmbeddingSet`]): the model's embeddings of `dataset`.
         dataset (`datasets.Dataset`): the rows the embeddings were computed from (for images and columns).
         reward_funcs: reward callables or built-in names, as for [`~clip_trl.ClipRLTrainer`].
         logit_scale (`float`): the model's `exp(logit_scale)`.
@@ -65,7 +65,7 @@ def greedy_rewards(
 
     ```python
     >>> import datasets, torch
-    >>> from clip_trl.evaluation import EmbeddingSet, index_captions
+    >>> from clip_trl.evaluation.embeddings import EmbeddingSet, index_captions
     >>> from clip_trl.scripts.pipeline_results import greedy_rewards
     >>> rows = datasets.Dataset.from_dict({"caption": ["a cat", "a dog", "a cow"]})
     >>> captions, positives, first = index_captions(rows["caption"])
@@ -134,7 +134,7 @@ def evaluate_model(
 ) -> tuple[dict[str, float], evaluation.EmbeddingSet]:
     """Every metric of the results table for one model: retrieval, in-batch accuracy and the greedy mean reward.
 
-    The dataset is embedded once; see [`~clip_trl.evaluation.scores_from_embeddings`] and [`greedy_rewards`].
+    The dataset is embedded once; see [`~clip_trl.evaluation.scores.scores_from_embeddings`] and [`greedy_rewards`].
 
     Returns:
         `tuple[dict[str, float], EmbeddingSet]`: the metrics (`image_to_text_recall@k`, `text_to_image_recall@k`,

@@ -1,7 +1,7 @@
 """Evaluation under several processes: each rank embeds a contiguous block of the eval set, and the blocks are
 gathered so that every rank scores the whole set (retrieval needs every image against every caption).
 
-The gathered [`~clip_trl.evaluation.EmbeddingSet`] is the one a single process builds: images in dataset order,
+The gathered [`~clip_trl.evaluation.embeddings.EmbeddingSet`] is the one a single process builds: images in dataset order,
 unique captions in order of first appearance, the same positives — so the metrics do not depend on the number
 of processes, while each rank encodes only `1 / world_size` of the images and captions.
 """
@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from clip_trl import evaluation
 from clip_trl.data.rows import EVAL_HINT, BadRowError
-from clip_trl.evaluation import EmbeddingSet, index_captions
+from clip_trl.evaluation.embeddings import EmbeddingSet, index_captions
 
 
 def _world() -> tuple[int, int]:
@@ -86,7 +86,7 @@ def gather_embedding_set(local: EmbeddingSet) -> EmbeddingSet:
 
 
 def compute_embeddings(model: Any, processor: Any, dataset: Any, **kwargs: Any) -> EmbeddingSet:
-    """[`clip_trl.evaluation.compute_embeddings`] of the whole `dataset`, each rank embedding only its block.
+    """[`clip_trl.evaluation.embeddings.compute_embeddings`] of the whole `dataset`, each rank embedding only its block.
 
     A collective under several processes (every rank must call it); with one process, the plain function.
     """

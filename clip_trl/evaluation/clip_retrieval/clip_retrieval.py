@@ -2,7 +2,7 @@
 
 This file is loaded by `evaluate.load(<this folder>)`, which copies it into evaluate's module cache and
 imports it on its own, so it depends only on numpy, datasets and evaluate (not on clip_trl). Its numbers
-match `clip_trl.evaluation.retrieval_scores`, including the tie convention.
+match `clip_trl.evaluation.scores.retrieval_scores`, including the tie convention.
 """
 
 from __future__ import annotations
