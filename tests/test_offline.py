@@ -183,6 +183,12 @@ def test_clip_tokenizer_without_its_merges_file_says_to_reinstall(monkeypatch: p
         clip_tokenizer()
 
 
+# ----------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
 def tiny() -> tuple[Any, Any]:
     return build_clip("tiny")
 

@@ -224,7 +224,7 @@ def _load_for_evaluation(model_args: Any) -> tuple[Any, Any]:
     kwargs: dict[str, Any] = {"revision": model_args.model_revision}
     if model_args.dtype not in (None, "auto"):
         kwargs["dtype"] = model_args.dtype
-    from clip_trl.hub import load_model
+    from clip_trl.hub.loading import load_model
 
     return load_model(model_args.model_name_or_path, **kwargs)
 

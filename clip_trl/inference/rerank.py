@@ -35,7 +35,7 @@ __all__ = ["generate_candidates", "rerank"]
 def _load_clip(model: Any, processor: Any) -> tuple[Any, Any]:
     """A model and its processor from a model object or a Hub id / folder (full model or LoRA adapter)."""
     if isinstance(model, str):
-        from clip_trl.hub import load_model
+        from clip_trl.hub.loading import load_model
 
         loaded, loaded_processor = load_model(model)
         return loaded, processor if processor is not None else loaded_processor

@@ -25,7 +25,7 @@ __all__ = ["InterpolateArguments", "best_alpha", "plot_wise_ft_sweep", "run_inte
 
 def _load(model: Any) -> tuple[nn.Module, Any]:
     if isinstance(model, (str, os.PathLike)):
-        from clip_trl.hub import load_model
+        from clip_trl.hub.loading import load_model
 
         return load_model(model)
     return model, None
@@ -286,7 +286,7 @@ class InterpolateArguments:
 
 def run_interpolate(args: InterpolateArguments) -> str:
     """Write `wise_ft(args.base, args.tuned, args.alpha)` (and the tuned model's processor) to `args.output_dir`."""
-    from clip_trl.hub import load_model
+    from clip_trl.hub.loading import load_model
 
     tuned, processor = load_model(args.tuned, base_model=args.base)
     mixed = wise_ft(args.base, tuned, args.alpha)

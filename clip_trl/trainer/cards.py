@@ -9,7 +9,7 @@ import os
 
 from transformers.utils import logging
 
-from clip_trl.hub import warn_if_base_is_local
+from clip_trl.hub.loading import warn_if_base_is_local
 from clip_trl.reporting.curves import TRAINING_CURVES_FILENAME
 
 logger = logging.get_logger(__name__)
