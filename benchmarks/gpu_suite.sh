@@ -37,7 +37,7 @@ start=$SECONDS
 
 if [ "$dry_run" = 1 ]; then
     export CLIP_TRL_CUDA_TESTS_ON_CPU=1 OMP_NUM_THREADS=1 CUDA_VISIBLE_DEVICES=""
-    tests=(tests/test_cuda.py)
+    tests=(tests/trainer/test_cuda.py)
     train_args=(--dry-run)
 else
     if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then

@@ -19,7 +19,7 @@ The table gives both at the end of warm-up and at the end, the growth in between
     python benchmarks/long_run_memory.py --leak           # the same with a per-step leak injected (see `measure`)
     python benchmarks/long_run_memory.py --steps 5000 --size small --batch-size 16
 
-`tests/test_long_run_memory.py` runs the children of this script in CI with bounds on both growths.
+`tests/trainer/test_long_run_memory.py` runs the children of this script in CI with bounds on both growths.
 """
 
 from __future__ import annotations

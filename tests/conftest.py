@@ -1,3 +1,4 @@
+import copy
 import os
 
 import datasets
@@ -20,10 +21,17 @@ def emoji():
     return datasets.DatasetDict({"train": data["train"].select(range(64)), "test": data["test"].select(range(32))})
 
 
-@pytest.fixture()
-def tiny():
-    """A fresh tiny random CLIP and its processor (real CLIP tokenizer)."""
+@pytest.fixture(scope="session")
+def _tiny_once():
+    """The tiny random CLIP and its processor, built once per test run (per xdist worker)."""
     return build_clip("tiny", seed=0)
+
+
+@pytest.fixture()
+def tiny(_tiny_once):
+    """A fresh copy of the tiny random CLIP (tests train and change it) and its processor (real CLIP tokenizer)."""
+    model, processor = _tiny_once
+    return copy.deepcopy(model), processor
 
 
 def pytest_collection_modifyitems(config, items):

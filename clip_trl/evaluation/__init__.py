@@ -2,15 +2,20 @@
 
 The work splits in two layers:
 
-1. [`compute_embeddings`] (in [`clip_trl.evaluation.embeddings`], re-exported here) runs the model once over a dataset and returns an [`EmbeddingSet`]: one
-   L2-normalised embedding per image (dataset row), one per *unique* caption string, and the boolean
-   image-caption positive matrix. Every metric below is a cheap function of that set, so a trainer
-   encodes its eval set once and derives all metrics from it ([`evaluate_all`], [`scores_from_embeddings`]).
+1. [`compute_embeddings`] (in `clip_trl.evaluation.embeddings`) runs the model once over a dataset and returns
+   an [`EmbeddingSet`]: one L2-normalised embedding per image (dataset row), one per *unique* caption string,
+   and the boolean image-caption positive matrix. Every metric below is a cheap function of that set, so a
+   trainer encodes its eval set once and derives all metrics from it ([`evaluate_all`],
+   [`scores_from_embeddings`]).
 2. Pure functions on tensors ([`retrieval_scores`], [`in_batch_accuracy_from_embeddings`],
-   [`zero_shot_scores`]) that tests and users can drive with hand-built embeddings.
+   [`zero_shot_scores`], in `clip_trl.evaluation.scores`) that tests and users can drive with hand-built
+   embeddings.
 
-Metric names are the library's public ones (see the Evaluation metrics docs page): `image_to_text_recall@{k}`, `text_to_image_recall@{k}`,
-`in_batch_accuracy` and `zero_shot_accuracy`.
+The functions of a model on a dataset ([`retrieval_metrics`], [`in_batch_accuracy`], [`zero_shot_accuracy`],
+[`evaluate_all`]) are in `clip_trl.evaluation.metrics`; every public name is re-exported here.
+
+Metric names are the library's public ones (see the Evaluation metrics docs page): `image_to_text_recall@{k}`,
+`text_to_image_recall@{k}`, `in_batch_accuracy` and `zero_shot_accuracy`.
 
 Tie convention (all metrics): *ties count against the query*. A query is a hit at `k` only when fewer than
 `k` negative candidates score **at least as high** as its best-scoring positive. A positive that ties with a
@@ -36,6 +41,20 @@ from clip_trl.evaluation.scores import (
 # The same metrics as an `evaluate` module: `evaluate.load` takes a folder holding `<folder name>.py`; loading it
 # by path needs no Hub access.
 CLIP_RETRIEVAL_METRIC_PATH: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip_retrieval")
+"""The folder of the `clip_retrieval` `evaluate` module (recall@k in both directions, the same numbers as
+[`retrieval_scores`]): `evaluate.load(CLIP_RETRIEVAL_METRIC_PATH)` loads it without Hub access.
+
+Example:
+
+```python
+>>> import evaluate
+>>> from clip_trl.evaluation import CLIP_RETRIEVAL_METRIC_PATH
+>>> metric = evaluate.load(CLIP_RETRIEVAL_METRIC_PATH)  # doctest: +SKIP
+>>> metric.compute(predictions=[[0.9, 0.1], [0.2, 0.8]], references=[[0], [1]], ks=[1])  # doctest: +SKIP
+{'image_to_text_recall@1': 1.0, 'text_to_image_recall@1': 1.0}
+
+```
+"""
 
 __all__ = [
     "CLIP_RETRIEVAL_METRIC_PATH",

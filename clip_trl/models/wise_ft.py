@@ -208,7 +208,7 @@ def wise_ft_sweep(
 
     ```
     """
-    from clip_trl import evaluation
+    from clip_trl.evaluation.metrics import retrieval_metrics
 
     if not eval_datasets:
         raise ValueError("`eval_datasets` is empty; pass e.g. {'in_domain': ..., 'retention': ...}.")
@@ -219,8 +219,8 @@ def wise_ft_sweep(
         model = wise_ft(base_model, tuned_model, alpha).eval()
         row: dict[str, float] = {"alpha": float(alpha)}
         for name, dataset in eval_datasets.items():
-            metrics = evaluation.retrieval_metrics(model, processor, dataset, image_column=image_column,
-                                                   caption_column=caption_column, ks=tuple(ks), batch_size=batch_size)
+            metrics = retrieval_metrics(model, processor, dataset, image_column=image_column,
+                                        caption_column=caption_column, ks=tuple(ks), batch_size=batch_size)
             if metric not in metrics:
                 raise ValueError(f"`metric={metric!r}` is not a retrieval metric; choose one of {sorted(metrics)}.")
             row.update({f"{name}/{key}": float(value) for key, value in metrics.items()})

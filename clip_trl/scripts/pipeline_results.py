@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from clip_trl import evaluation
+from clip_trl.evaluation.embeddings import EmbeddingSet, compute_embeddings
+from clip_trl.evaluation.scores import scores_from_embeddings
 from clip_trl.models import modeling
 from clip_trl.rewards.graded import greedy_graded_reward
 from clip_trl.rewards.scoring import RewardSet, reward_kwargs
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 def greedy_rewards(
-    embeddings: evaluation.EmbeddingSet,
+    embeddings: EmbeddingSet,
     dataset: datasets.Dataset,
     reward_funcs: str | Callable | Sequence[str | Callable],
     *,
@@ -131,7 +132,7 @@ def evaluate_model(
     in_batch_size: int = 32,
     policy_temperature: float = 1.0,
     reward_weights: Sequence[float] | None = None,
-) -> tuple[dict[str, float], evaluation.EmbeddingSet]:
+) -> tuple[dict[str, float], EmbeddingSet]:
     """Every metric of the results table for one model: retrieval, in-batch accuracy and the greedy mean reward.
 
     The dataset is embedded once; see [`~clip_trl.evaluation.scores.scores_from_embeddings`] and [`greedy_rewards`].
@@ -152,10 +153,10 @@ def evaluate_model(
 
     ```
     """
-    embeddings = evaluation.compute_embeddings(
+    embeddings = compute_embeddings(
         model, processor, dataset, image_column=image_column, caption_column=caption_column, batch_size=batch_size
     )
-    metrics = evaluation.scores_from_embeddings(embeddings, ks, in_batch_size)
+    metrics = scores_from_embeddings(embeddings, ks, in_batch_size)
     scale = float(modeling.logit_scale(model).detach().float().exp())
     metrics.update(
         greedy_rewards(
@@ -252,7 +253,7 @@ def plot_curves(log_history: list[dict[str, Any]], path: str) -> str | None:
     return os.fspath(written) if written else None
 
 
-def graded_metric(embeddings: evaluation.EmbeddingSet, test: datasets.Dataset) -> dict[str, float]:
+def graded_metric(embeddings: EmbeddingSet, test: datasets.Dataset) -> dict[str, float]:
     """`graded_reward` (see [`clip_trl.rewards.graded.greedy_graded_reward`]) when the test rows have a `group`."""
     if "group" not in test.column_names:
         return {}

@@ -41,7 +41,8 @@ class RetrievalEvaluationMixin:
             return metrics
         if dataset is None:
             raise ValueError("Evaluation needs an `eval_dataset` (pass one to the trainer or to `evaluate()`).")
-        from clip_trl import evaluation
+        from clip_trl.evaluation.metrics import zero_shot_accuracy
+        from clip_trl.evaluation.scores import scores_from_embeddings
         from clip_trl.trainer.sharded_eval import compute_embeddings
 
         self._memory_tracker.start()
@@ -58,12 +59,12 @@ class RetrievalEvaluationMixin:
             image_transform=self._image_transform(self.processing_class, self.args),
             max_length=self.args.max_length,  # the collators' token limit: the same tokens as in training
         )
-        results = evaluation.scores_from_embeddings(
+        results = scores_from_embeddings(
             embeddings, ks=tuple(self.args.eval_ks), in_batch_size=self.args.eval_in_batch_size
         )
         if self.args.candidate_labels:
             results.update(
-                evaluation.zero_shot_accuracy(
+                zero_shot_accuracy(
                     model,
                     self.processing_class,
                     dataset,

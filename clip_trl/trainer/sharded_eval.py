@@ -15,8 +15,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from clip_trl import evaluation
 from clip_trl.data.rows import EVAL_HINT, BadRowError
+from clip_trl.evaluation import embeddings
 from clip_trl.evaluation.embeddings import EmbeddingSet, index_captions
 
 
@@ -92,5 +92,5 @@ def compute_embeddings(model: Any, processor: Any, dataset: Any, **kwargs: Any) 
     """
     rows, first_row = shard(dataset)
     with dataset_row_numbers(first_row):
-        local = evaluation.compute_embeddings(model, processor, rows, **kwargs)
+        local = embeddings.compute_embeddings(model, processor, rows, **kwargs)
     return local if first_row is None else gather_embedding_set(local)

@@ -39,7 +39,7 @@ from clip_trl.evaluation import (
 )
 from clip_trl.evaluation import scores as score_functions
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def recall(scores: dict[str, float], direction: str, k: int) -> float:

@@ -16,7 +16,7 @@ import yaml
 
 from clip_trl.trainer.launch_check import requested_processes, warn_if_fewer_processes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DISTRIBUTED = ROOT / "docs" / "distributed.md"
 ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
 
@@ -56,7 +56,7 @@ def test_documented_cpu_command_runs_two_processes(tmp_path):
                     reason="accelerate's launcher is not installed next to this Python")
 def test_accelerate_cpu_launch_that_starts_one_process_warns():
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
-    command = [accelerate, "launch", "--cpu", "--num_processes", "2", str(ROOT / "tests" / "scripts" /
+    command = [accelerate, "launch", "--cpu", "--num_processes", "2", str(ROOT / "tests" / "launch_scripts" /
                                                                            "construct_trainer.py")]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **ENV},
                             timeout=600)

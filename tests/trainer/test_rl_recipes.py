@@ -236,7 +236,7 @@ def test_candidate_pool_errors(tmp_path, tiny, emoji):
         make_args(tmp_path, candidates="retrieved", num_candidates=1)
 
 
-RUNS = Path(__file__).parent / "scripts" / "rl_retrieved.py"
+RUNS = Path(__file__).resolve().parents[1] / "launch_scripts" / "rl_retrieved.py"
 
 
 @pytest.mark.slow

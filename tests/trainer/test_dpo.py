@@ -187,7 +187,7 @@ def test_dpo_command_and_example_config(tmp_path, capsys):
 
     from clip_trl.cli import main, make_parser, parse_dataclasses
 
-    repo = pathlib.Path(__file__).resolve().parents[1]
+    repo = pathlib.Path(__file__).resolve().parents[2]
     script_args, training_args, model_args = parse_dataclasses(
         make_parser("dpo"), ["--config", str(repo / "examples" / "configs" / "dpo.yaml")])
     assert model_args.model_name_or_path == "clip_finetuned" and training_args.beta == 0.1

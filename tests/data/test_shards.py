@@ -1,6 +1,6 @@
 """Webdataset shards (`clip_trl.data.shards`): writing, per-process reading, and exact resume mid-epoch.
 
-The multi-process runs are `tests/scripts/shard_runs.py` under torchrun: once as 1 node x 2 processes, once as
+The multi-process runs are `tests/launch_scripts/shard_runs.py` under torchrun: once as 1 node x 2 processes, once as
 2 "nodes" x 1 process meeting through torchrun's c10d rendezvous on 127.0.0.1 (two launchers, as on a cluster).
 """
 
@@ -23,7 +23,7 @@ from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer, ClipRLConfig
 from clip_trl.data.shards import ShardStream, write_shards
 from clip_trl.offline import build_clip
 
-SCRIPT = Path(__file__).parent / "scripts" / "shard_runs.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "launch_scripts" / "shard_runs.py"
 ROWS = 40
 
 
@@ -172,7 +172,7 @@ def test_two_processes_and_two_nodes_read_each_row_once_and_train_alike(shards, 
 
 # ------------------------------------------------------------------------------------------ cluster examples
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_multi_node_accelerate_config_loads():

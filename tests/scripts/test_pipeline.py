@@ -7,7 +7,8 @@ from clip_test_utils import colour_dataset
 from PIL import Image
 
 from clip_trl.cli import main
-from clip_trl.evaluation import EmbeddingSet, in_batch_accuracy_from_embeddings, index_captions
+from clip_trl.evaluation.embeddings import EmbeddingSet, index_captions
+from clip_trl.evaluation.scores import in_batch_accuracy_from_embeddings
 from clip_trl.offline import build_clip
 from clip_trl.scripts.arguments import ScriptArguments
 from clip_trl.scripts.data import load_data

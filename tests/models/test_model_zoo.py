@@ -23,7 +23,7 @@ from PIL import Image
 
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer, ClipRLConfig, ClipRLTrainer
 from clip_trl.data.collator import ClipDataCollator
-from clip_trl.evaluation import compute_embeddings
+from clip_trl.evaluation.embeddings import compute_embeddings
 from clip_trl.hub import load_model
 from clip_trl.inference.rerank import rerank
 from clip_trl.models import encoding, modeling
@@ -31,13 +31,13 @@ from clip_trl.models.families import ADAPTERS, UnsupportedModelError, adapter_fo
 from clip_trl.models.lora import default_lora_targets, warn_on_missed_towers
 from clip_trl.rewards import ClipScoreReward
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from zoo_models import ZOO, ZOO_BY_NAME, supported_models_table  # noqa: E402
 
 NAMES = [entry.name for entry in ZOO]
 SHORT = "a red square"
 LONG = "a small red square beside a blue circle and a tree"
-DOCS_PAGE = os.path.join(os.path.dirname(__file__), "..", "docs", "supported_models.md")
+DOCS_PAGE = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "supported_models.md")
 
 
 def _colour(i: int) -> Image.Image:

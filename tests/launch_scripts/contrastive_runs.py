@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer, evaluation
+from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer
+from clip_trl.evaluation import embeddings
 from clip_trl.offline import build_clip, load_emoji_dataset
 
 NEGATIVES = [["a cat"], [], [], [], ["a tree", "a car"], [], ["<caption 2>"], []]
@@ -47,17 +48,17 @@ def eval_rows():
 def evaluate_counting_rows(trainer: ClipContrastiveTrainer) -> tuple[dict[str, float], list[int]]:
     """`trainer.evaluate(eval_rows())`, and how many rows this rank embedded (its block, when sharded)."""
     embedded = []
-    compute_embeddings = evaluation.compute_embeddings
+    compute_embeddings = embeddings.compute_embeddings  # what the trainer's (sharded) evaluation calls
 
     def counting(model, processor, dataset, **kwargs):
         embedded.append(len(dataset))
         return compute_embeddings(model, processor, dataset, **kwargs)
 
-    evaluation.compute_embeddings = counting
+    embeddings.compute_embeddings = counting
     try:
         metrics = trainer.evaluate(eval_rows())
     finally:
-        evaluation.compute_embeddings = compute_embeddings
+        embeddings.compute_embeddings = compute_embeddings
     return {k: v for k, v in metrics.items() if not k.endswith(("_runtime", "per_second"))}, embedded
 
 

@@ -1,4 +1,4 @@
-"""One process of a multi-process run over webdataset shards (launched by tests/test_shards.py with torchrun).
+"""One process of a multi-process run over webdataset shards (launched by tests/data/test_shards.py with torchrun).
 
 Reads the shards once through a `ShardStream` + 2 DataLoader workers (records the keys it saw), then trains the
 tiny CLIP contrastively on the stream for a few steps and saves the final weights (rank 0).

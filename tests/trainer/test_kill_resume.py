@@ -1,6 +1,6 @@
 """Kill a real training process with SIGKILL, resume it in a new process, and get an uninterrupted run's weights.
 
-The runs are `tests/scripts/train_for_resume.py` (tiny CLIP, 48 emoji rows, batch 8, 8 steps, a checkpoint every 2
+The runs are `tests/launch_scripts/train_for_resume.py` (tiny CLIP, 48 emoji rows, batch 8, 8 steps, a checkpoint every 2
 steps). The process kills itself at a fixed point, so the test does not depend on timing:
 
 - contrastive: right after optimizer step 5, between checkpoints: step 5 is lost and redone from checkpoint-4;
@@ -22,7 +22,7 @@ import pytest
 import torch
 from transformers.trainer_utils import get_last_checkpoint
 
-SCRIPTS = Path(__file__).parent / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[1] / "launch_scripts"
 sys.path.insert(0, str(SCRIPTS))
 
 import train_for_resume as driver  # noqa: E402

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).parent / "scripts" / "one_step.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "launch_scripts" / "one_step.py"
 
 
 def run_script(script: Path, *arguments: str, processes: int = 2) -> subprocess.CompletedProcess:
@@ -54,10 +54,10 @@ def test_rl_trainer_runs_under_two_processes(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ RL
-# `scripts/rl_runs.py` runs the RL configurations; each rank saves what it saw (log history, its own metrics
+# `launch_scripts/rl_runs.py` runs the RL configurations; each rank saves what it saw (log history, its own metrics
 # before the cross-rank reduction, what the rewards received, the sampling seeds, the final weights).
 
-RL_RUNS = Path(__file__).parent / "scripts" / "rl_runs.py"
+RL_RUNS = Path(__file__).resolve().parents[1] / "launch_scripts" / "rl_runs.py"
 
 
 def _rl_runs_module():
@@ -214,7 +214,7 @@ def test_metrics_recorded_on_some_ranks_only_are_averaged_over_those(tmp_path):
     # Rank 0 records `a` (mean 2) and `b` (2); rank 1 records `b` (4) and `c` (10). A reduction over a fixed,
     # per-rank list of names would hang or pair rank 0's `b` with rank 1's `c`.
     out = tmp_path / "logged.json"
-    run_script(Path(__file__).parent / "scripts" / "log_metrics.py", "--out", str(out))
+    run_script(Path(__file__).resolve().parents[1] / "launch_scripts" / "log_metrics.py", "--out", str(out))
     import json
 
     logged = json.loads(out.read_text())
@@ -222,10 +222,10 @@ def test_metrics_recorded_on_some_ranks_only_are_averaged_over_those(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ contrastive extras
-# `scripts/contrastive_runs.py`: hard negatives of different counts per rank with a caption shared across
+# `launch_scripts/contrastive_runs.py`: hard negatives of different counts per rank with a caption shared across
 # ranks (clip and siglip), and a sharded `evaluate()`, all in one 2-process launch.
 
-CONTRASTIVE_RUNS = Path(__file__).parent / "scripts" / "contrastive_runs.py"
+CONTRASTIVE_RUNS = Path(__file__).resolve().parents[1] / "launch_scripts" / "contrastive_runs.py"
 
 
 def _contrastive_runs_module():
@@ -285,7 +285,7 @@ def test_sharded_evaluation_blocks_and_bad_rows_name_their_index_in_the_whole_se
 # runs and DDP reduces nothing: the trainers average those gradients themselves. Before they did, each rank
 # stepped on its own gradient and the ranks' weights drifted apart.
 
-FLAVA_RUNS = Path(__file__).parent / "scripts" / "flava_runs.py"
+FLAVA_RUNS = Path(__file__).resolve().parents[1] / "launch_scripts" / "flava_runs.py"
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from clip_trl.losses.gradcache import cached_backward, split_into_chunks
 from clip_trl.models.modeling import encode_pair
 from clip_trl.offline import build_clip
 
-SCRIPT = Path(__file__).parent / "scripts" / "one_step.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "launch_scripts" / "one_step.py"
 # Ten rows with duplicates: captions 0/2/6 ("red square") and 1/7 are shared, and rows 4 and 9 show the same
 # image, so the positives are not just the diagonal.
 CAPTIONS = ["red square", "blue square", "red square", "green square", "a cat", "a dog", "red square",

@@ -1,4 +1,4 @@
-"""A short seeded training run that can SIGKILL itself, for the kill-and-resume tests (tests/test_kill_resume.py).
+"""A short seeded training run that can SIGKILL itself, for the kill-and-resume tests (tests/trainer/test_kill_resume.py).
 
     python train_for_resume.py --trainer rl --output_dir out --kill_in_save 6      # dies while saving checkpoint-6
     python train_for_resume.py --trainer rl --output_dir out --resume --out w.pt   # resumes from the last checkpoint

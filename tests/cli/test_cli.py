@@ -14,7 +14,7 @@ from clip_trl.scripts.arguments import RLScriptArguments, ScriptArguments
 from clip_trl.scripts.common import clip_peft_config
 from clip_trl.scripts.pipeline import PipelineArguments
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _as_dict(parsed):
@@ -176,7 +176,7 @@ def test_peft_flags_adapt_both_towers_of_a_bert_text_tower(tmp_path, caplog):
     from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer
     from clip_trl.models.lora import warn_on_missed_towers
 
-    sys.path.insert(0, os.path.dirname(__file__))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from zoo_models import ZOO_BY_NAME
 
     *_, model_args = parse_dataclasses(make_parser("contrastive"), ["--use_peft", "--lora_r", "2"])

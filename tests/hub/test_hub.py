@@ -200,7 +200,7 @@ def test_docstring_examples_run(tmp_path, monkeypatch):
 
 def test_docs_rehearsal_of_push_and_pull_runs_as_written(tmp_path, monkeypatch, capsys):
     """docs/sharing.md's "Rehearse the round trip offline" block, executed as a user would, then checked."""
-    page = (Path(__file__).resolve().parents[1] / "docs" / "sharing.md").read_text(encoding="utf-8")
+    page = (Path(__file__).resolve().parents[2] / "docs" / "sharing.md").read_text(encoding="utf-8")
     section = page.split("## Rehearse the round trip offline", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL).group(1)
     monkeypatch.chdir(tmp_path)
