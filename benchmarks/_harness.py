@@ -92,9 +92,16 @@ class StepClock:
     step. Round 0 (`warmup` steps) is reported like the others; the parent discards it.
     """
 
-    def __init__(self, channel: Channel, warmup: int, steps: int, repeats: int,
-                 collator: TimedCollator | None = None, cuda: bool = False,
-                 counters: dict[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        warmup: int,
+        steps: int,
+        repeats: int,
+        collator: TimedCollator | None = None,
+        cuda: bool = False,
+        counters: dict[str, float] | None = None,
+    ) -> None:
         self.channel = channel
         self.counters = counters if counters is not None else {}  # cumulative seconds, reported per rep
         self._counters0: dict[str, float] = {}
@@ -134,15 +141,22 @@ class StepClock:
         cpu_seconds = time.process_time() - self._cpu0
         collate = (self.collator.seconds if self.collator is not None else 0.0) - self._c0
         counters = {k: v - self._counters0.get(k, 0.0) for k, v in self.counters.items()}
-        self.channel.send(event="rep", seconds=seconds, cpu_seconds=cpu_seconds, steps=self.step - self._s0,
-                          collate_seconds=collate, counters=counters)
+        self.channel.send(
+            event="rep",
+            seconds=seconds,
+            cpu_seconds=cpu_seconds,
+            steps=self.step - self._s0,
+            collate_seconds=collate,
+            counters=counters,
+        )
         if self.step < self.total_steps:
             self.channel.recv()  # block, using no CPU, until our next turn
             self._restart()
 
 
-def timed(function: Callable, counters: dict[str, float], name: str | Callable[[], str],
-          cuda: bool = False) -> Callable:
+def timed(
+    function: Callable, counters: dict[str, float], name: str | Callable[[], str], cuda: bool = False
+) -> Callable:
     """Wrap `function` so the seconds spent in it add up in `counters[name]` (`name` may be a callable)."""
     import functools
 
@@ -271,7 +285,9 @@ class _Child:
             self.log.flush()
             with open(self.log_path) as f:
                 tail = f.read()[-4000:]
-            raise RuntimeError(f"contender '{self.result.name}' died (exit {self.proc.returncode}):\n{tail}") from None
+            raise RuntimeError(
+                f"contender '{self.result.name}' died (exit {self.proc.returncode}):\n{tail}"
+            ) from None
         if message.get("event") != event:
             raise RuntimeError(f"contender '{self.result.name}' sent {message}, expected {event!r}")
         return message
@@ -299,7 +315,9 @@ def run_contenders(
                 rep = child.expect("rep")
                 child.result.reps.append(rep)
                 label = "warm-up" if round_index == 0 else f"rep {round_index}/{repeats}"
-                progress(f"  {label:>9} {child.result.name:<24} {rep['steps']} steps in {rep['seconds']:.2f} s")
+                progress(
+                    f"  {label:>9} {child.result.name:<24} {rep['steps']} steps in {rep['seconds']:.2f} s"
+                )
         for child in children:
             child.result.done = child.expect("done")
             child.result.returncode = child.proc.wait(timeout=120)
@@ -365,7 +383,6 @@ def load_average() -> str:
         return "n/a"
 
 
-
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
@@ -376,7 +393,9 @@ def common_arguments(parser: argparse.ArgumentParser, steps: int, repeats: int, 
     parser.add_argument("--steps", type=int, default=steps, help="optimizer steps per timed repetition")
     parser.add_argument("--repeats", type=int, default=repeats, help="timed repetitions per contender")
     parser.add_argument("--warmup", type=int, default=warmup, help="untimed warm-up steps per contender")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads in every contender")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads in every contender"
+    )
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--size", default="small", help="clip_trl.offline.build_clip size")
     parser.add_argument("--log-dir", default=None, help="where the contenders' logs go (default: a temp dir)")

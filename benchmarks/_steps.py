@@ -54,7 +54,9 @@ def median_step_seconds(build: Callable[[StepTimer], Any], warmup: int) -> float
     trainer.train()
     steps = timer.seconds[warmup:]
     if not steps:
-        raise ValueError(f"Only {len(timer.seconds)} steps ran; raise max_steps above the {warmup} warm-up steps.")
+        raise ValueError(
+            f"Only {len(timer.seconds)} steps ran; raise max_steps above the {warmup} warm-up steps."
+        )
     return statistics.median(steps)
 
 

@@ -120,21 +120,43 @@ def summary_rows(results: dict[str, h.Result], chunk: int) -> list[list[Any]]:
         # The smallest unchunked batch that needed at least as much memory as this chunked one.
         match = next(((b, r) for b, r in unchunked if r.peak_rss >= result.peak_rss), None)
         if match is None:
-            rows.append([f"{batch} (chunk {chunk})", h.mib(result.peak_rss), "none measured needs as much",
-                         "", "", "", ""])
+            rows.append(
+                [
+                    f"{batch} (chunk {chunk})",
+                    h.mib(result.peak_rss),
+                    "none measured needs as much",
+                    "",
+                    "",
+                    "",
+                    "",
+                ]
+            )
             continue
         base_batch, base = match
         multiplier = batch / base_batch
         speed = samples_per_second(result, batch) / samples_per_second(base, base_batch)
         cpu_speed = h.median(base.cpu_per_step()) * batch / (h.median(result.cpu_per_step()) * base_batch)
-        verdict = "yes" if multiplier >= TARGETS["batch_multiplier"] and speed >= TARGETS["speed_ratio"] else "no"
-        rows.append([f"{batch} (chunk {chunk})", h.mib(result.peak_rss), f"{base_batch} ({h.mib(base.peak_rss)})",
-                     f"{multiplier:.1f}×", f"{speed:.2f}×", f"{cpu_speed:.2f}×", verdict])
+        verdict = (
+            "yes" if multiplier >= TARGETS["batch_multiplier"] and speed >= TARGETS["speed_ratio"] else "no"
+        )
+        rows.append(
+            [
+                f"{batch} (chunk {chunk})",
+                h.mib(result.peak_rss),
+                f"{base_batch} ({h.mib(base.peak_rss)})",
+                f"{multiplier:.1f}×",
+                f"{speed:.2f}×",
+                f"{cpu_speed:.2f}×",
+                verdict,
+            ]
+        )
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     h.common_arguments(parser, steps=1, repeats=2, warmup=1)
     parser.add_argument("--unchunked", default="32,64,128,256,512", help="batch sizes trained in one piece")
     parser.add_argument("--chunked", default="64,128,256,512", help="batch sizes trained with chunking")
@@ -148,8 +170,20 @@ def main() -> None:
 
     names = [f"u{b}" for b in parse_batches(args.unchunked)] + [f"c{b}" for b in parse_batches(args.chunked)]
     log_dir = args.log_dir or tempfile.mkdtemp(prefix="big-batch-logs-")
-    passthrough = ["--steps", str(args.steps), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-                   "--threads", str(args.threads), "--size", args.size, "--chunk", str(args.chunk)]
+    passthrough = [
+        "--steps",
+        str(args.steps),
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+        "--size",
+        args.size,
+        "--chunk",
+        str(args.chunk),
+    ]
     if args.image_size:
         passthrough += ["--image-size", str(args.image_size)]
 
@@ -165,18 +199,32 @@ def main() -> None:
 
 def print_report(results: dict[str, h.Result], args: argparse.Namespace) -> None:
     cuda = any("cuda_max_memory" in r.done for r in results.values())
-    header = ["mode", "batch", "peak RSS (MiB)", "step memory (MiB)", "samples/s (min–max)", "s/step",
-              "CPU s/step", "samples/CPU-s", "loss, step 1"] + (["CUDA max allocated (MiB)"] if cuda else [])
+    header = [
+        "mode",
+        "batch",
+        "peak RSS (MiB)",
+        "step memory (MiB)",
+        "samples/s (min–max)",
+        "s/step",
+        "CPU s/step",
+        "samples/CPU-s",
+        "loss, step 1",
+    ] + (["CUDA max allocated (MiB)"] if cuda else [])
     rows = []
     for name, result in results.items():
         chunked, batch = contender_batch(name)
         speeds = result.samples_per_second(batch)
-        row = [f"chunked ({args.chunk})" if chunked else "unchunked", batch, h.mib(result.peak_rss),
-               h.mib(result.peak_rss - result.ready_rss),
-               f"{samples_per_second(result, batch):.1f} ({min(speeds):.1f}–{max(speeds):.1f})",
-               f"{h.median(result.seconds_per_step()):.2f}", f"{h.median(result.cpu_per_step()):.2f}",
-               f"{batch / h.median(result.cpu_per_step()):.1f}",
-               f"{result.done.get('first_loss', float('nan')):.6f}"]
+        row = [
+            f"chunked ({args.chunk})" if chunked else "unchunked",
+            batch,
+            h.mib(result.peak_rss),
+            h.mib(result.peak_rss - result.ready_rss),
+            f"{samples_per_second(result, batch):.1f} ({min(speeds):.1f}–{max(speeds):.1f})",
+            f"{h.median(result.seconds_per_step()):.2f}",
+            f"{h.median(result.cpu_per_step()):.2f}",
+            f"{batch / h.median(result.cpu_per_step()):.1f}",
+            f"{result.done.get('first_loss', float('nan')):.6f}",
+        ]
         if cuda:
             row.append(h.mib(result.done.get("cuda_max_memory", 0)))
         rows.append(row)
@@ -187,12 +235,23 @@ def print_report(results: dict[str, h.Result], args: argparse.Namespace) -> None
     print(f"- repetitions: {args.warmup} warm-up + {args.repeats} × {args.steps} timed steps per contender")
     print()
     print(h.markdown_table(header, rows))
-    print("\nAt equal memory (each chunked run vs the smallest unchunked batch that needed at least as much):\n")
-    print(h.markdown_table(
-        ["chunked batch", "its peak RSS (MiB)", "unchunked batch (peak MiB)", "batch ×", "samples/s ratio",
-         "samples/CPU-s ratio", f"target ≥ {TARGETS['batch_multiplier']:.0f}× at ≥ {TARGETS['speed_ratio']}×"],
-        summary_rows(results, args.chunk),
-    ))
+    print(
+        "\nAt equal memory (each chunked run vs the smallest unchunked batch that needed at least as much):\n"
+    )
+    print(
+        h.markdown_table(
+            [
+                "chunked batch",
+                "its peak RSS (MiB)",
+                "unchunked batch (peak MiB)",
+                "batch ×",
+                "samples/s ratio",
+                "samples/CPU-s ratio",
+                f"target ≥ {TARGETS['batch_multiplier']:.0f}× at ≥ {TARGETS['speed_ratio']}×",
+            ],
+            summary_rows(results, args.chunk),
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ CONTENDERS = ("ours", "ours_processor", "plain", "raw", "plain_fixed")
 DEFAULT_CONTENDERS = ("ours", "ours_processor", "plain", "raw")
 LABELS = {
     "ours": "`ClipContrastiveTrainer` (default: fast image pipeline)",
-    "ours_processor": "`ClipContrastiveTrainer`, `image_processing=\"processor\"` (plain's images)",
+    "ours_processor": '`ClipContrastiveTrainer`, `image_processing="processor"` (plain\'s images)',
     "plain": "plain `Trainer` + `CLIPModel(return_loss=True)`",
     "raw": "raw PyTorch loop",
     "plain_fixed": "plain `Trainer`, captions padded to 77 tokens",
@@ -139,8 +139,9 @@ def tensor_rows(dataset: Any, processor: Any, count: int) -> TensorRows:
     for start in range(0, count, h.BATCH_SIZE):
         chunk = dataset.select(range(start, min(start + h.BATCH_SIZE, count)))
         pixels = processor.image_processor(images=list(chunk["image"]), return_tensors="pt")["pixel_values"]
-        tokens = processor.tokenizer(list(chunk["caption"]), truncation=True,
-                                     max_length=processor.tokenizer.model_max_length)["input_ids"]
+        tokens = processor.tokenizer(
+            list(chunk["caption"]), truncation=True, max_length=processor.tokenizer.model_max_length
+        )["input_ids"]
         for pixel_values, ids in zip(pixels, tokens):
             rows.append({"pixel_values": pixel_values, "input_ids": __import__("torch").tensor(ids)})
     return TensorRows(rows)
@@ -174,12 +175,19 @@ def run_child(args: argparse.Namespace) -> None:
     if args.child == "raw":
         collator = h.TimedCollator(
             StackCollator(processor.tokenizer.pad_token_id, return_loss=True)
-            if args.data == "tensors" else MinimalCollator(processor)
+            if args.data == "tensors"
+            else MinimalCollator(processor)
         )
         device = torch.device("cuda" if cuda else "cpu")
         model.to(device).train()
-        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
-                                             collate_fn=collator, num_workers=args.workers, drop_last=True)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=args.batch_size,
+            shuffle=False,
+            collate_fn=collator,
+            num_workers=args.workers,
+            drop_last=True,
+        )
         optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0, fused=True)
         clock = h.StepClock(channel, args.warmup, args.steps, args.repeats, collator, cuda)
         channel.send(event="ready", rss=h.current_rss())
@@ -222,8 +230,13 @@ def run_child(args: argparse.Namespace) -> None:
             collator = h.TimedCollator(StackCollator(processor.tokenizer.pad_token_id, return_loss=False))
         image_processing = "processor" if args.child == "ours_processor" else "fast"
         config = ClipContrastiveConfig(**common, image_processing=image_processing)
-        trainer = ClipContrastiveTrainer(model=model, args=config, train_dataset=dataset,
-                                         processing_class=processor, data_collator=collator)
+        trainer = ClipContrastiveTrainer(
+            model=model,
+            args=config,
+            train_dataset=dataset,
+            processing_class=processor,
+            data_collator=collator,
+        )
         if collator is None:  # time our own default collator in place
             collator = h.TimedCollator(trainer.data_collator)
             trainer.data_collator = collator
@@ -233,13 +246,15 @@ def run_child(args: argparse.Namespace) -> None:
         fixed = args.child == "plain_fixed"
         max_length = processor.tokenizer.model_max_length
         collator = h.TimedCollator(
-            StackCollator(processor.tokenizer.pad_token_id, return_loss=True,
-                          fixed_length=max_length if fixed else None)
+            StackCollator(
+                processor.tokenizer.pad_token_id, return_loss=True, fixed_length=max_length if fixed else None
+            )
             if args.data == "tensors"
             else MinimalCollator(processor, padding="max_length" if fixed else True)
         )
-        trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=dataset,
-                          data_collator=collator)
+        trainer = Trainer(
+            model=model, args=TrainingArguments(**common), train_dataset=dataset, data_collator=collator
+        )
     clock = h.StepClock(channel, args.warmup, args.steps, args.repeats, collator, cuda)
     trainer.add_callback(h.trainer_clock_callback(clock))
     channel.send(event="ready", rss=h.current_rss())
@@ -262,16 +277,35 @@ def run_profile(args: argparse.Namespace) -> None:
     steps = 2 + args.steps
     dataset = h.emoji_train_rows().select(range(steps * args.batch_size)).flatten_indices()
     model, processor = build_clip(args.size, seed=0)
-    common = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.batch_size, max_steps=steps,
-                  learning_rate=LEARNING_RATE, optim="adamw_torch_fused", lr_scheduler_type="constant",
-                  logging_steps=10, save_strategy="no", report_to="none", disable_tqdm=True,
-                  train_sampling_strategy="sequential", remove_unused_columns=False, seed=0)
+    common = dict(
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=args.batch_size,
+        max_steps=steps,
+        learning_rate=LEARNING_RATE,
+        optim="adamw_torch_fused",
+        lr_scheduler_type="constant",
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        train_sampling_strategy="sequential",
+        remove_unused_columns=False,
+        seed=0,
+    )
     if args.profile == "ours":
-        trainer = ClipContrastiveTrainer(model=model, args=ClipContrastiveConfig(**common), train_dataset=dataset,
-                                         processing_class=processor)
+        trainer = ClipContrastiveTrainer(
+            model=model,
+            args=ClipContrastiveConfig(**common),
+            train_dataset=dataset,
+            processing_class=processor,
+        )
     else:
-        trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=dataset,
-                          data_collator=MinimalCollator(processor))
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(**common),
+            train_dataset=dataset,
+            data_collator=MinimalCollator(processor),
+        )
     collate = trainer.data_collator
 
     def labelled_collate(rows: Any) -> Any:
@@ -336,49 +370,91 @@ def report(results: dict[str, h.Result], args: argparse.Namespace, machine: dict
             continue
         r = results[name]
         sps = r.samples_per_second(args.batch_size)
-        rows.append([
-            LABELS[name],
-            f"{speed[name]:.1f}",
-            f"{min(sps):.1f}–{max(sps):.1f}",
-            f"{1000 * h.median(r.seconds_per_step()):.0f}",
-            f"{h.median(r.cpu_per_step()):.2f}",
-            f"{min(r.cpu_per_step()):.2f}",
-            f"{1000 * h.median(r.collate_per_step()):.0f}",
-            h.mib(rss[name]),
-            h.mib(rss[name] - r.ready_rss),
-            f"{ratio(speed[name], speed.get('plain', float('nan'))):.3f}",
-            f"{ratio(rss[name], rss.get('plain', 0)):.3f}",
-        ])
-    header = ["contender", "samples/s (median)", "samples/s (min–max)", "ms/step", "CPU s/step", "CPU s/step (best rep)", "collate ms/step",
-              "peak RSS MiB", "RSS growth in training MiB", "speed / plain", "peak RSS / plain"]
+        rows.append(
+            [
+                LABELS[name],
+                f"{speed[name]:.1f}",
+                f"{min(sps):.1f}–{max(sps):.1f}",
+                f"{1000 * h.median(r.seconds_per_step()):.0f}",
+                f"{h.median(r.cpu_per_step()):.2f}",
+                f"{min(r.cpu_per_step()):.2f}",
+                f"{1000 * h.median(r.collate_per_step()):.0f}",
+                h.mib(rss[name]),
+                h.mib(rss[name] - r.ready_rss),
+                f"{ratio(speed[name], speed.get('plain', float('nan'))):.3f}",
+                f"{ratio(rss[name], rss.get('plain', 0)):.3f}",
+            ]
+        )
+    header = [
+        "contender",
+        "samples/s (median)",
+        "samples/s (min–max)",
+        "ms/step",
+        "CPU s/step",
+        "CPU s/step (best rep)",
+        "collate ms/step",
+        "peak RSS MiB",
+        "RSS growth in training MiB",
+        "speed / plain",
+        "peak RSS / plain",
+    ]
     parts = [
         f"### Contrastive throughput — data `{args.data}`, batch {args.batch_size}, {args.threads} threads, "
         f"{args.repeats} × {args.steps} steps after {args.warmup} warm-up",
         "",
         h.markdown_table(header, rows),
     ]
-    pairs = [("ours", "plain", "ours / plain Trainer, each with its default image pipeline", "speed_vs_plain"),
-             ("ours_processor", "plain", "ours / plain Trainer, the same image pipeline (transformers')",
-              "speed_vs_plain"),
-             ("ours", "raw", "ours / raw loop, each with its default image pipeline", "speed_vs_raw"),
-             ("ours_processor", "raw", "ours / raw loop, the same image pipeline", "speed_vs_raw"),
-             ("ours", "plain_fixed", "ours / plain Trainer with captions padded to 77 tokens", "speed_vs_plain"),
-             ("ours_processor", "plain_fixed", "ours (same images) / plain Trainer with captions padded to 77",
-              "speed_vs_plain")]
+    pairs = [
+        ("ours", "plain", "ours / plain Trainer, each with its default image pipeline", "speed_vs_plain"),
+        (
+            "ours_processor",
+            "plain",
+            "ours / plain Trainer, the same image pipeline (transformers')",
+            "speed_vs_plain",
+        ),
+        ("ours", "raw", "ours / raw loop, each with its default image pipeline", "speed_vs_raw"),
+        ("ours_processor", "raw", "ours / raw loop, the same image pipeline", "speed_vs_raw"),
+        ("ours", "plain_fixed", "ours / plain Trainer with captions padded to 77 tokens", "speed_vs_plain"),
+        (
+            "ours_processor",
+            "plain_fixed",
+            "ours (same images) / plain Trainer with captions padded to 77",
+            "speed_vs_plain",
+        ),
+    ]
     checks = []
     for a, b, label, target in pairs:
         if a in results and b in results:
             ratios = paired_ratios(results[a], results[b], args.batch_size)
-            checks.append([label, spread(ratios), spread(paired_cpu_ratios(results[a], results[b])),
-                           f"≥ {TARGETS[target]:.2f}", verdict(h.median(ratios), TARGETS[target], True)])
+            checks.append(
+                [
+                    label,
+                    spread(ratios),
+                    spread(paired_cpu_ratios(results[a], results[b])),
+                    f"≥ {TARGETS[target]:.2f}",
+                    verdict(h.median(ratios), TARGETS[target], True),
+                ]
+            )
     if "ours" in results and "plain" in results:
         v = ratio(rss["ours"], rss["plain"])
-        checks.append(["peak RSS ours / plain Trainer", f"{v:.3f}", "", f"≤ {TARGETS['rss_vs_plain']:.2f}",
-                       verdict(v, TARGETS["rss_vs_plain"], False)])
+        checks.append(
+            [
+                "peak RSS ours / plain Trainer",
+                f"{v:.3f}",
+                "",
+                f"≤ {TARGETS['rss_vs_plain']:.2f}",
+                verdict(v, TARGETS["rss_vs_plain"], False),
+            ]
+        )
     if checks:
-        parts += ["", "Ratios per repetition (the contenders of a round ran back to back), median (min–max):", "",
-                  h.markdown_table(["ratio", "samples/s (wall)", "by CPU s/step", "target", "verdict (wall)"],
-                                   checks)]
+        parts += [
+            "",
+            "Ratios per repetition (the contenders of a round ran back to back), median (min–max):",
+            "",
+            h.markdown_table(
+                ["ratio", "samples/s (wall)", "by CPU s/step", "target", "verdict (wall)"], checks
+            ),
+        ]
     parts += ["", "Machine: " + "; ".join(f"{k}: {v}" for k, v in machine.items())]
     return "\n".join(parts)
 
@@ -389,12 +465,18 @@ def main() -> None:
     parser.add_argument("--data", choices=("decode", "tensors"), default="decode")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (all contenders)")
     parser.add_argument("--json", default=None, help="also write every repetition's raw numbers here")
-    parser.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS),
-                        help=f"comma-separated subset of {', '.join(CONTENDERS)}")
+    parser.add_argument(
+        "--contenders",
+        default=",".join(DEFAULT_CONTENDERS),
+        help=f"comma-separated subset of {', '.join(CONTENDERS)}",
+    )
     parser.add_argument("--profile", choices=("ours", "plain"), default=None)
     parser.add_argument("--profile-rows", type=int, default=25)
-    parser.add_argument("--profile-sort", default="self_cpu_time_total",
-                        help="torch.profiler key_averages sort key, e.g. cpu_time_total")
+    parser.add_argument(
+        "--profile-sort",
+        default="self_cpu_time_total",
+        help="torch.profiler key_averages sort key, e.g. cpu_time_total",
+    )
     args = parser.parse_args()
     if args.child:
         run_child(args)
@@ -406,18 +488,43 @@ def main() -> None:
     load_at_start = h.load_average()
     names = [n for n in args.contenders.split(",") if n]
     script = os.path.abspath(__file__)
-    passthrough = ["--steps", str(args.steps), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-                   "--threads", str(args.threads), "--batch-size", str(args.batch_size), "--size", args.size,
-                   "--data", args.data, "--workers", str(args.workers)]
+    passthrough = [
+        "--steps",
+        str(args.steps),
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+        "--batch-size",
+        str(args.batch_size),
+        "--size",
+        args.size,
+        "--data",
+        args.data,
+        "--workers",
+        str(args.workers),
+    ]
     print(f"contenders' logs: {log_dir}", file=sys.stderr)
-    results = h.run_contenders(names, lambda name: [sys.executable, script, "--child", name, *passthrough],
-                               args.repeats, log_dir)
+    results = h.run_contenders(
+        names, lambda name: [sys.executable, script, "--child", name, *passthrough], args.repeats, log_dir
+    )
     if args.json:
         h.write_json(args.json, results, vars(args))
     machine = h.machine_description(args.threads)
     machine["load average at end"] = machine.pop("load average now", "n/a")
-    print(report(results, args, {"command": " ".join(["python", "benchmarks/contrastive_throughput.py", *sys.argv[1:]]),
-                                 "load average at start": load_at_start, **machine}))
+    print(
+        report(
+            results,
+            args,
+            {
+                "command": " ".join(["python", "benchmarks/contrastive_throughput.py", *sys.argv[1:]]),
+                "load average at start": load_at_start,
+                **machine,
+            },
+        )
+    )
 
 
 if __name__ == "__main__":

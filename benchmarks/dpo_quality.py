@@ -33,14 +33,22 @@ from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer, ClipDPOConfi
 from clip_trl.data.preference_pairs import near_miss_pairs
 from clip_trl.offline import build_clip, load_emoji_dataset
 
-METRICS = ["train_preference_accuracy", "preference_accuracy", "image_to_text_recall@1", "image_to_text_recall@5", "text_to_image_recall@1",
-           "text_to_image_recall@5"]
+METRICS = [
+    "train_preference_accuracy",
+    "preference_accuracy",
+    "image_to_text_recall@1",
+    "image_to_text_recall@5",
+    "text_to_image_recall@1",
+    "text_to_image_recall@5",
+]
 
 
 def preference_accuracy(model: Any, processor: Any, pairs: Any) -> float:
     """Fraction of rows whose image is closer to the chosen caption than to the rejected one."""
     chosen = evaluation.compute_embeddings(model, processor, pairs, caption_column="chosen", batch_size=256)
-    rejected = evaluation.compute_embeddings(model, processor, pairs, caption_column="rejected", batch_size=256)
+    rejected = evaluation.compute_embeddings(
+        model, processor, pairs, caption_column="rejected", batch_size=256
+    )
     images = chosen.image_embeds
     good = (images * chosen.text_embeds[chosen.first_caption]).sum(dim=1)
     bad = (images * rejected.text_embeds[rejected.first_caption]).sum(dim=1)
@@ -48,10 +56,14 @@ def preference_accuracy(model: Any, processor: Any, pairs: Any) -> float:
 
 
 def test_metrics(model: Any, processor: Any, pairs: Any, train_pairs: Any) -> dict[str, float]:
-    metrics = evaluation.retrieval_metrics(model, processor, pairs, image_column="image", caption_column="caption",
-                                           ks=(1, 5), batch_size=256)
-    return {"train_preference_accuracy": preference_accuracy(model, processor, train_pairs),
-            "preference_accuracy": preference_accuracy(model, processor, pairs), **metrics}
+    metrics = evaluation.retrieval_metrics(
+        model, processor, pairs, image_column="image", caption_column="caption", ks=(1, 5), batch_size=256
+    )
+    return {
+        "train_preference_accuracy": preference_accuracy(model, processor, train_pairs),
+        "preference_accuracy": preference_accuracy(model, processor, pairs),
+        **metrics,
+    }
 
 
 def run_seed(seed: int, args: argparse.Namespace, workdir: str) -> dict[str, dict[str, float]]:
@@ -61,12 +73,26 @@ def run_seed(seed: int, args: argparse.Namespace, workdir: str) -> dict[str, dic
     test = near_miss_pairs(data["test"], pool=pool, seed=seed)
     train_sample = train.select(range(0, len(train), max(len(train) // len(test), 1)))  # as many rows as test
     model, processor = build_clip(args.model_size, seed=seed)
-    common = dict(report_to="none", save_strategy="no", seed=seed, disable_tqdm=True, use_cpu=True,
-                  logging_steps=50, dataloader_num_workers=0, per_device_train_batch_size=64)
-    contrastive = ClipContrastiveConfig(output_dir=f"{workdir}/c-{seed}", learning_rate=args.lr, warmup_steps=5,
-                                        max_steps=args.contrastive_steps, **common)
-    ClipContrastiveTrainer(model=model, args=contrastive, train_dataset=data["train"],
-                           processing_class=processor).train()
+    common = dict(
+        report_to="none",
+        save_strategy="no",
+        seed=seed,
+        disable_tqdm=True,
+        use_cpu=True,
+        logging_steps=50,
+        dataloader_num_workers=0,
+        per_device_train_batch_size=64,
+    )
+    contrastive = ClipContrastiveConfig(
+        output_dir=f"{workdir}/c-{seed}",
+        learning_rate=args.lr,
+        warmup_steps=5,
+        max_steps=args.contrastive_steps,
+        **common,
+    )
+    ClipContrastiveTrainer(
+        model=model, args=contrastive, train_dataset=data["train"], processing_class=processor
+    ).train()
     checkpoint = f"{workdir}/c-{seed}/final"
     model.save_pretrained(checkpoint)
     processor.save_pretrained(checkpoint)
@@ -78,17 +104,40 @@ def run_seed(seed: int, args: argparse.Namespace, workdir: str) -> dict[str, dic
 
     variants = {
         "+ DPO": lambda: ClipDPOTrainer(
-            model=fresh(), processing_class=processor, train_dataset=train,
-            args=ClipDPOConfig(output_dir=f"{workdir}/d-{seed}", learning_rate=args.second_lr, beta=args.beta,
-                               max_steps=args.second_steps, **common)),
+            model=fresh(),
+            processing_class=processor,
+            train_dataset=train,
+            args=ClipDPOConfig(
+                output_dir=f"{workdir}/d-{seed}",
+                learning_rate=args.second_lr,
+                beta=args.beta,
+                max_steps=args.second_steps,
+                **common,
+            ),
+        ),
         "+ contrastive (control)": lambda: ClipContrastiveTrainer(
-            model=fresh(), processing_class=processor, train_dataset=train,
-            args=ClipContrastiveConfig(output_dir=f"{workdir}/cc-{seed}", learning_rate=args.second_lr,
-                                       max_steps=args.second_steps, **common)),
+            model=fresh(),
+            processing_class=processor,
+            train_dataset=train,
+            args=ClipContrastiveConfig(
+                output_dir=f"{workdir}/cc-{seed}",
+                learning_rate=args.second_lr,
+                max_steps=args.second_steps,
+                **common,
+            ),
+        ),
         "+ contrastive, hard negatives": lambda: ClipContrastiveTrainer(
-            model=fresh(), processing_class=processor, train_dataset=train,
-            args=ClipContrastiveConfig(output_dir=f"{workdir}/ch-{seed}", learning_rate=args.second_lr,
-                                       negative_column="rejected", max_steps=args.second_steps, **common)),
+            model=fresh(),
+            processing_class=processor,
+            train_dataset=train,
+            args=ClipContrastiveConfig(
+                output_dir=f"{workdir}/ch-{seed}",
+                learning_rate=args.second_lr,
+                negative_column="rejected",
+                max_steps=args.second_steps,
+                **common,
+            ),
+        ),
     }
     for name, make in variants.items():
         trainer = make()
@@ -118,8 +167,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         for seed in args.seeds:
             per_seed.append(run_seed(seed, args, workdir))
-    print(f"\n{len(args.seeds)} seeds, {time.time() - start:.0f} s; held-out test split "
-          f"({args.model_size} CLIP, {args.contrastive_steps} contrastive steps, then {args.second_steps} steps each)\n")
+    print(
+        f"\n{len(args.seeds)} seeds, {time.time() - start:.0f} s; held-out test split "
+        f"({args.model_size} CLIP, {args.contrastive_steps} contrastive steps, then {args.second_steps} steps each)\n"
+    )
     print("| model | " + " | ".join(METRICS) + " |")
     print("| --- |" + " --- |" * len(METRICS))
     for name in per_seed[0]:

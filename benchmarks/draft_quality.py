@@ -42,7 +42,9 @@ def as_photo(cell: dict, index: int) -> dict:
     colours = generator.uniform(60, 200, (2, 3))
     t = (x / 640.0 * generator.uniform(0.3, 1) + y / 480.0 * generator.uniform(0.3, 1))[..., None] / 2
     background = colours[0] * (1 - t) + colours[1] * t + generator.normal(0, 25, (480, 640, 3))
-    canvas = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.2))
+    canvas = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8)).filter(
+        ImageFilter.GaussianBlur(1.2)
+    )
     emoji = load_image(cell).resize((400, 400), Image.Resampling.BICUBIC)  # RGB on white
     mask = Image.fromarray((np.asarray(emoji).min(axis=-1) < 250).astype(np.uint8) * 255)
     left, top = int(generator.integers(0, 240)), int(generator.integers(0, 80))
@@ -57,32 +59,55 @@ def photo_split(split, count: int, variant: int = 0):
 
     split = split.select(range(min(count, len(split)))).cast_column("image", datasets.Image(decode=False))
     images = [as_photo(cell, i + 100_000 * variant) for i, cell in enumerate(split["image"])]
-    return datasets.Dataset.from_dict({"image": images, "caption": split["caption"]},
-                                      features=datasets.Features({"image": datasets.Image(),
-                                                                  "caption": datasets.Value("string")}))
+    return datasets.Dataset.from_dict(
+        {"image": images, "caption": split["caption"]},
+        features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")}),
+    )
 
 
 def run(mode: str, seed: int, train, test, steps: int, image_size: int) -> dict[str, float]:
     model, processor = build_clip("tiny", image_size=image_size, seed=seed)
-    args = ClipContrastiveConfig(output_dir=tempfile.mkdtemp(), report_to="none", max_steps=steps,
-                                 per_device_train_batch_size=32, learning_rate=1e-3, warmup_steps=10,
-                                 save_strategy="no", seed=seed, disable_tqdm=True, image_processing=mode,
-                                 per_device_eval_batch_size=64, use_cpu=True)
-    trainer = ClipContrastiveTrainer(model=model, args=args, processing_class=processor, train_dataset=train,
-                                     eval_dataset=test)
+    args = ClipContrastiveConfig(
+        output_dir=tempfile.mkdtemp(),
+        report_to="none",
+        max_steps=steps,
+        per_device_train_batch_size=32,
+        learning_rate=1e-3,
+        warmup_steps=10,
+        save_strategy="no",
+        seed=seed,
+        disable_tqdm=True,
+        image_processing=mode,
+        per_device_eval_batch_size=64,
+        use_cpu=True,
+    )
+    trainer = ClipContrastiveTrainer(
+        model=model, args=args, processing_class=processor, train_dataset=train, eval_dataset=test
+    )
     trainer.train()
     metrics = trainer.evaluate()
-    return {k: 100 * metrics[f"eval_{k}"] for k in ("image_to_text_recall@1", "image_to_text_recall@5",
-                                                     "text_to_image_recall@1", "text_to_image_recall@5")}
+    return {
+        k: 100 * metrics[f"eval_{k}"]
+        for k in (
+            "image_to_text_recall@1",
+            "image_to_text_recall@5",
+            "text_to_image_recall@1",
+            "text_to_image_recall@5",
+        )
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--train_rows", type=int, default=512)
     parser.add_argument("--test_rows", type=int, default=128)
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--image_size", type=int, default=64, help="model input: 64 (decoded at 1/4), 224 (1/2)")
+    parser.add_argument(
+        "--image_size", type=int, default=64, help="model input: 64 (decoded at 1/4), 224 (1/2)"
+    )
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -92,8 +117,10 @@ def main() -> None:
     # Held out: new photos (other background, position) of the first `test_rows` training emoji; unseen emoji
     # names would leave a model this small at chance level, where no difference could show.
     train, test = photo_split(emoji["train"], args.train_rows), photo_split(emoji["train"], args.test_rows, 1)
-    print(f"{len(train)} training / {len(test)} held-out 640x480 JPEGs, tiny CLIP at {args.image_size} px, {args.steps} steps "
-          f"of 32, {args.seeds} seeds\n")
+    print(
+        f"{len(train)} training / {len(test)} held-out 640x480 JPEGs, tiny CLIP at {args.image_size} px, {args.steps} steps "
+        f"of 32, {args.seeds} seeds\n"
+    )
     print("| mode | seed | i2t R@1 | i2t R@5 | t2i R@1 | t2i R@5 | seconds |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     results: dict[str, list[dict[str, float]]] = {"fast": [], "draft": []}
@@ -108,14 +135,23 @@ def main() -> None:
     for mode, runs in results.items():
         cells = " | ".join(
             f"{statistics.mean(r[k] for r in runs):.1f} ± {statistics.stdev(r[k] for r in runs):.1f}"
-            for k in runs[0])
+            for k in runs[0]
+        )
         print(f"| {mode} | mean ± std | {cells} | |")
     keys = list(results["fast"][0])
-    gaps = {k: statistics.mean(r[k] for r in results["draft"]) - statistics.mean(r[k] for r in results["fast"])
-            for k in keys}
+    gaps = {
+        k: statistics.mean(r[k] for r in results["draft"]) - statistics.mean(r[k] for r in results["fast"])
+        for k in keys
+    }
     # The standard error of a difference of two means of n seeds each.
-    noise = {k: (statistics.variance([r[k] for r in results["fast"]]) / args.seeds
-                 + statistics.variance([r[k] for r in results["draft"]]) / args.seeds) ** 0.5 for k in keys}
+    noise = {
+        k: (
+            statistics.variance([r[k] for r in results["fast"]]) / args.seeds
+            + statistics.variance([r[k] for r in results["draft"]]) / args.seeds
+        )
+        ** 0.5
+        for k in keys
+    }
     within = all(abs(gaps[k]) <= 2 * noise[k] for k in keys)
     print("\ndraft - fast: " + ", ".join(f"{k} {gaps[k]:+.1f} (2 s.e. {2 * noise[k]:.1f})" for k in keys))
     print("verdict: " + ("within seed noise" if within else "OUTSIDE seed noise"))

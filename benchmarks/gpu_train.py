@@ -40,8 +40,18 @@ from clip_trl.offline import build_clip, load_emoji_dataset  # noqa: E402
 
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s; matched against the device name.
 DENSE_BF16_PEAK_TFLOPS = {
-    "H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 NVL": 835.0, "H100 PCIe": 756.0,
-    "H100": 756.0, "GH200": 989.4, "B200": 2250.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "L4": 121.0,
+    "H200": 989.4,
+    "H100 SXM": 989.4,
+    "H100 80GB HBM3": 989.4,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H100": 756.0,
+    "GH200": 989.4,
+    "B200": 2250.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10G": 70.0,
+    "L4": 121.0,
 }
 
 
@@ -82,10 +92,21 @@ def rows_for(count: int):
 def train_step_figures(kind: str, args: argparse.Namespace, device: torch.device) -> dict:
     """Median step seconds and FLOPs per step of one trainer on a fixed batch."""
     model, processor = build_clip(args.model, seed=0)
-    common = dict(output_dir=tempfile.mkdtemp(), report_to="none", save_strategy="no", disable_tqdm=True, seed=0,
-                  per_device_train_batch_size=args.batch, max_steps=args.warmup + args.steps, logging_steps=10**6,
-                  bf16=device.type == "cuda", learning_rate=1e-5, dataloader_num_workers=0,
-                  use_cpu=device.type != "cuda", torch_compile=args.compile)
+    common = dict(
+        output_dir=tempfile.mkdtemp(),
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        per_device_train_batch_size=args.batch,
+        max_steps=args.warmup + args.steps,
+        logging_steps=10**6,
+        bf16=device.type == "cuda",
+        learning_rate=1e-5,
+        dataloader_num_workers=0,
+        use_cpu=device.type != "cuda",
+        torch_compile=args.compile,
+    )
     rows = rows_for(args.batch)
     if kind == "contrastive":
         config, cls, extra = ClipContrastiveConfig(**common), Contrastive, {}
@@ -94,14 +115,15 @@ def train_step_figures(kind: str, args: argparse.Namespace, device: torch.device
         cls, extra = RL, {"reward_funcs": "correctness"}
     cls.step_flops = None
     timer = _steps.StepTimer()
-    trainer = cls(model=model, args=config, processing_class=processor, train_dataset=rows, callbacks=[timer],
-                  **extra)
+    trainer = cls(
+        model=model, args=config, processing_class=processor, train_dataset=rows, callbacks=[timer], **extra
+    )
     indexed = [dict(row, __row_index__=i) for i, row in enumerate(rows)]
     batch = trainer.data_collator(indexed)  # collated once: the step alone is timed
     trainer.data_collator = _steps.ConstantBatch(batch)
     trainer.train_dataset = _steps.dummy_rows(args.batch * (args.warmup + args.steps))
     trainer.train()
-    seconds = sorted(timer.seconds[args.warmup:])[len(timer.seconds[args.warmup:]) // 2]
+    seconds = sorted(timer.seconds[args.warmup :])[len(timer.seconds[args.warmup :]) // 2]
     return {"seconds": seconds, "flops": cls.step_flops, "images_per_s": args.batch / seconds}
 
 
@@ -118,19 +140,29 @@ def loader_figures(args: argparse.Namespace, consumed_per_s: float) -> list[dict
     unique = real_photos(min(args.num_images, 256), 640, 480)
     captions = rows_for(args.num_images)["caption"]
     table = datasets.Dataset.from_dict(
-        {"image": [{"bytes": unique[i % len(unique)], "path": None} for i in range(args.num_images)],
-         "caption": captions},
-        features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")}))
+        {
+            "image": [{"bytes": unique[i % len(unique)], "path": None} for i in range(args.num_images)],
+            "caption": captions,
+        },
+        features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")}),
+    )
     folder = tempfile.mkdtemp()
     shards = write_shards(table, folder, num_shards=max(args.workers, 1) * 2)
     results = []
     for mode in ("fast", "draft"):
-        collator = ClipDataCollator(processor, image_transform=image_transform_for(processor.image_processor, mode))
+        collator = ClipDataCollator(
+            processor, image_transform=image_transform_for(processor.image_processor, mode)
+        )
         stream = ShardStream(shards, shuffle_buffer=0, num_epochs=None)
         prefetch = 2
-        loader = torch.utils.data.DataLoader(stream, batch_size=args.batch, num_workers=args.workers,
-                                             collate_fn=collator, prefetch_factor=prefetch if args.workers else None,
-                                             persistent_workers=False)
+        loader = torch.utils.data.DataLoader(
+            stream,
+            batch_size=args.batch,
+            num_workers=args.workers,
+            collate_fn=collator,
+            prefetch_factor=prefetch if args.workers else None,
+            persistent_workers=False,
+        )
         iterator = iter(loader)
         # Drain what the workers prefetch while starting up, then time the steady state.
         for _ in range(max(args.workers, 1) * prefetch):
@@ -146,17 +178,25 @@ def loader_figures(args: argparse.Namespace, consumed_per_s: float) -> list[dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dry-run", action="store_true", help="CPU, toy sizes: checks the code, not the speed")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="CPU, toy sizes: checks the code, not the speed"
+    )
     parser.add_argument("--model", default="vit-b-32")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (Trainer's torch_compile)")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (Trainer's torch_compile)"
+    )
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--num_images", type=int, default=4096)
     parser.add_argument("--loader_batches", type=int, default=12)
-    parser.add_argument("--peak_tflops", type=float, default=None, help="the card's dense bf16 peak, if not known")
+    parser.add_argument(
+        "--peak_tflops", type=float, default=None, help="the card's dense bf16 peak, if not known"
+    )
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
     if args.dry_run:
@@ -169,13 +209,22 @@ def main() -> None:
     name = device_name(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     measured_peak = gemm_peak(device, dtype, 8192 if device.type == "cuda" else 512)
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else (card_peak(name) if device.type == "cuda" else None)
-    print(f"device: {name}; torch {torch.__version__}; {dtype}; model {args.model}; batch {args.batch}"
-          + (" (DRY RUN: toy sizes on CPU, figures meaningless)" if args.dry_run else ""))
-    print(f"dense bf16 peak (data sheet): {peak / 1e12:.0f} TFLOP/s" if peak else "dense bf16 peak: unknown "
-          "(pass --peak_tflops)")
+    peak = (
+        args.peak_tflops * 1e12 if args.peak_tflops else (card_peak(name) if device.type == "cuda" else None)
+    )
+    print(
+        f"device: {name}; torch {torch.__version__}; {dtype}; model {args.model}; batch {args.batch}"
+        + (" (DRY RUN: toy sizes on CPU, figures meaningless)" if args.dry_run else "")
+    )
+    print(
+        f"dense bf16 peak (data sheet): {peak / 1e12:.0f} TFLOP/s"
+        if peak
+        else "dense bf16 peak: unknown (pass --peak_tflops)"
+    )
     print(f"measured GEMM peak ({dtype}): {measured_peak / 1e12:.1f} TFLOP/s\n")
-    print("| trainer | step (ms) | images/s | GFLOP/step | TFLOP/s | MFU (card peak) | MFU (measured GEMM peak) |")
+    print(
+        "| trainer | step (ms) | images/s | GFLOP/step | TFLOP/s | MFU (card peak) | MFU (measured GEMM peak) |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     figures = {}
     for kind in ("contrastive", "rl-exact", "rl-grpo"):
@@ -183,22 +232,31 @@ def main() -> None:
         figures[kind] = f
         achieved = f["flops"] / f["seconds"]
         card = f"{achieved / peak:.1%}" if peak else "–"
-        print(f"| {kind} | {f['seconds'] * 1e3:.1f} | {f['images_per_s']:.0f} | {f['flops'] / 1e9:.3g} | "
-              f"{achieved / 1e12:.3g} | {card} | {achieved / measured_peak:.1%} |", flush=True)
+        print(
+            f"| {kind} | {f['seconds'] * 1e3:.1f} | {f['images_per_s']:.0f} | {f['flops'] / 1e9:.3g} | "
+            f"{achieved / 1e12:.3g} | {card} | {achieved / measured_peak:.1%} |",
+            flush=True,
+        )
 
     consumed = figures["contrastive"]["images_per_s"]
-    print(f"\n| loader ({args.workers} workers, 640x480 JPEG shards) | images/s produced | contrastive step consumes "
-          "| feeds the GPU |")
+    print(
+        f"\n| loader ({args.workers} workers, 640x480 JPEG shards) | images/s produced | contrastive step consumes "
+        "| feeds the GPU |"
+    )
     print("| --- | --- | --- | --- |")
     loader = loader_figures(args, consumed)
     for row in loader:
-        print(f"| image_processing={row['mode']} | {row['images_per_s']:.0f} | {consumed:.0f} | "
-              f"{'yes' if row['feeds'] else 'NO'} |")
+        print(
+            f"| image_processing={row['mode']} | {row['images_per_s']:.0f} | {consumed:.0f} | "
+            f"{'yes' if row['feeds'] else 'NO'} |"
+        )
     if device.type == "cuda":
         print(f"\npeak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": name, "train": figures, "loader": loader, "dry_run": args.dry_run}, f, indent=1)
+            json.dump(
+                {"device": name, "train": figures, "loader": loader, "dry_run": args.dry_run}, f, indent=1
+            )
 
 
 if __name__ == "__main__":

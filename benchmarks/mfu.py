@@ -70,20 +70,29 @@ def model_flops_per_step(model_name: str, batch: dict, device: torch.device, dty
     model.set_attn_implementation("eager")
     model.to(device)
     inputs = {k: batch[k].to(device) for k in ("pixel_values", "input_ids", "attention_mask")}
-    with FlopCounterMode(display=False) as counter, torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+    with (
+        FlopCounterMode(display=False) as counter,
+        torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32),
+    ):
         model(**inputs, return_loss=True).loss.backward()
     return counter.get_total_flops()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="small", help="a build_clip size: tiny, small, vit-b-32")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per run (after --warmup)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repetitions", type=int, default=3, help="rounds of both contenders (order alternates)")
+    parser.add_argument(
+        "--repetitions", type=int, default=3, help="rounds of both contenders (order alternates)"
+    )
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (on a GPU; default there anyway)")
-    parser.add_argument("--gemm_size", type=int, default=None, help="peak GEMM size (default 2048 CPU, 8192 GPU)")
+    parser.add_argument(
+        "--gemm_size", type=int, default=None, help="peak GEMM size (default 2048 CPU, 8192 GPU)"
+    )
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if args.bf16 else torch.float32
@@ -91,54 +100,86 @@ def main() -> None:
     _, processor = build_clip(args.model, seed=0)
     rows = load_emoji_dataset()["train"]
     rows = rows.select([i % len(rows) for i in range(args.batch)])
-    batch = ClipDataCollator(processor)(list(rows.map(lambda row, i: {"__row_index__": i}, with_indices=True)))
-    plain_batch = {k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")} | {"return_loss": True}
+    batch = ClipDataCollator(processor)(
+        list(rows.map(lambda row, i: {"__row_index__": i}, with_indices=True))
+    )
+    plain_batch = {k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")} | {
+        "return_loss": True
+    }
     flops = model_flops_per_step(args.model, batch, device, dtype)
     peak = gemm_peak(device, dtype, args.gemm_size or (8192 if device.type == "cuda" else 2048))
 
     common = dict(
-        output_dir=tempfile.mkdtemp(), report_to="none", save_strategy="no", disable_tqdm=True, seed=0,
-        per_device_train_batch_size=args.batch, max_steps=args.warmup + args.steps, logging_steps=10**6,
-        bf16=args.bf16, learning_rate=1e-5, max_grad_norm=1.0, dataloader_num_workers=0,
+        output_dir=tempfile.mkdtemp(),
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        per_device_train_batch_size=args.batch,
+        max_steps=args.warmup + args.steps,
+        logging_steps=10**6,
+        bf16=args.bf16,
+        learning_rate=1e-5,
+        max_grad_norm=1.0,
+        dataloader_num_workers=0,
     )
     dummy = _steps.dummy_rows(args.batch * (args.warmup + args.steps))
 
     def ours(timer: _steps.StepTimer) -> ClipContrastiveTrainer:
         model, processor = build_clip(args.model, seed=0)
         return ClipContrastiveTrainer(
-            model=model, args=ClipContrastiveConfig(**common), processing_class=processor, train_dataset=dummy,
-            data_collator=_steps.ConstantBatch(batch), callbacks=[timer],
+            model=model,
+            args=ClipContrastiveConfig(**common),
+            processing_class=processor,
+            train_dataset=dummy,
+            data_collator=_steps.ConstantBatch(batch),
+            callbacks=[timer],
         )
 
     def plain(timer: _steps.StepTimer) -> Trainer:
         model, _ = build_clip(args.model, seed=0)  # a plain transformers CLIPModel, same weights as ours
         return Trainer(
-            model=model, args=TrainingArguments(**common, remove_unused_columns=False), train_dataset=dummy,
-            data_collator=_steps.ConstantBatch(plain_batch), callbacks=[timer],
+            model=model,
+            args=TrainingArguments(**common, remove_unused_columns=False),
+            train_dataset=dummy,
+            data_collator=_steps.ConstantBatch(plain_batch),
+            callbacks=[timer],
         )
 
     runs = _steps.alternate_all(
-        {"ours": lambda: _steps.median_step_seconds(ours, args.warmup),
-         "plain": lambda: _steps.median_step_seconds(plain, args.warmup)},
+        {
+            "ours": lambda: _steps.median_step_seconds(ours, args.warmup),
+            "plain": lambda: _steps.median_step_seconds(plain, args.warmup),
+        },
         args.repetitions,
     )
     seconds = {name: statistics.median(values) for name, values in runs.items()}
-    print(f"device: {device_name(device)}; torch {torch.__version__}; dtype {dtype}; model {args.model}; "
-          f"batch {args.batch}")
-    print(f"model FLOPs per step (forward + backward): {flops / 1e9:.1f} GFLOP; measured GEMM peak: "
-          f"{peak / 1e12:.3f} TFLOP/s\n")
+    print(
+        f"device: {device_name(device)}; torch {torch.__version__}; dtype {dtype}; model {args.model}; "
+        f"batch {args.batch}"
+    )
+    print(
+        f"model FLOPs per step (forward + backward): {flops / 1e9:.1f} GFLOP; measured GEMM peak: "
+        f"{peak / 1e12:.3f} TFLOP/s\n"
+    )
     print("| trainer | step (ms) | samples/s | achieved TFLOP/s | MFU |")
     print("| --- | --- | --- | --- | --- |")
     for name, label in (("ours", "`ClipContrastiveTrainer`"), ("plain", "plain `Trainer`")):
         step = seconds[name]
-        print(f"| {label} | {step * 1e3:.0f} | {args.batch / step:.1f} | {flops / step / 1e12:.3f} | "
-              f"{flops / step / peak:.1%} |")
+        print(
+            f"| {label} | {step * 1e3:.0f} | {args.batch / step:.1f} | {flops / step / 1e12:.3f} | "
+            f"{flops / step / peak:.1%} |"
+        )
     ratios = [p / o for o, p in zip(runs["ours"], runs["plain"])]
     mfus = {name: ", ".join(f"{flops / s / peak:.1%}" for s in values) for name, values in runs.items()}
-    print(f"\n{args.repetitions} repetitions, order alternating (ours first in odd ones). MFU per repetition: "
-          f"ours {mfus['ours']}; plain {mfus['plain']}")
-    print(f"ours / plain samples/s per repetition: median {statistics.median(ratios):.3f}, "
-          f"range {min(ratios):.3f}–{max(ratios):.3f}")
+    print(
+        f"\n{args.repetitions} repetitions, order alternating (ours first in odd ones). MFU per repetition: "
+        f"ours {mfus['ours']}; plain {mfus['plain']}"
+    )
+    print(
+        f"ours / plain samples/s per repetition: median {statistics.median(ratios):.3f}, "
+        f"range {min(ratios):.3f}–{max(ratios):.3f}"
+    )
     if device.type == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB (both contenders, max)")
 

@@ -51,7 +51,9 @@ def synthetic_photos(count: int, width: int, height: int) -> list[bytes]:
         y, x = np.mgrid[0:height, 0:width]
         base = np.stack([x / width * 255, y / height * 255, (x + y) / (width + height) * 255], axis=-1)
         texture = generator.normal(0, 40, (height, width, 3))
-        image = Image.fromarray(np.clip(base + texture, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1))
+        image = Image.fromarray(np.clip(base + texture, 0, 255).astype(np.uint8)).filter(
+            ImageFilter.GaussianBlur(1)
+        )
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=90)
         photos.append(buffer.getvalue())
@@ -73,10 +75,14 @@ def real_photos(count: int, width: int, height: int) -> list[bytes]:
         crop_h = int(crop_w * height / width)
         left = int(generator.integers(0, source.width - crop_w + 1))
         top = int(generator.integers(0, source.height - crop_h + 1))
-        view = source.crop((left, top, left + crop_w, top + crop_h)).resize((width, height), Image.Resampling.LANCZOS)
+        view = source.crop((left, top, left + crop_w, top + crop_h)).resize(
+            (width, height), Image.Resampling.LANCZOS
+        )
         if generator.random() < 0.5:
             view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        view = Image.fromarray(np.clip(np.asarray(view) * generator.uniform(0.7, 1.2), 0, 255).astype(np.uint8))
+        view = Image.fromarray(
+            np.clip(np.asarray(view) * generator.uniform(0.7, 1.2), 0, 255).astype(np.uint8)
+        )
         buffer = io.BytesIO()
         view.save(buffer, format="JPEG", quality=90)
         photos.append(buffer.getvalue())
@@ -97,7 +103,9 @@ def best_rate(contenders: dict[str, Callable[[], object]], count: int, repetitio
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--count", type=int, default=64)
     parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--quick", action="store_true")
@@ -113,10 +121,14 @@ def main() -> None:
     make_photos = real_photos if args.photos == "real" else synthetic_photos
     levels = 255 * torch.tensor(processor.image_std).view(1, 3, 1, 1)
 
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, one thread, "
-          f"{args.photos} photos\n")
-    print("| photos | input | transformers (images/s) | clip_trl fast (images/s) | speed-up | outputs "
-          "| clip_trl draft (images/s) | speed-up | max / mean pixel difference (0-255) |")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, one thread, "
+        f"{args.photos} photos\n"
+    )
+    print(
+        "| photos | input | transformers (images/s) | clip_trl fast (images/s) | speed-up | outputs "
+        "| clip_trl draft (images/s) | speed-up | max / mean pixel difference (0-255) |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for width, height in ((640, 480), (1280, 960)):
         jpegs = make_photos(args.count, width, height)
@@ -131,7 +143,9 @@ def main() -> None:
                 "fast": lambda decoded=decoded: fast(decoded),
             },
             "JPEG bytes": {
-                "transformers": lambda jpegs=jpegs: processor(images=[load_image(d) for d in jpegs], return_tensors="pt"),
+                "transformers": lambda jpegs=jpegs: processor(
+                    images=[load_image(d) for d in jpegs], return_tensors="pt"
+                ),
                 "fast": lambda jpegs=jpegs: fast([load_image(d) for d in jpegs]),
                 "draft": lambda jpegs=jpegs: draft(jpegs),
             },
@@ -140,8 +154,10 @@ def main() -> None:
             rates = best_rate(contenders, args.count, args.repetitions)
             draft_cells = "| – | – | – |"
             if "draft" in rates:
-                draft_cells = (f"| {rates['draft']:.0f} | {rates['draft'] / rates['transformers']:.2f}x | "
-                               f"{difference.max():.1f} / {difference.mean():.2f} |")
+                draft_cells = (
+                    f"| {rates['draft']:.0f} | {rates['draft'] / rates['transformers']:.2f}x | "
+                    f"{difference.max():.1f} / {difference.mean():.2f} |"
+                )
             print(
                 f"| {width}x{height} | {source} | {rates['transformers']:.0f} | {rates['fast']:.0f} | "
                 f"{rates['fast'] / rates['transformers']:.2f}x | {'bitwise equal' if equal else 'DIFFERENT'} "
@@ -151,10 +167,15 @@ def main() -> None:
     # Where the time goes: the resize (the same Pillow call in both, which bitwise equality requires) bounds
     # the speed-up; show it so the ratio above can be read against it.
     decoded = [load_image(d) for d in make_photos(args.count, 640, 480)]
-    resize = best_rate({"resize": lambda: [im.resize((298, 224), Image.Resampling.BICUBIC) for im in decoded]},
-                       args.count, args.repetitions)["resize"]
-    print(f"\nPillow's bicubic resize alone, 640x480 -> 298x224: {resize:.0f} images/s (the ceiling of any "
-          "pipeline that must match the processor bitwise)")
+    resize = best_rate(
+        {"resize": lambda: [im.resize((298, 224), Image.Resampling.BICUBIC) for im in decoded]},
+        args.count,
+        args.repetitions,
+    )["resize"]
+    print(
+        f"\nPillow's bicubic resize alone, 640x480 -> 298x224: {resize:.0f} images/s (the ceiling of any "
+        "pipeline that must match the processor bitwise)"
+    )
 
 
 if __name__ == "__main__":

@@ -52,9 +52,30 @@ from clip_trl.rewards import TeacherProbabilityReward
 from clip_trl.rewards.graded import GradedReward
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_LABELS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
-FASHION_KIND = {"t-shirt": "top", "pullover": "top", "coat": "top", "shirt": "top", "dress": "top",
-                "sandal": "shoe", "sneaker": "shoe", "ankle boot": "shoe", "trouser": "trouser", "bag": "bag"}
+FASHION_LABELS = [
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+]
+FASHION_KIND = {
+    "t-shirt": "top",
+    "pullover": "top",
+    "coat": "top",
+    "shirt": "top",
+    "dress": "top",
+    "sandal": "shoe",
+    "sneaker": "shoe",
+    "ankle boot": "shoe",
+    "trouser": "trouser",
+    "bag": "bag",
+}
 TEMPLATE = "a photo of a {}."
 IMAGE_SIZE = 32
 
@@ -87,12 +108,14 @@ def load_fashion(num_train: int, num_test: int) -> dict[str, datasets.Dataset]:
         labels = _read_idx(f"{FASHION_DIR}/{prefix}-labels-idx1-ubyte.gz")
         rows = np.random.default_rng(1234).permutation(len(labels))[:count]  # a fixed subset for every seed
         names = [FASHION_LABELS[int(labels[i])] for i in rows]
-        splits[split] = datasets.Dataset.from_dict({
-            "image": [_to_small_rgb(Image.fromarray(images[i])) for i in rows],
-            "caption": [TEMPLATE.format(name) for name in names],
-            "label": names,
-            "group": [FASHION_KIND[name] for name in names],
-        }).cast_column("image", datasets.Image())
+        splits[split] = datasets.Dataset.from_dict(
+            {
+                "image": [_to_small_rgb(Image.fromarray(images[i])) for i in rows],
+                "caption": [TEMPLATE.format(name) for name in names],
+                "label": names,
+                "group": [FASHION_KIND[name] for name in names],
+            }
+        ).cast_column("image", datasets.Image())
     return splits
 
 
@@ -104,8 +127,10 @@ def load_emoji(test_size: float) -> dict[str, datasets.Dataset]:
     def shrink(batch: dict[str, list]) -> dict[str, list]:
         return {"image": [_to_small_rgb(im) for im in batch["image"]]}
 
-    return {split: data[split].map(shrink, batched=True).cast_column("image", datasets.Image())
-            for split in ("train", "test")}
+    return {
+        split: data[split].map(shrink, batched=True).cast_column("image", datasets.Image())
+        for split in ("train", "test")
+    }
 
 
 # --------------------------------------------------------------------------------------------- rewards
@@ -114,8 +139,9 @@ def load_emoji(test_size: float) -> dict[str, datasets.Dataset]:
 class OriginalObjectiveTrainer(ClipRLTrainer):
     """The seed project's objective: reward = correct × max π of the greedy choice, loss = -mean(reward)."""
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> torch.Tensor:
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> torch.Tensor:
         self._pop_bookkeeping(inputs)
         image_embeds, text_embeds = modeling.encode_pair(
             model, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
@@ -130,8 +156,13 @@ class OriginalObjectiveTrainer(ClipRLTrainer):
 
 
 @torch.no_grad()
-def held_out_metrics(model: Any, processor: Any, test: datasets.Dataset, task: dict[str, Any],
-                     teacher: TeacherProbabilityReward | None = None) -> dict[str, float]:
+def held_out_metrics(
+    model: Any,
+    processor: Any,
+    test: datasets.Dataset,
+    task: dict[str, Any],
+    teacher: TeacherProbabilityReward | None = None,
+) -> dict[str, float]:
     """Standard metrics, plus the mean graded reward (and teacher probability) of the greedy choice."""
     embeds = evaluation.compute_embeddings(model, processor, test, batch_size=256)
     scores = evaluation.scores_from_embeddings(embeds, ks=(1, 5), in_batch_size=32)
@@ -146,8 +177,13 @@ def held_out_metrics(model: Any, processor: Any, test: datasets.Dataset, task: d
     metrics["accuracy"] = float(np.mean([c == t for c, t in zip(chosen, truth)]))
     metrics["graded"] = float(np.mean(task["graded"](chosen, ground_truth=truth)))
     if teacher is not None:  # the teacher's probability of the greedy choice among the same answers
-        metrics["teacher_prob"] = float(np.mean(teacher(chosen, candidate_texts=[answers] * len(greedy),
-                                                        chosen=greedy, images=list(test["image"]))))
+        metrics["teacher_prob"] = float(
+            np.mean(
+                teacher(
+                    chosen, candidate_texts=[answers] * len(greedy), chosen=greedy, images=list(test["image"])
+                )
+            )
+        )
     return metrics
 
 
@@ -155,72 +191,143 @@ def held_out_metrics(model: Any, processor: Any, test: datasets.Dataset, task: d
 
 
 def common_args(seed: int, output_dir: str) -> dict[str, Any]:
-    return dict(output_dir=output_dir, report_to="none", save_strategy="no", seed=seed, disable_tqdm=True,
-                use_cpu=True, logging_steps=10, dataloader_num_workers=0, dataloader_drop_last=True)
+    return dict(
+        output_dir=output_dir,
+        report_to="none",
+        save_strategy="no",
+        seed=seed,
+        disable_tqdm=True,
+        use_cpu=True,
+        logging_steps=10,
+        dataloader_num_workers=0,
+        dataloader_drop_last=True,
+    )
 
 
-def contrastive(model: Any, processor: Any, data: datasets.Dataset, seed: int, workdir: str, *, epochs: float = 0,
-                steps: int = -1, lr: float, batch: int) -> None:
-    args = ClipContrastiveConfig(learning_rate=lr, num_train_epochs=epochs or 1, max_steps=steps,
-                                 per_device_train_batch_size=batch, warmup_steps=0 if steps > 0 else 10,
-                                 **common_args(seed, f"{workdir}/contrastive"))
+def contrastive(
+    model: Any,
+    processor: Any,
+    data: datasets.Dataset,
+    seed: int,
+    workdir: str,
+    *,
+    epochs: float = 0,
+    steps: int = -1,
+    lr: float,
+    batch: int,
+) -> None:
+    args = ClipContrastiveConfig(
+        learning_rate=lr,
+        num_train_epochs=epochs or 1,
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        warmup_steps=0 if steps > 0 else 10,
+        **common_args(seed, f"{workdir}/contrastive"),
+    )
     ClipContrastiveTrainer(model=model, args=args, train_dataset=data, processing_class=processor).train()
 
 
-def rl(checkpoint: str, data: datasets.Dataset, seed: int, workdir: str, rewards: Any, settings: argparse.Namespace,
-       trainer_class: type = ClipRLTrainer, **overrides: Any) -> Any:
-    config = dict(learning_rate=settings.rl_lr, max_steps=settings.steps, per_device_train_batch_size=settings.batch,
-                  advantage="exact", beta=settings.beta, policy_temperature=1.0, **common_args(seed, f"{workdir}/rl"))
+def rl(
+    checkpoint: str,
+    data: datasets.Dataset,
+    seed: int,
+    workdir: str,
+    rewards: Any,
+    settings: argparse.Namespace,
+    trainer_class: type = ClipRLTrainer,
+    **overrides: Any,
+) -> Any:
+    config = dict(
+        learning_rate=settings.rl_lr,
+        max_steps=settings.steps,
+        per_device_train_batch_size=settings.batch,
+        advantage="exact",
+        beta=settings.beta,
+        policy_temperature=1.0,
+        **common_args(seed, f"{workdir}/rl"),
+    )
     config.update(overrides)
-    trainer = trainer_class(model=checkpoint, reward_funcs=rewards, args=ClipRLConfig(**config), train_dataset=data)
+    trainer = trainer_class(
+        model=checkpoint, reward_funcs=rewards, args=ClipRLConfig(**config), train_dataset=data
+    )
     trainer.train()
     logs = [e for e in trainer.state.log_history if "entropy" in e]
-    trainer.final_train_log = {"entropy": logs[-1]["entropy"] if logs else float("nan"),
-                               "logit_scale": float(modeling.logit_scale(trainer.model).exp())}
+    trainer.final_train_log = {
+        "entropy": logs[-1]["entropy"] if logs else float("nan"),
+        "logit_scale": float(modeling.logit_scale(trainer.model).exp()),
+    }
     return trainer
 
 
 def make_task(name: str, train: datasets.Dataset) -> dict[str, Any]:
     if name == "fashion":
         graded = GradedReward(kind_of=FASHION_KIND)
-        return {"answers": [TEMPLATE.format(label) for label in FASHION_LABELS], "answer_names": FASHION_LABELS,
-                "truth_column": "label", "graded": graded, "labels": FASHION_LABELS}
+        return {
+            "answers": [TEMPLATE.format(label) for label in FASHION_LABELS],
+            "answer_names": FASHION_LABELS,
+            "truth_column": "label",
+            "graded": graded,
+            "labels": FASHION_LABELS,
+        }
     graded = GradedReward(kind_of={})  # filled in by run_seed: caption -> group
-    return {"answers": None, "answer_names": None, "truth_column": "caption", "graded": graded, "labels": None}
+    return {
+        "answers": None,
+        "answer_names": None,
+        "truth_column": "caption",
+        "graded": graded,
+        "labels": None,
+    }
 
 
-def run_seed(seed: int, data: dict[str, datasets.Dataset], settings: argparse.Namespace, workdir: str
-             ) -> dict[str, dict[str, float]]:
+def run_seed(
+    seed: int, data: dict[str, datasets.Dataset], settings: argparse.Namespace, workdir: str
+) -> dict[str, dict[str, float]]:
     train, test = data["train"], data["test"]
     task = make_task(settings.dataset, train)
     if settings.dataset == "emoji":  # the kind of an emoji caption is its CLDR group
-        task["graded"].kind_of = dict(zip(list(train["caption"]) + list(test["caption"]), list(train["group"]) + list(test["group"])))
+        task["graded"].kind_of = dict(
+            zip(list(train["caption"]) + list(test["caption"]), list(train["group"]) + list(test["group"]))
+        )
     results: dict[str, dict[str, float]] = {}
     timings: dict[str, float] = {}
 
     def record(name: str, model: Any, processor: Any, extra: dict[str, float] | None = None) -> None:
         results[name] = held_out_metrics(model, processor, test, task, teacher) | (extra or {})
         timings[name] = time.time()
-        print(f"seed {seed} {name}: {json.dumps({k: round(v, 4) for k, v in results[name].items()})}", flush=True)
+        print(
+            f"seed {seed} {name}: {json.dumps({k: round(v, 4) for k, v in results[name].items()})}",
+            flush=True,
+        )
 
     # The teacher: the same architecture trained 4x longer on every labelled training row.
     teacher_model, teacher_processor = build_clip("tiny", image_size=IMAGE_SIZE, seed=1000 + seed)
-    contrastive(teacher_model, teacher_processor, train, seed, workdir, epochs=4 * settings.epochs,
-                lr=settings.lr, batch=settings.batch)
+    contrastive(
+        teacher_model,
+        teacher_processor,
+        train,
+        seed,
+        workdir,
+        epochs=4 * settings.epochs,
+        lr=settings.lr,
+        batch=settings.batch,
+    )
     teacher = TeacherProbabilityReward(teacher_model.eval(), teacher_processor)
     record("teacher", teacher_model, teacher_processor)
 
     # Labelled start: contrastive on every training row.
     model, processor = build_clip("tiny", image_size=IMAGE_SIZE, seed=seed)
-    contrastive(model, processor, train, seed, workdir, epochs=settings.epochs, lr=settings.lr, batch=settings.batch)
+    contrastive(
+        model, processor, train, seed, workdir, epochs=settings.epochs, lr=settings.lr, batch=settings.batch
+    )
     start = f"{workdir}/start-{seed}"
     model.save_pretrained(start)
     processor.save_pretrained(start)
     record("start (contrastive)", model, processor)
 
     # Baseline: the same number of steps and images, more contrastive training.
-    contrastive(model, processor, train, seed, workdir, steps=settings.steps, lr=settings.rl_lr,
-                batch=settings.batch)
+    contrastive(
+        model, processor, train, seed, workdir, steps=settings.steps, lr=settings.rl_lr, batch=settings.batch
+    )
     record("baseline: more contrastive", model, processor)
 
     labels = dict(candidate_labels=task["labels"], label_template=TEMPLATE) if task["labels"] else {}
@@ -231,13 +338,23 @@ def run_seed(seed: int, data: dict[str, datasets.Dataset], settings: argparse.Na
         # The same reward with the contrastive loss mixed in (`contrastive_coef`): RL adds what the reward knows
         # (the kinds) on top of what the captions teach, in the same steps.
         (f"(b) graded + contrastive_coef=1, {where}", task["graded"], dict(labels, contrastive_coef=1.0)),
-        ("(d) correctness, retrieved top-k", "correctness",
-         dict(candidates="retrieved", num_candidates=settings.num_candidates, candidate_refresh_steps=20)),
+        (
+            "(d) correctness, retrieved top-k",
+            "correctness",
+            dict(candidates="retrieved", num_candidates=settings.num_candidates, candidate_refresh_steps=20),
+        ),
     ]
     if settings.dataset == "emoji":  # no label set: grade in-batch choices, and retrieved ones, by group
-        recipes.insert(3, ("(b) graded, retrieved top-k", task["graded"],
-                           dict(candidates="retrieved", num_candidates=settings.num_candidates,
-                                candidate_refresh_steps=20)))
+        recipes.insert(
+            3,
+            (
+                "(b) graded, retrieved top-k",
+                task["graded"],
+                dict(
+                    candidates="retrieved", num_candidates=settings.num_candidates, candidate_refresh_steps=20
+                ),
+            ),
+        )
     for name, reward, overrides in recipes:
         trainer = rl(start, train, seed, workdir, reward, settings, **overrides)
         record(name, trainer.model, trainer.processing_class, trainer.final_train_log)
@@ -249,25 +366,53 @@ def run_seed(seed: int, data: dict[str, datasets.Dataset], settings: argparse.Na
     cut = int(settings.labeled_fraction * len(train))
     labelled, unlabelled = train.select(sorted(order[:cut])), train.select(sorted(order[cut:]))
     student, processor = build_clip("tiny", image_size=IMAGE_SIZE, seed=seed)
-    contrastive(student, processor, labelled, seed, workdir, epochs=settings.epochs / settings.labeled_fraction,
-                lr=settings.lr, batch=settings.batch)
+    contrastive(
+        student,
+        processor,
+        labelled,
+        seed,
+        workdir,
+        epochs=settings.epochs / settings.labeled_fraction,
+        lr=settings.lr,
+        batch=settings.batch,
+    )
     student_dir = f"{workdir}/student-{seed}"
     student.save_pretrained(student_dir)
     processor.save_pretrained(student_dir)
     record("student (few labels)", student, processor)
-    contrastive(student, processor, labelled, seed, workdir, steps=settings.steps, lr=settings.rl_lr,
-                batch=settings.batch)
+    contrastive(
+        student,
+        processor,
+        labelled,
+        seed,
+        workdir,
+        steps=settings.steps,
+        lr=settings.rl_lr,
+        batch=settings.batch,
+    )
     record("student baseline: more contrastive on labelled", student, processor)
     if task["labels"]:
-        unlabelled_overrides = dict(candidate_labels=task["labels"], label_template=TEMPLATE, candidates="labels")
-        unlabelled = unlabelled.remove_columns(["label"])  # truly unlabelled: no ground truth reaches the step
+        unlabelled_overrides = dict(
+            candidate_labels=task["labels"], label_template=TEMPLATE, candidates="labels"
+        )
+        unlabelled = unlabelled.remove_columns(
+            ["label"]
+        )  # truly unlabelled: no ground truth reaches the step
     else:
-        unlabelled_overrides = dict(candidates="retrieved", num_candidates=settings.num_candidates,
-                                    include_ground_truth=False, candidate_refresh_steps=20,
-                                    candidate_pool=list(dict.fromkeys(train["caption"])))
-    for name, extra in (("(c) teacher, unlabelled", {}),
-                        ("(c) teacher, unlabelled, logit_scale frozen", {"logit_scale_learning_rate": 0.0})):
-        trainer = rl(student_dir, unlabelled, seed, workdir, teacher, settings, **unlabelled_overrides, **extra)
+        unlabelled_overrides = dict(
+            candidates="retrieved",
+            num_candidates=settings.num_candidates,
+            include_ground_truth=False,
+            candidate_refresh_steps=20,
+            candidate_pool=list(dict.fromkeys(train["caption"])),
+        )
+    for name, extra in (
+        ("(c) teacher, unlabelled", {}),
+        ("(c) teacher, unlabelled, logit_scale frozen", {"logit_scale_learning_rate": 0.0}),
+    ):
+        trainer = rl(
+            student_dir, unlabelled, seed, workdir, teacher, settings, **unlabelled_overrides, **extra
+        )
         record(name, trainer.model, trainer.processing_class, trainer.final_train_log)
     return results
 
@@ -284,7 +429,11 @@ VERDICTS = [  # (recipe row, its baseline row, the reward's own metric)
     ("(d) correctness, retrieved top-k", "baseline: more contrastive", "accuracy"),
     ("(o) original objective", "baseline: more contrastive", "accuracy"),
     ("(c) teacher, unlabelled", "student baseline: more contrastive on labelled", "teacher_prob"),
-    ("(c) teacher, unlabelled, logit_scale frozen", "student baseline: more contrastive on labelled", "teacher_prob"),
+    (
+        "(c) teacher, unlabelled, logit_scale frozen",
+        "student baseline: more contrastive on labelled",
+        "teacher_prob",
+    ),
 ]
 
 
@@ -311,8 +460,11 @@ def summarize(per_seed: list[dict[str, dict[str, float]]], dataset: str) -> str:
     # without lowering the guard metric by more than one std (and, for the teacher, not below the student).
     # "paired Δ" is the per-seed difference (same seed = same start); the paired rule asks for a mean paired Δ
     # above twice its std — reported separately, never in place of the first rule.
-    lines += ["", f"| recipe | reward metric | baseline | RL | Δ | 2×std | paired Δ | {guard}: baseline → RL | verdict |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        f"| recipe | reward metric | baseline | RL | Δ | 2×std | paired Δ | {guard}: baseline → RL | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for recipe, baseline, metric in VERDICTS:
         if recipe not in per_seed[0]:
             continue
@@ -333,21 +485,29 @@ def summarize(per_seed: list[dict[str, dict[str, float]]], dataset: str) -> str:
             verdict = "RL wins on the paired rule only"
         else:
             verdict = "no win"
-        lines.append(f"| {recipe} | {metric} | {b_mean:.3f} ± {b_std:.3f} | {r_mean:.3f} ± {r_std:.3f} | "
-                     f"{r_mean - b_mean:+.3f} | {threshold:.3f} | {paired} | {gb_mean:.3f} → {gr_mean:.3f} | "
-                     f"{verdict} |")
+        lines.append(
+            f"| {recipe} | {metric} | {b_mean:.3f} ± {b_std:.3f} | {r_mean:.3f} ± {r_std:.3f} | "
+            f"{r_mean - b_mean:+.3f} | {threshold:.3f} | {paired} | {gb_mean:.3f} → {gr_mean:.3f} | "
+            f"{verdict} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dataset", choices=["emoji", "fashion"], default="fashion")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=float, default=3, help="Contrastive epochs of the starting checkpoint.")
+    parser.add_argument(
+        "--epochs", type=float, default=3, help="Contrastive epochs of the starting checkpoint."
+    )
     parser.add_argument("--steps", type=int, default=60, help="Optimizer steps of every recipe and baseline.")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3, help="Learning rate of the starting checkpoints.")
-    parser.add_argument("--rl_lr", type=float, default=2e-4, help="Learning rate of every recipe and baseline.")
+    parser.add_argument(
+        "--rl_lr", type=float, default=2e-4, help="Learning rate of every recipe and baseline."
+    )
     parser.add_argument("--beta", type=float, default=0.0)
     parser.add_argument("--num_candidates", type=int, default=8)
     parser.add_argument("--labeled_fraction", type=float, default=0.15)
@@ -355,7 +515,9 @@ def main() -> None:
     parser.add_argument("--num_test", type=int, default=1000, help="Fashion-MNIST held-out rows used.")
     parser.add_argument("--test_size", type=float, default=0.25, help="Emoji: held-out share of the rows.")
     parser.add_argument("--json", default=None, help="Also write the raw results here.")
-    parser.add_argument("--summarize", default=None, help="Only print the tables of a JSON file this script wrote.")
+    parser.add_argument(
+        "--summarize", default=None, help="Only print the tables of a JSON file this script wrote."
+    )
     settings = parser.parse_args()
     if settings.summarize:
         with open(settings.summarize) as handle:
@@ -364,9 +526,16 @@ def main() -> None:
         return
     hf_logging.set_verbosity_error()
     start = time.time()
-    data = load_fashion(settings.num_train, settings.num_test) if settings.dataset == "fashion" else load_emoji(settings.test_size)
-    print(f"{settings.dataset}: {len(data['train'])} train / {len(data['test'])} held-out rows; "
-          f"{torch.get_num_threads()} threads", flush=True)
+    data = (
+        load_fashion(settings.num_train, settings.num_test)
+        if settings.dataset == "fashion"
+        else load_emoji(settings.test_size)
+    )
+    print(
+        f"{settings.dataset}: {len(data['train'])} train / {len(data['test'])} held-out rows; "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
     per_seed = []
     with tempfile.TemporaryDirectory() as workdir:
         for seed in settings.seeds:
@@ -375,8 +544,10 @@ def main() -> None:
             if settings.json:  # after every seed, so a stopped run still leaves its numbers
                 with open(settings.json, "w") as handle:
                     json.dump({"settings": vars(settings), "results": per_seed}, handle, indent=2)
-    print(f"\n{settings.dataset}, held-out rows, seeds {settings.seeds}, mean ± std; every recipe and baseline: "
-          f"{settings.steps} steps × {settings.batch} rows from the same checkpoint.\n")
+    print(
+        f"\n{settings.dataset}, held-out rows, seeds {settings.seeds}, mean ± std; every recipe and baseline: "
+        f"{settings.steps} steps × {settings.batch} rows from the same checkpoint.\n"
+    )
     print(summarize(per_seed, settings.dataset))
     print(f"\nwall time {time.time() - start:.0f} s; settings {vars(settings)}")
 

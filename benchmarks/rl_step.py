@@ -39,10 +39,14 @@ import _harness as h  # noqa: E402
 
 CONTENDERS = (
     "contrastive",
-    "grpo-beta0", "grpo-beta0.04",
-    "rloo-beta0", "rloo-beta0.04",
-    "exact-beta0", "exact-beta0.04",
-    "grpo-beta0.04-log1", "grpo-beta0.04-rollouts",
+    "grpo-beta0",
+    "grpo-beta0.04",
+    "rloo-beta0",
+    "rloo-beta0.04",
+    "exact-beta0",
+    "exact-beta0.04",
+    "grpo-beta0.04-log1",
+    "grpo-beta0.04-rollouts",
 )
 LOGGING_VARIANTS = ("-log1", "-rollouts")
 NUM_SAMPLES = 8
@@ -96,17 +100,31 @@ def run_child(args: argparse.Namespace) -> None:
         seed=0,
     )
     if args.child == "contrastive":
-        trainer = ClipContrastiveTrainer(model=model, args=ClipContrastiveConfig(**common), train_dataset=dataset,
-                                         processing_class=processor)
+        trainer = ClipContrastiveTrainer(
+            model=model,
+            args=ClipContrastiveConfig(**common),
+            train_dataset=dataset,
+            processing_class=processor,
+        )
     else:
         advantage, beta = parse(args.child)
         logging = {}
         if args.child.endswith(LOGGING_VARIANTS):
             logging = {"logging_steps": 1, "log_rollouts": args.child.endswith("-rollouts")}
-        config = ClipRLConfig(**(common | logging), advantage=advantage, beta=beta, num_samples=NUM_SAMPLES,
-                              candidates="in_batch")
-        trainer = ClipRLTrainer(model=model, reward_funcs="correctness", args=config, train_dataset=dataset,
-                                processing_class=processor)
+        config = ClipRLConfig(
+            **(common | logging),
+            advantage=advantage,
+            beta=beta,
+            num_samples=NUM_SAMPLES,
+            candidates="in_batch",
+        )
+        trainer = ClipRLTrainer(
+            model=model,
+            reward_funcs="correctness",
+            args=config,
+            train_dataset=dataset,
+            processing_class=processor,
+        )
         trainer._score = h.timed(trainer._score, counters, "rewards", cuda)
     trainer.accelerator.backward = h.timed(trainer.accelerator.backward, counters, "backward", cuda)
     collator = h.TimedCollator(trainer.data_collator)
@@ -145,27 +163,47 @@ def report(results: dict[str, h.Result], args: argparse.Namespace, machine: dict
             elif name.endswith("-rollouts"):
                 label += ", logging every step with `log_rollouts`"
             verdict = "—" if base is None else "met" if step / base_step <= TARGET else "**missed**"
-        rows.append([
-            label,
-            f"{1000 * step:.0f}",
-            f"{step / base_step:.2f}",
-            f"{cpu:.2f}",
-            f"{cpu / base_cpu:.2f}",
-            f"{best_cpu / base_best_cpu:.2f}",
-            *(f"{1000 * parts[p]:.0f}" for p in PARTS),
-            f"{1000 * collate:.0f}",
-            f"{1000 * rest:.0f}",
-            h.mib(r.peak_rss),
-            verdict,
-        ])
-    header = ["step", "ms/step (median)", "× contrastive", "CPU s/step", "CPU × contrastive", "best-rep CPU × contrastive", "forward ms",
-              "ref forward ms", "rewards ms", "backward ms", "collate ms", "rest ms", "peak RSS MiB",
-              f"≤ {TARGET}× target"]
+        rows.append(
+            [
+                label,
+                f"{1000 * step:.0f}",
+                f"{step / base_step:.2f}",
+                f"{cpu:.2f}",
+                f"{cpu / base_cpu:.2f}",
+                f"{best_cpu / base_best_cpu:.2f}",
+                *(f"{1000 * parts[p]:.0f}" for p in PARTS),
+                f"{1000 * collate:.0f}",
+                f"{1000 * rest:.0f}",
+                h.mib(r.peak_rss),
+                verdict,
+            ]
+        )
+    header = [
+        "step",
+        "ms/step (median)",
+        "× contrastive",
+        "CPU s/step",
+        "CPU × contrastive",
+        "best-rep CPU × contrastive",
+        "forward ms",
+        "ref forward ms",
+        "rewards ms",
+        "backward ms",
+        "collate ms",
+        "rest ms",
+        "peak RSS MiB",
+        f"≤ {TARGET}× target",
+    ]
     overhead = []
     if "grpo-beta0.04-log1" in results and "grpo-beta0.04-rollouts" in results:
-        plain, tables = (h.median(results[n].seconds_per_step()) for n in ("grpo-beta0.04-log1", "grpo-beta0.04-rollouts"))
-        overhead = ["", f"Rollout tables at every step: {tables / plain:.2f}× the step time of the same run logging "
-                        f"every step without them (+{1000 * (tables - plain):.0f} ms/step)."]
+        plain, tables = (
+            h.median(results[n].seconds_per_step()) for n in ("grpo-beta0.04-log1", "grpo-beta0.04-rollouts")
+        )
+        overhead = [
+            "",
+            f"Rollout tables at every step: {tables / plain:.2f}× the step time of the same run logging "
+            f"every step without them (+{1000 * (tables - plain):.0f} ms/step).",
+        ]
     parts_text = [
         f"### RL step vs contrastive step — batch {args.batch_size}, in-batch candidates, reward `correctness`, "
         f"{args.threads} threads, {args.repeats} × {args.steps} steps after {args.warmup} warm-up",
@@ -182,8 +220,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     h.common_arguments(parser, steps=2, repeats=4, warmup=1)
     parser.add_argument("--json", default=None, help="also write every repetition's raw numbers here")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS),
-                        help=f"comma-separated subset of {', '.join(CONTENDERS)}")
+    parser.add_argument(
+        "--contenders",
+        default=",".join(CONTENDERS),
+        help=f"comma-separated subset of {', '.join(CONTENDERS)}",
+    )
     args = parser.parse_args()
     if args.child:
         run_child(args)
@@ -195,17 +236,39 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown contenders {unknown}; choose from {', '.join(CONTENDERS)}")
     script = os.path.abspath(__file__)
-    passthrough = ["--steps", str(args.steps), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-                   "--threads", str(args.threads), "--batch-size", str(args.batch_size), "--size", args.size]
+    passthrough = [
+        "--steps",
+        str(args.steps),
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+        "--batch-size",
+        str(args.batch_size),
+        "--size",
+        args.size,
+    ]
     print(f"contenders' logs: {log_dir}", file=sys.stderr)
-    results = h.run_contenders(names, lambda name: [sys.executable, script, "--child", name, *passthrough],
-                               args.repeats, log_dir)
+    results = h.run_contenders(
+        names, lambda name: [sys.executable, script, "--child", name, *passthrough], args.repeats, log_dir
+    )
     if args.json:
         h.write_json(args.json, results, vars(args))
     machine = h.machine_description(args.threads)
     machine["load average at end"] = machine.pop("load average now", "n/a")
-    print(report(results, args, {"command": " ".join(["python", "benchmarks/rl_step.py", *sys.argv[1:]]),
-                                 "load average at start": load_at_start, **machine}))
+    print(
+        report(
+            results,
+            args,
+            {
+                "command": " ".join(["python", "benchmarks/rl_step.py", *sys.argv[1:]]),
+                "load average at start": load_at_start,
+                **machine,
+            },
+        )
+    )
 
 
 if __name__ == "__main__":

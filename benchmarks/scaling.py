@@ -35,7 +35,9 @@ from clip_trl.offline import build_clip, load_emoji_dataset  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="small")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -49,9 +51,16 @@ def main() -> None:
 
     def settings(batch: int) -> dict:
         return dict(
-            output_dir=tempfile.mkdtemp(), report_to="none", save_strategy="no", disable_tqdm=True, seed=0,
-            per_device_train_batch_size=batch, max_steps=args.warmup + args.steps, logging_steps=10**6,
-            learning_rate=1e-5, dataloader_num_workers=0,
+            output_dir=tempfile.mkdtemp(),
+            report_to="none",
+            save_strategy="no",
+            disable_tqdm=True,
+            seed=0,
+            per_device_train_batch_size=batch,
+            max_steps=args.warmup + args.steps,
+            logging_steps=10**6,
+            learning_rate=1e-5,
+            dataloader_num_workers=0,
         )
 
     def rows(batch: int, candidates: int | None = None) -> list[dict]:
@@ -67,31 +76,48 @@ def main() -> None:
         def build(timer):
             model, processor = build_clip(args.model, seed=0)
             trainer = ClipContrastiveTrainer(
-                model=model, args=ClipContrastiveConfig(**settings(batch)), processing_class=processor,
-                train_dataset=_steps.dummy_rows(batch * (args.warmup + args.steps)), callbacks=[timer],
+                model=model,
+                args=ClipContrastiveConfig(**settings(batch)),
+                processing_class=processor,
+                train_dataset=_steps.dummy_rows(batch * (args.warmup + args.steps)),
+                callbacks=[timer],
             )
             trainer.data_collator = _steps.ConstantBatch(trainer.data_collator(rows(batch)))
             return trainer
+
         return lambda: _steps.median_step_seconds(build, args.warmup)
 
     def rl(batch: int, num_samples: int, candidates: int | None):
         def build(timer):
             model, processor = build_clip(args.model, seed=0)
             extra = {"candidates": "column", "candidate_column": "options"} if candidates else {}
-            config = ClipRLConfig(**settings(batch), num_samples=num_samples, advantage="grpo", beta=0.0, **extra)
+            config = ClipRLConfig(
+                **settings(batch), num_samples=num_samples, advantage="grpo", beta=0.0, **extra
+            )
             sample = rows(batch, candidates)
             import datasets
 
-            dataset = datasets.Dataset.from_list([{k: v for k, v in r.items() if k != ROW_INDEX_KEY} for r in sample])
-            trainer = ClipRLTrainer(model=model, args=config, processing_class=processor, train_dataset=dataset,
-                                    reward_funcs=["correctness"], callbacks=[timer])
+            dataset = datasets.Dataset.from_list(
+                [{k: v for k, v in r.items() if k != ROW_INDEX_KEY} for r in sample]
+            )
+            trainer = ClipRLTrainer(
+                model=model,
+                args=config,
+                processing_class=processor,
+                train_dataset=dataset,
+                reward_funcs=["correctness"],
+                callbacks=[timer],
+            )
             trainer.data_collator = _steps.ConstantBatch(trainer.data_collator(sample))
             return trainer
+
         return lambda: _steps.median_step_seconds(build, args.warmup)
 
     torch.manual_seed(0)
-    print(f"model {args.model}; torch {torch.__version__}; {torch.get_num_threads()} threads; best of "
-          f"{args.repetitions} runs of {args.steps} steps\n")
+    print(
+        f"model {args.model}; torch {torch.__version__}; {torch.get_num_threads()} threads; best of "
+        f"{args.repetitions} runs of {args.steps} steps\n"
+    )
 
     batches = (16, 32, 64, 128) if args.quick else (16, 32, 64, 128, 256)
     times = _steps.alternate({str(b): contrastive(b) for b in batches}, args.repetitions)
@@ -114,11 +140,17 @@ def main() -> None:
 
     batch = 32
     counts = (2, 4, 8, 16) if args.quick else (2, 4, 8, 16, 32)
-    rl_table("RL (GRPO, num_samples 4, β=0), step time vs candidates per image", "candidates K",
-             {str(k): rl(batch, 4, k) for k in counts})
+    rl_table(
+        "RL (GRPO, num_samples 4, β=0), step time vs candidates per image",
+        "candidates K",
+        {str(k): rl(batch, 4, k) for k in counts},
+    )
     samples = (2, 8, 32) if args.quick else (2, 4, 8, 16, 32)
-    rl_table("RL (GRPO, in-batch candidates, β=0), step time vs num_samples", "num_samples",
-             {str(s): rl(batch, s, None) for s in samples})
+    rl_table(
+        "RL (GRPO, in-batch candidates, β=0), step time vs num_samples",
+        "num_samples",
+        {str(s): rl(batch, s, None) for s in samples},
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,11 @@ CONTENDERS = {
     "python -c 'import trl'": [sys.executable, "-c", "import trl"],
     "clip-trl --help": [CLI, "--help"],
     "python -c 'import clip_trl'": [sys.executable, "-c", "import clip_trl"],
-    "python -c 'from clip_trl import ClipRLTrainer'": [sys.executable, "-c", "from clip_trl import ClipRLTrainer"],
+    "python -c 'from clip_trl import ClipRLTrainer'": [
+        sys.executable,
+        "-c",
+        "from clip_trl import ClipRLTrainer",
+    ],
 }
 BASELINE = "python -c 'import trl'"
 TARGET = "clip-trl --help"
@@ -44,17 +48,23 @@ def main() -> None:
     for name in names:  # warm the page cache once
         seconds(CONTENDERS[name])
     for round_ in range(args.repeats):
-        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             times[name].append(seconds(CONTENDERS[name]))
     best = {name: min(values) for name, values in times.items()}
     median = {name: statistics.median(values) for name, values in times.items()}
-    print(f"| command | best s | median s | best / trl | median / trl |  ({args.repeats} rounds, {os.cpu_count()} CPUs)")
+    print(
+        f"| command | best s | median s | best / trl | median / trl |  ({args.repeats} rounds, {os.cpu_count()} CPUs)"
+    )
     print("| --- | --- | --- | --- | --- |")
     for name in names:
-        print(f"| `{name}` | {best[name]:.3f} | {median[name]:.3f} | {best[name] / best[BASELINE]:.2f}x "
-              f"| {median[name] / median[BASELINE]:.2f}x |")
+        print(
+            f"| `{name}` | {best[name]:.3f} | {median[name]:.3f} | {best[name] / best[BASELINE]:.2f}x "
+            f"| {median[name] / median[BASELINE]:.2f}x |"
+        )
     ratio = best[TARGET] / best[BASELINE]
-    print(f"\n`{TARGET}` / `import trl` (best): {ratio:.2f}x — target <= 1.5x: {'met' if ratio <= 1.5 else 'MISSED'}")
+    print(
+        f"\n`{TARGET}` / `import trl` (best): {ratio:.2f}x — target <= 1.5x: {'met' if ratio <= 1.5 else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -40,19 +40,42 @@ def run_seed(seed: int, args: argparse.Namespace) -> tuple[dict, list[dict[str, 
         "retention": held_out.filter(lambda group: group not in groups, input_columns="group"),
     }
     tune_rows = data["train"].filter(lambda group: group in groups, input_columns="group")
-    common = dict(report_to="none", save_strategy="no", seed=seed, disable_tqdm=True, use_cpu=True,
-                  logging_steps=50, dataloader_num_workers=0, per_device_train_batch_size=64,
-                  per_device_eval_batch_size=256, learning_rate=args.lr)
+    common = dict(
+        report_to="none",
+        save_strategy="no",
+        seed=seed,
+        disable_tqdm=True,
+        use_cpu=True,
+        logging_steps=50,
+        dataloader_num_workers=0,
+        per_device_train_batch_size=64,
+        per_device_eval_batch_size=256,
+        learning_rate=args.lr,
+    )
 
     base, processor = build_clip("tiny", seed=seed)
-    ClipContrastiveTrainer(model=base, processing_class=processor, train_dataset=data["train"],
-                           args=ClipContrastiveConfig(output_dir="/tmp/wise-base", max_steps=args.base_steps,
-                                                      warmup_steps=5, **common)).train()
+    ClipContrastiveTrainer(
+        model=base,
+        processing_class=processor,
+        train_dataset=data["train"],
+        args=ClipContrastiveConfig(
+            output_dir="/tmp/wise-base", max_steps=args.base_steps, warmup_steps=5, **common
+        ),
+    ).train()
     tuned = copy.deepcopy(base)
     trainer = ClipContrastiveTrainer(
-        model=tuned, processing_class=processor, train_dataset=tune_rows, eval_dataset=eval_sets,
-        args=ClipContrastiveConfig(output_dir="/tmp/wise-tuned", max_steps=args.tune_steps, eval_strategy="steps",
-                                   eval_steps=max(args.tune_steps // 4, 1), **common))
+        model=tuned,
+        processing_class=processor,
+        train_dataset=tune_rows,
+        eval_dataset=eval_sets,
+        args=ClipContrastiveConfig(
+            output_dir="/tmp/wise-tuned",
+            max_steps=args.tune_steps,
+            eval_strategy="steps",
+            eval_steps=max(args.tune_steps // 4, 1),
+            **common,
+        ),
+    )
     at_start = trainer.evaluate()
     trainer.train()
     # Each evaluation logs one entry per named set: merge them by step.
@@ -82,7 +105,9 @@ def main() -> None:
     parser.add_argument("--metric", default="image_to_text_recall@5")
     # One thread: on a shared, loaded machine two threads per process wait on each other.
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--plot", default=None, help="write the alpha-sweep plot (mean over seeds) here (PNG)")
+    parser.add_argument(
+        "--plot", default=None, help="write the alpha-sweep plot (mean over seeds) here (PNG)"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -90,14 +115,18 @@ def main() -> None:
     start = time.time()
     results = [run_seed(seed, args) for seed in args.seeds]
     sizes = results[0][2]
-    print(f"\nTune on {sorted(args.groups)} ({sizes['tune']} train rows, {args.tune_steps} steps); held-out in_domain "
-          f"{sizes['in_domain']} rows, retention {sizes['retention']} rows; seeds {args.seeds}; "
-          f"{time.time() - start:.0f} s\n")
+    print(
+        f"\nTune on {sorted(args.groups)} ({sizes['tune']} train rows, {args.tune_steps} steps); held-out in_domain "
+        f"{sizes['in_domain']} rows, retention {sizes['retention']} rows; seeds {args.seeds}; "
+        f"{time.time() - start:.0f} s\n"
+    )
     print(f"During fine-tuning ({args.metric}, mean ± std over seeds):\n")
     print("| step | in_domain | retention |\n| --- | --- | --- |")
     for step in sorted(results[0][0]):
-        cells = [_mean_std([curve[step][f"eval_{name}_{args.metric}"] for curve, _, _ in results if step in curve])
-                 for name in ("in_domain", "retention")]
+        cells = [
+            _mean_std([curve[step][f"eval_{name}_{args.metric}"] for curve, _, _ in results if step in curve])
+            for name in ("in_domain", "retention")
+        ]
         print(f"| {step} | {cells[0]} | {cells[1]} |")
     metrics = ["image_to_text_recall@1", "image_to_text_recall@5", "text_to_image_recall@5"]
     header = [f"{name}/{metric}" for name in ("in_domain", "retention") for metric in metrics]
@@ -108,17 +137,27 @@ def main() -> None:
     for index, alpha in enumerate(args.alphas):
         per_seed = [rows[index] for _, rows, _ in results]
         mean_rows.append({key: statistics.mean(row[key] for row in per_seed) for key in per_seed[0]})
-        print(f"| {alpha:g} | " + " | ".join(_mean_std([row[key] for row in per_seed]) for key in header)
-              + f" | {_mean_std([row['mean'] for row in per_seed])} |")
+        print(
+            f"| {alpha:g} | "
+            + " | ".join(_mean_std([row[key] for row in per_seed]) for key in header)
+            + f" | {_mean_std([row['mean'] for row in per_seed])} |"
+        )
     print(f"\nBest mean (over seeds) at alpha = {best_alpha(mean_rows):g}")
     if args.plot:
-        plot_wise_ft_sweep(mean_rows, args.plot, metric=args.metric,
-                           title=f"WiSE-FT, tuned on {len(args.groups)} emoji groups (mean of {len(args.seeds)} seeds)")
+        plot_wise_ft_sweep(
+            mean_rows,
+            args.plot,
+            metric=args.metric,
+            title=f"WiSE-FT, tuned on {len(args.groups)} emoji groups (mean of {len(args.seeds)} seeds)",
+        )
         print(f"Plot written to {args.plot}")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"arguments": vars(args), "per_seed": [{"curve": c, "sweep": r} for c, r, _ in results]},
-                      handle, indent=2)
+            json.dump(
+                {"arguments": vars(args), "per_seed": [{"curve": c, "sweep": r} for c, r, _ in results]},
+                handle,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

@@ -36,19 +36,28 @@ class RerankArguments:
     clip_model: str = field(metadata={"help": "CLIP model (Hub id or folder, LoRA adapters too) that ranks."})
     captioner: str | None = field(
         default=None,
-        metadata={"help": "Image-to-text model proposing captions, e.g. Salesforce/blip-image-captioning-base. "
-                  "Default: candidates from the data (offline)."},
+        metadata={
+            "help": "Image-to-text model proposing captions, e.g. Salesforce/blip-image-captioning-base. "
+            "Default: candidates from the data (offline)."
+        },
     )
     candidate_column: str | None = field(
-        default=None, metadata={"help": "Column with a list of candidate captions per image (without --captioner)."}
+        default=None,
+        metadata={"help": "Column with a list of candidate captions per image (without --captioner)."},
     )
     num_candidates: int = field(default=5, metadata={"help": "Candidates per image."})
-    num_images: int = field(default=8, metadata={"help": "Test images to caption and show (0: the whole split)."})
-    prompt: str | None = field(default=None, metadata={"help": "Caption prefix for the captioner, e.g. 'a picture of'."})
+    num_images: int = field(
+        default=8, metadata={"help": "Test images to caption and show (0: the whole split)."}
+    )
+    prompt: str | None = field(
+        default=None, metadata={"help": "Caption prefix for the captioner, e.g. 'a picture of'."}
+    )
     image_column: str = field(default="image", metadata={"help": "Column holding the images."})
     caption_column: str = field(default="caption", metadata={"help": "Column holding the true captions."})
     seed: int = field(default=0, metadata={"help": "Seed of the sampled captions and distractors."})
-    output_file: str | None = field(default=None, metadata={"help": "Also write the rankings to this JSON file."})
+    output_file: str | None = field(
+        default=None, metadata={"help": "Also write the rankings to this JSON file."}
+    )
 
 
 def data_candidates(rows, all_captions: list[str], args: RerankArguments) -> list[list[str]]:
@@ -74,7 +83,9 @@ def main(script_args: ScriptArguments, args: RerankArguments) -> list[dict]:
         from transformers import set_seed
 
         set_seed(args.seed)
-        candidates = generate_candidates(images, args.captioner, num_candidates=args.num_candidates, prompt=args.prompt)
+        candidates = generate_candidates(
+            images, args.captioner, num_candidates=args.num_candidates, prompt=args.prompt
+        )
     else:
         candidates = data_candidates(rows, test[args.caption_column], args)
     ranked = rerank(images, candidates, args.clip_model)
@@ -87,8 +98,10 @@ def main(script_args: ScriptArguments, args: RerankArguments) -> list[dict]:
         report.append({"ground_truth": truth, "ranked": [{"caption": c, "score": s} for c, s in options]})
     if not args.captioner and all(truths):
         hits = sum(options[0][0] == truth for options, truth in zip(ranked, truths))
-        print(f"\ntop1_accuracy: {hits / len(ranked):.3f} ({hits}/{len(ranked)}; chance ≈ "
-              f"{1 / args.num_candidates:.3f})")
+        print(
+            f"\ntop1_accuracy: {hits / len(ranked):.3f} ({hits}/{len(ranked)}; chance ≈ "
+            f"{1 / args.num_candidates:.3f})"
+        )
     if args.output_file:
         dump_json(report, args.output_file)
     return report

@@ -15,8 +15,10 @@ def png_bytes(color: tuple[int, ...], mode: str = "RGB", size: int = 40) -> byte
 def colour_dataset(captions: list, images: list | None = None) -> datasets.Dataset:
     """Rows of solid-colour PNGs (distinct per row unless `images` is given) with the given captions."""
     if images is None:
-        images = [{"bytes": png_bytes(((37 * i) % 256, (91 * i) % 256, (53 * i) % 256)), "path": None}
-                  for i in range(len(captions))]
+        images = [
+            {"bytes": png_bytes(((37 * i) % 256, (91 * i) % 256, (53 * i) % 256)), "path": None}
+            for i in range(len(captions))
+        ]
     caption_feature = (
         datasets.Sequence(datasets.Value("string"))
         if any(isinstance(c, list) for c in captions)

@@ -18,7 +18,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 def emoji():
     """A small slice of the offline emoji data set (real images, real names)."""
     data = load_emoji_dataset()
-    return datasets.DatasetDict({"train": data["train"].select(range(64)), "test": data["test"].select(range(32))})
+    return datasets.DatasetDict(
+        {"train": data["train"].select(range(64)), "test": data["test"].select(range(32))}
+    )
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +41,9 @@ def pytest_collection_modifyitems(config, items):
     `benchmarks/gpu_suite.sh --dry-run` sets) asks to run them on CPU to check the tests themselves."""
     if torch.cuda.is_available() or os.environ.get("CLIP_TRL_CUDA_TESTS_ON_CPU") == "1":
         return
-    skip = pytest.mark.skip(reason="needs a CUDA device (benchmarks/gpu_suite.sh runs these on the GPU machine)")
+    skip = pytest.mark.skip(
+        reason="needs a CUDA device (benchmarks/gpu_suite.sh runs these on the GPU machine)"
+    )
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)

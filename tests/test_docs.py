@@ -84,13 +84,31 @@ def in_tmp_offline(tmp_path, monkeypatch):
 
 
 def test_block_extraction_honours_the_no_run_marker():
-    text = "\n".join([
-        "Intro.", "", "```python", "a = 1", "```", "",
-        NO_RUN, "```python", "import network_only", "```",
-        "```bash", "echo not python", "```",
-        "```python", "b = a + 1", "```",
-    ])
-    assert python_blocks(text) == [(4, "a = 1\n", True), (9, "import network_only\n", False), (15, "b = a + 1\n", True)]
+    text = "\n".join(
+        [
+            "Intro.",
+            "",
+            "```python",
+            "a = 1",
+            "```",
+            "",
+            NO_RUN,
+            "```python",
+            "import network_only",
+            "```",
+            "```bash",
+            "echo not python",
+            "```",
+            "```python",
+            "b = a + 1",
+            "```",
+        ]
+    )
+    assert python_blocks(text) == [
+        (4, "a = 1\n", True),
+        (9, "import network_only\n", False),
+        (15, "b = a + 1\n", True),
+    ]
 
 
 def test_quickstart_runs_offline(in_tmp_offline):
@@ -116,7 +134,9 @@ def test_reward_guide_examples_run_and_fit_the_trainer(in_tmp_offline, tiny, emo
     assert callable(namespace["my_reward"])
     strict_similarity = namespace["strict_similarity"]
     assert strict_similarity(
-        ["a red car", "a blue bus", "a cat"], ground_truth=["a red car", "a red bus", None], probs=[0.1, 0.2, 0.3]
+        ["a red car", "a blue bus", "a cat"],
+        ground_truth=["a red car", "a red bus", None],
+        probs=[0.1, 0.2, 0.3],
     ) == pytest.approx([1.0, 2 * 2 / 6 - 0.5, None])
     harder_is_worth_more = namespace["harder_is_worth_more"]
     assert harder_is_worth_more(
@@ -135,17 +155,34 @@ def test_reward_guide_examples_run_and_fit_the_trainer(in_tmp_offline, tiny, emo
     train = train.add_column("difficulty", [i % 3 for i in range(len(train))])
     trainer = ClipRLTrainer(
         model=model,
-        reward_funcs=[strict_similarity, harder_is_worth_more, "correctness", teacher,
-                      namespace["same_group_half_credit"]],
-        args=ClipRLConfig(output_dir="rl", max_steps=1, per_device_train_batch_size=8, num_samples=2,
-                          logging_steps=1, save_strategy="no", report_to="none"),
+        reward_funcs=[
+            strict_similarity,
+            harder_is_worth_more,
+            "correctness",
+            teacher,
+            namespace["same_group_half_credit"],
+        ],
+        args=ClipRLConfig(
+            output_dir="rl",
+            max_steps=1,
+            per_device_train_batch_size=8,
+            num_samples=2,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+        ),
         train_dataset=train,
         processing_class=processor,
     )
     trainer.train()
     logged = trainer.state.log_history[0]
-    for name in ("strict_similarity", "harder_is_worth_more", "correctness", reward_name(teacher),
-                 "same_group_half_credit"):
+    for name in (
+        "strict_similarity",
+        "harder_is_worth_more",
+        "correctness",
+        reward_name(teacher),
+        "same_group_half_credit",
+    ):
         assert f"rewards/{name}/mean" in logged, (name, sorted(logged))
 
 
@@ -160,7 +197,11 @@ EXAMPLE_MAX_LINES = 10
 
 def _text_files() -> list[Path]:
     """README.md and every non-binary file under docs/."""
-    files = [path for path in sorted(DOCS.rglob("*")) if path.is_file() and path.suffix.lower() not in _BINARY_SUFFIXES]
+    files = [
+        path
+        for path in sorted(DOCS.rglob("*"))
+        if path.is_file() and path.suffix.lower() not in _BINARY_SUFFIXES
+    ]
     return [README, *files]
 
 
@@ -230,7 +271,9 @@ def test_text_checks_catch_the_defects_they_are_for():
     cut = "\n".join(["| a | b |", "| --- | --- |", "| 1 | 2 |", "", "| 3 | 4 |", "", "Text."])
     assert split_tables(cut) == [5]
     # Two tables one after the other, each with its header, are two tables; rows inside code are not rows.
-    two = "\n".join(["| a |", "| --- |", "| 1 |", "", "| b |", "|---|", "| 2 |", "", "```", "| x |", "", "| y |", "```"])
+    two = "\n".join(
+        ["| a |", "| --- |", "| 1 |", "", "| b |", "|---|", "| 2 |", "", "```", "| x |", "", "| y |", "```"]
+    )
     assert split_tables(two) == []
     assert len(readme_example("## Ten-line example\n\n```python\na = 1\nb = 2\n```\n").splitlines()) == 2
 
@@ -261,7 +304,9 @@ def test_no_markdown_table_is_split_by_a_blank_line():
 def test_readme_is_short_and_its_ten_line_example_has_ten_lines_at_most():
     readme = README.read_text(encoding="utf-8")
     lines = len(readme.splitlines())
-    assert lines <= README_MAX_LINES, f"README.md has {lines} lines (at most {README_MAX_LINES}): move detail to docs/"
+    assert lines <= README_MAX_LINES, (
+        f"README.md has {lines} lines (at most {README_MAX_LINES}): move detail to docs/"
+    )
     code = readme_example(readme)
     compile(code, "README.md", "exec")  # test_first_hour.py runs it; here: it is Python at all
     example_lines = len(code.splitlines())
@@ -287,7 +332,9 @@ def _nav_pages(nav) -> list[tuple[str, str]]:
 
 def test_site_builds_in_strict_mode(tmp_path):
     for module in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python"):
-        pytest.importorskip(module, reason=f"{module} is not installed; pip install -e '.[docs]' to build the docs")
+        pytest.importorskip(
+            module, reason=f"{module} is not installed; pip install -e '.[docs]' to build the docs"
+        )
     import yaml
 
     config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
@@ -314,7 +361,11 @@ def test_site_builds_in_strict_mode(tmp_path):
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-f", str(config_file)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
     site = tmp_path / "site"
@@ -323,5 +374,6 @@ def test_site_builds_in_strict_mode(tmp_path):
     assert "[Unreleased]" in (site / "changelog" / "index.html").read_text(encoding="utf-8")
     if missing:
         warnings.warn(
-            f"docs pages not written yet, built with a stand-in: {[page for _, page in missing]}", stacklevel=1
+            f"docs pages not written yet, built with a stand-in: {[page for _, page in missing]}",
+            stacklevel=1,
         )

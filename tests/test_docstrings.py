@@ -39,8 +39,12 @@ class _Checker(doctest.OutputChecker):
 
 def test_the_public_api_has_examples():
     names = {test.name for test in EXAMPLES}
-    for expected in ("clip_trl.trainer.rl_trainer.ClipRLTrainer", "clip_trl.trainer.rl_config.ClipRLConfig",
-                     "clip_trl.trainer.contrastive_trainer.ClipContrastiveTrainer", "clip_trl.rewards.scoring.RewardSet"):
+    for expected in (
+        "clip_trl.trainer.rl_trainer.ClipRLTrainer",
+        "clip_trl.trainer.rl_config.ClipRLConfig",
+        "clip_trl.trainer.contrastive_trainer.ClipContrastiveTrainer",
+        "clip_trl.rewards.scoring.RewardSet",
+    ):
         assert expected in names
 
 
@@ -48,7 +52,9 @@ def test_the_public_api_has_examples():
 def test_docstring_example(example, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    runner = doctest.DocTestRunner(checker=_Checker(), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    runner = doctest.DocTestRunner(
+        checker=_Checker(), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    )
     report: list[str] = []
     result = runner.run(example, out=report.append, clear_globs=True)
     assert result.failed == 0, "".join(report)

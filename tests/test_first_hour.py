@@ -32,8 +32,11 @@ def readme_example():
 def test_readme_example_runs_as_written_and_saves_both_models(tmp_path, monkeypatch, capsys):
     # The block itself takes a few minutes on 2 CPU cores (README says how long); here it runs on a seeded
     # 80-row slice of the same data, and nothing else of it changes.
-    monkeypatch.setattr(clip_trl.offline, "load_emoji_dataset",
-                        functools.partial(clip_trl.offline.load_emoji_dataset, max_examples=80))
+    monkeypatch.setattr(
+        clip_trl.offline,
+        "load_emoji_dataset",
+        functools.partial(clip_trl.offline.load_emoji_dataset, max_examples=80),
+    )
     monkeypatch.chdir(tmp_path)
     code = readme_example()
     assert "save_model()" in code
@@ -43,8 +46,19 @@ def test_readme_example_runs_as_written_and_saves_both_models(tmp_path, monkeypa
     for folder in ("clip_finetuned", "clip_rl"):
         assert {"config.json", "model.safetensors", "README.md"} <= set(os.listdir(folder)), folder
     # What the user did next: evaluate the saved RL model with the CLI.
-    status = main(["evaluate", "--model_name_or_path", "clip_rl", "--max_eval_samples", "16",
-                   "--max_train_samples", "16", "--output_file", "metrics.json"])
+    status = main(
+        [
+            "evaluate",
+            "--model_name_or_path",
+            "clip_rl",
+            "--max_eval_samples",
+            "16",
+            "--max_train_samples",
+            "16",
+            "--output_file",
+            "metrics.json",
+        ]
+    )
     assert status == 0 and "image_to_text_recall@1" in json.loads(Path("metrics.json").read_text())
 
 
@@ -52,10 +66,17 @@ def test_readme_example_runs_as_written_and_saves_both_models(tmp_path, monkeypa
 def only_checkpoints(tmp_path_factory, emoji):
     """A run's output folder after `train()` without `save_model()`: checkpoints, no model."""
     model, processor = build_clip("tiny", seed=0)
-    args = ClipContrastiveConfig(output_dir=str(tmp_path_factory.mktemp("run") / "clip_rl"), max_steps=2,
-                                 save_strategy="steps", save_steps=1, per_device_train_batch_size=8, **TINY)
-    ClipContrastiveTrainer(model=model, args=args, processing_class=processor,
-                           train_dataset=emoji["train"].select(range(16))).train()
+    args = ClipContrastiveConfig(
+        output_dir=str(tmp_path_factory.mktemp("run") / "clip_rl"),
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=1,
+        per_device_train_batch_size=8,
+        **TINY,
+    )
+    ClipContrastiveTrainer(
+        model=model, args=args, processing_class=processor, train_dataset=emoji["train"].select(range(16))
+    ).train()
     return args.output_dir
 
 
@@ -77,18 +98,38 @@ def test_cli_user_errors_print_one_message_and_exit_nonzero(only_checkpoints, tm
     # A folder of checkpoints. (`clip-trl` is `sys.exit(main())`: the returned status is the exit status.)
     assert main(["evaluate", *common, "--model_name_or_path", only_checkpoints]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"clip-trl evaluate: error: No model in {only_checkpoints!r}") and "checkpoint-2" in err
+    assert (
+        err.startswith(f"clip-trl evaluate: error: No model in {only_checkpoints!r}")
+        and "checkpoint-2" in err
+    )
     assert "Traceback" not in err and "--debug" in err
     # A missing column: the library's message, listing the columns there are.
-    status = main(["contrastive", *common, "--caption_column", "captions", "--output_dir", str(tmp_path / "c"),
-                   "--max_steps", "1"])
+    status = main(
+        [
+            "contrastive",
+            *common,
+            "--caption_column",
+            "captions",
+            "--output_dir",
+            str(tmp_path / "c"),
+            "--max_steps",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 1 and "Traceback" not in err
     error = [line for line in err.splitlines() if "error:" in line]  # after progress bars of the model build
-    assert len(error) == 1 and error[0].startswith("clip-trl contrastive: error: ") and "'captions'" in error[0]
+    assert (
+        len(error) == 1 and error[0].startswith("clip-trl contrastive: error: ") and "'captions'" in error[0]
+    )
     # A data set that does not exist.
     checkpoint = os.path.join(only_checkpoints, "checkpoint-2")
-    assert main(["evaluate", "--dataset_name", str(tmp_path / "no-such-data"), "--model_name_or_path", checkpoint]) == 1
+    assert (
+        main(
+            ["evaluate", "--dataset_name", str(tmp_path / "no-such-data"), "--model_name_or_path", checkpoint]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "no-such-data" in err and "Traceback" not in err
     # The traceback is there on request.
@@ -99,18 +140,32 @@ def test_cli_user_errors_print_one_message_and_exit_nonzero(only_checkpoints, tm
         main(["evaluate", *common, "--model_name_or_path", only_checkpoints])
 
 
-def test_adapter_from_a_relative_base_folder_warns_and_load_model_names_the_base(tmp_path, monkeypatch, emoji):
+def test_adapter_from_a_relative_base_folder_warns_and_load_model_names_the_base(
+    tmp_path, monkeypatch, emoji
+):
     trained_here = tmp_path / "trainer-machine"
     trained_here.mkdir()
     monkeypatch.chdir(trained_here)
     build_clip("tiny", seed=0, output_dir="tiny-clip")
     with local_hub(tmp_path / "hub"):
-        args = ClipContrastiveConfig(output_dir="lora-run", hub_model_id="me/lora-run", max_steps=1,
-                                     per_device_train_batch_size=4, save_strategy="no", **TINY)
-        trainer = ClipContrastiveTrainer(model="tiny-clip", args=args, train_dataset=emoji["train"].select(range(4)),
-                                         peft_config=default_lora_config(r=2))
+        args = ClipContrastiveConfig(
+            output_dir="lora-run",
+            hub_model_id="me/lora-run",
+            max_steps=1,
+            per_device_train_batch_size=4,
+            save_strategy="no",
+            **TINY,
+        )
+        trainer = ClipContrastiveTrainer(
+            model="tiny-clip",
+            args=args,
+            train_dataset=emoji["train"].select(range(4)),
+            peft_config=default_lora_config(r=2),
+        )
         trainer.train()
-        with pytest.warns(UserWarning, match=r"names its base model by a local path, 'tiny-clip'.*base_model="):
+        with pytest.warns(
+            UserWarning, match=r"names its base model by a local path, 'tiny-clip'.*base_model="
+        ):
             trainer.push_to_hub()
 
         elsewhere = tmp_path / "someone-else"
@@ -128,15 +183,23 @@ def test_adapter_from_a_relative_base_folder_warns_and_load_model_names_the_base
 def test_reward_weights_given_to_the_trainer_says_it_belongs_in_the_config(tiny, emoji, tmp_path):
     model, processor = tiny
     with pytest.raises(TypeError) as info:
-        ClipRLTrainer(model=model, reward_funcs=["correctness", "confidence_correctness"], reward_weights=[1.0, 0.5],
-                      args=ClipRLConfig(output_dir=str(tmp_path), **TINY), processing_class=processor,
-                      train_dataset=emoji["train"].select(range(8)))
+        ClipRLTrainer(
+            model=model,
+            reward_funcs=["correctness", "confidence_correctness"],
+            reward_weights=[1.0, 0.5],
+            args=ClipRLConfig(output_dir=str(tmp_path), **TINY),
+            processing_class=processor,
+            train_dataset=emoji["train"].select(range(8)),
+        )
     assert str(info.value) == (
         "`reward_weights` is a `ClipRLConfig` field, not a trainer argument: pass "
-        "`args=ClipRLConfig(..., reward_weights=[...])` (one weight per reward function).")
+        "`args=ClipRLConfig(..., reward_weights=[...])` (one weight per reward function)."
+    )
 
 
-def test_rl_example_prints_test_metrics_once_and_its_card_has_final_reward_and_kl(tmp_path, capsys, monkeypatch):
+def test_rl_example_prints_test_metrics_once_and_its_card_has_final_reward_and_kl(
+    tmp_path, capsys, monkeypatch
+):
     from trl import ModelConfig
 
     from clip_trl.scripts import rl as rl_script
@@ -154,15 +217,27 @@ def test_rl_example_prints_test_metrics_once_and_its_card_has_final_reward_and_k
     monkeypatch.setattr(example, "run_rl", run_rl)
     build_clip("tiny", seed=0, output_dir=tmp_path / "start")
     # Progress bars on, as in a terminal (with them off, transformers also prints every logged dict).
-    args = ClipRLConfig(output_dir=str(tmp_path / "rl"), max_steps=2, per_device_train_batch_size=8,
-                        num_samples=4, save_strategy="no", disable_tqdm=False, **TINY)
-    example.main(RLScriptArguments(max_train_samples=32, max_eval_samples=16, reward_funcs=["correctness"]), args,
-                 ModelConfig(model_name_or_path=str(tmp_path / "start")))
+    args = ClipRLConfig(
+        output_dir=str(tmp_path / "rl"),
+        max_steps=2,
+        per_device_train_batch_size=8,
+        num_samples=4,
+        save_strategy="no",
+        disable_tqdm=False,
+        **TINY,
+    )
+    example.main(
+        RLScriptArguments(max_train_samples=32, max_eval_samples=16, reward_funcs=["correctness"]),
+        args,
+        ModelConfig(model_name_or_path=str(tmp_path / "start")),
+    )
     out = capsys.readouterr().out
     assert len(re.findall(r"test_image_to_text_recall@1\b", out)) == 1, out
 
     last = [entry for entry in trainers[0].state.log_history if "reward" in entry][-1]
     card = ModelCard.load(tmp_path / "rl" / "README.md").text
-    expected = (f"At the last logging step (step 2), averaged over its actions: mean reward\n{last['reward']:.4f} "
-                f"(std {last['reward_std']:.4f}), KL to the reference model {last['kl']:.4g}")
+    expected = (
+        f"At the last logging step (step 2), averaged over its actions: mean reward\n{last['reward']:.4f} "
+        f"(std {last['reward_std']:.4f}), KL to the reference model {last['kl']:.4g}"
+    )
     assert expected in card, card

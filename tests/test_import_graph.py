@@ -49,7 +49,9 @@ def _graph() -> dict[str, set[str]]:
     for name, path in paths.items():
         # An import of `a.b` runs `a/__init__` too, but a package's `__init__` re-exporting its modules is not a
         # loop of design; edges into package `__init__`s are left out.
-        graph[name] = {t for t in _imports(path, name) if t in paths and t != name and paths[t].name != "__init__.py"}
+        graph[name] = {
+            t for t in _imports(path, name) if t in paths and t != name and paths[t].name != "__init__.py"
+        }
     return graph
 
 
@@ -60,7 +62,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         state[node] = "open"
         for target in sorted(graph[node]):
             if state.get(target) == "open":
-                cycles.append(stack[stack.index(target):] + [target])
+                cycles.append(stack[stack.index(target) :] + [target])
             elif target not in state:
                 visit(target, stack + [target])
         state[node] = "done"
@@ -74,7 +76,10 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_graph_sees_lazy_imports():
     graph = _graph()
     assert "clip_trl.trainer.base" in graph["clip_trl.trainer.rl_trainer"]
-    assert "clip_trl.data.collator" in graph["clip_trl.models.encoding"] or "clip_trl.models.modeling" in graph["clip_trl.models.encoding"]
+    assert (
+        "clip_trl.data.collator" in graph["clip_trl.models.encoding"]
+        or "clip_trl.models.modeling" in graph["clip_trl.models.encoding"]
+    )
 
 
 def test_no_import_loops():
@@ -112,7 +117,9 @@ HEAVY = ("torch", "transformers", "transformers.trainer", "datasets", "matplotli
 
 def _loaded_after(code: str) -> list[str]:
     probe = f"import sys\n{code}\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
     return result.stdout.split()
 
 

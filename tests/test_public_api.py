@@ -6,19 +6,41 @@ import pytest
 
 PUBLIC = {
     "clip_trl": [
-        "ClipContrastiveConfig", "ClipContrastiveTrainer", "ClipRLConfig", "ClipRLTrainer", "ClipDPOConfig",
-        "ClipDPOTrainer", "wise_ft", "evaluation", "rewards", "hub", "offline", "load_model", "default_lora_config",
+        "ClipContrastiveConfig",
+        "ClipContrastiveTrainer",
+        "ClipRLConfig",
+        "ClipRLTrainer",
+        "ClipDPOConfig",
+        "ClipDPOTrainer",
+        "wise_ft",
+        "evaluation",
+        "rewards",
+        "hub",
+        "offline",
+        "load_model",
+        "default_lora_config",
     ],
     "clip_trl.rewards": [
-        "ClipScoreReward", "TeacherProbabilityReward", "correctness", "confidence_correctness", "caption_similarity",
+        "ClipScoreReward",
+        "TeacherProbabilityReward",
+        "correctness",
+        "confidence_correctness",
+        "caption_similarity",
     ],
-    "clip_trl.evaluation": ["retrieval_metrics", "zero_shot_accuracy", "in_batch_accuracy", "CLIP_RETRIEVAL_METRIC_PATH"],
+    "clip_trl.evaluation": [
+        "retrieval_metrics",
+        "zero_shot_accuracy",
+        "in_batch_accuracy",
+        "CLIP_RETRIEVAL_METRIC_PATH",
+    ],
     "clip_trl.hub": ["load_model", "default_lora_config", "local_hub"],
     "clip_trl.offline": ["build_clip", "load_emoji_dataset"],
 }
 
 
-@pytest.mark.parametrize("module,name", [(module, name) for module, names in PUBLIC.items() for name in names])
+@pytest.mark.parametrize(
+    "module,name", [(module, name) for module, names in PUBLIC.items() for name in names]
+)
 def test_public_name_imports(module, name):
     value = getattr(importlib.import_module(module), name)
     assert value is not None

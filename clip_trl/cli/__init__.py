@@ -60,14 +60,20 @@ class EvaluateArguments:
 
     image_column: str = field(default="image", metadata={"help": "Column holding the images."})
     caption_column: str = field(default="caption", metadata={"help": "Column holding the captions."})
-    split: str | None = field(default=None, metadata={"help": "Split to score (default: --dataset_test_split)."})
+    split: str | None = field(
+        default=None, metadata={"help": "Split to score (default: --dataset_test_split)."}
+    )
     batch_size: int = field(default=256, metadata={"help": "Images per forward pass."})
-    in_batch_size: int = field(default=32, metadata={"help": "Candidate-set size of in_batch_accuracy / reward."})
+    in_batch_size: int = field(
+        default=32, metadata={"help": "Candidate-set size of in_batch_accuracy / reward."}
+    )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["correctness"], metadata={"help": "Rewards averaged into mean_reward."}
     )
     policy_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the policy."})
-    output_file: str | None = field(default=None, metadata={"help": "Also write the metrics to this JSON file."})
+    output_file: str | None = field(
+        default=None, metadata={"help": "Also write the metrics to this JSON file."}
+    )
 
 
 def _dataclass_types(command: str) -> tuple[type, ...]:
@@ -117,13 +123,23 @@ def make_parser(command: str, prog: str | None = None) -> Any:
     """
     from trl import TrlParser
 
-    parser = TrlParser(_dataclass_types(command), prog=prog or f"clip-trl {command}",
-                       description=_COMMANDS.get(command), allow_abbrev=False)
-    parser.add_argument("--config", metavar="FILE.yaml",
-                        help="YAML file of flag values (keys: the flag names); command-line flags override it.")
+    parser = TrlParser(
+        _dataclass_types(command),
+        prog=prog or f"clip-trl {command}",
+        description=_COMMANDS.get(command),
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        help="YAML file of flag values (keys: the flag names); command-line flags override it.",
+    )
     if "--debug" not in parser._option_string_actions:  # training commands: TrainingArguments has a --debug
-        parser.add_argument("--debug", action="store_true",
-                            help="Show the full traceback of an error (also: CLIP_TRL_DEBUG=1).")
+        parser.add_argument(
+            "--debug",
+            action="store_true",
+            help="Show the full traceback of an error (also: CLIP_TRL_DEBUG=1).",
+        )
     return parser
 
 
@@ -165,8 +181,10 @@ def _run_training(command: str, parsed: tuple[Any, ...]) -> int:
     trainer = run(script_args, training_args, model_args, data=data)
     evaluate_on_test(trainer, data, script_args)  # prints the test metrics (once) and writes them
     if trainer.is_world_process_zero():
-        print(f"Test split: {len(data[script_args.dataset_test_split])} rows. Model saved to "
-              f"{training_args.output_dir}; test metrics in test_results.json there.")
+        print(
+            f"Test split: {len(data[script_args.dataset_test_split])} rows. Model saved to "
+            f"{training_args.output_dir}; test metrics in test_results.json there."
+        )
     return 0
 
 
@@ -181,10 +199,14 @@ def _run_evaluate(parsed: tuple[Any, ...], parser: Any) -> int:
     split = eval_args.split or script_args.dataset_test_split
     if eval_args.split:
         script_args.dataset_test_split = split
-    model, processor = _load_for_evaluation(model_args)  # first: a wrong model path fails before the data loads
+    model, processor = _load_for_evaluation(
+        model_args
+    )  # first: a wrong model path fails before the data loads
     data = load_data(script_args)
     metrics, _ = evaluate_model(
-        model, processor, data[split],
+        model,
+        processor,
+        data[split],
         reward_funcs=list(eval_args.reward_funcs),
         image_column=eval_args.image_column,
         caption_column=eval_args.caption_column,
@@ -205,8 +227,10 @@ def _run_dpo(parsed: tuple[Any, ...], parser: Any) -> int:
 
     script_args, training_args, model_args = parsed
     if not model_args.model_name_or_path:
-        parser.error("--model_name_or_path is required: DPO refines a model that already ranks captions (e.g. the "
-                     "output of `clip-trl contrastive`).")
+        parser.error(
+            "--model_name_or_path is required: DPO refines a model that already ranks captions (e.g. the "
+            "output of `clip-trl contrastive`)."
+        )
     try:
         data = load_preference_data(script_args, training_args)
     except ValueError as error:
@@ -214,8 +238,11 @@ def _run_dpo(parsed: tuple[Any, ...], parser: Any) -> int:
     trainer = run_dpo(script_args, training_args, model_args, data=data)
     metrics = evaluate_on_test(trainer, data, script_args)
     if trainer.is_world_process_zero():
-        print_metrics(metrics, f"Test split ({len(data[script_args.dataset_test_split])} rows), "
-                               f"model saved to {training_args.output_dir}:")
+        print_metrics(
+            metrics,
+            f"Test split ({len(data[script_args.dataset_test_split])} rows), "
+            f"model saved to {training_args.output_dir}:",
+        )
     return 0
 
 
@@ -253,14 +280,21 @@ def print_env() -> None:
     try:
         from clip_trl.offline import CLIP_BPE_FILE
 
-        tokenizer = f"OpenAI CLIP BPE from {CLIP_BPE_FILE}" if CLIP_BPE_FILE.is_file() else "missing (reinstall clip_trl)"
+        tokenizer = (
+            f"OpenAI CLIP BPE from {CLIP_BPE_FILE}"
+            if CLIP_BPE_FILE.is_file()
+            else "missing (reinstall clip_trl)"
+        )
     except Exception as error:  # the report must print whatever is broken
         tokenizer = f"unavailable ({error})"
     try:
         from accelerate.commands.config import default_config_file, load_config_from_file
 
         accelerate_config = (
-            "\n" + "\n".join(f"  - {k}: {v}" for k, v in load_config_from_file(default_config_file).to_dict().items())
+            "\n"
+            + "\n".join(
+                f"  - {k}: {v}" for k, v in load_config_from_file(default_config_file).to_dict().items()
+            )
             if os.path.isfile(default_config_file)
             else "not found"
         )

@@ -180,7 +180,6 @@ class ClipDataCollator:
     ) -> None:
         image_processor, self.tokenizer = split_processor(processing_class)
         if image_transform is None:
-
             image_transform = FastImageTransform(image_processor)
         self.image_transform = image_transform
         self.image_column = image_column
@@ -203,7 +202,9 @@ class ClipDataCollator:
         required = (self.image_column, self.caption_column) if self.require_caption else (self.image_column,)
         for column in required:
             if column not in row:
-                raise BadRowError(index, column, f"the column is missing; the row has {sorted(set(row) - {ROW_INDEX_KEY})}")
+                raise BadRowError(
+                    index, column, f"the column is missing; the row has {sorted(set(row) - {ROW_INDEX_KEY})}"
+                )
         # A transform with JPEG draft decoding says at what size it needs each image (`draft_size`).
         draft = getattr(self.image_transform, "draft_size", None)
         image = load_image(row[self.image_column], row=index, column=self.image_column, draft=draft)
@@ -216,11 +217,14 @@ class ClipDataCollator:
             value = row.get(self.negative_column)
             negatives = [value] if isinstance(value, str) else list(value or [])
             parsed["negatives"] = [
-                check_caption(v, row=index, column=f"{self.negative_column}[{i}]") for i, v in enumerate(negatives)
+                check_caption(v, row=index, column=f"{self.negative_column}[{i}]")
+                for i, v in enumerate(negatives)
             ]
         return parsed
 
-    def parse_rows(self, rows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[Mapping[str, Any]], int]:
+    def parse_rows(
+        self, rows: Sequence[Mapping[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[Mapping[str, Any]], int]:
         parsed, kept, skipped = [], [], 0
         for row in rows:
             try:
@@ -243,7 +247,9 @@ class ClipDataCollator:
         """The part every batch shares: bookkeeping, and `pixel_values` / `image_keys` when rows survived."""
         batch: dict[str, Any] = {
             "num_skipped_rows": torch.tensor(skipped),
-            "row_index": torch.tensor([-1 if p["index"] is None else p["index"] for p in parsed], dtype=torch.long),
+            "row_index": torch.tensor(
+                [-1 if p["index"] is None else p["index"] for p in parsed], dtype=torch.long
+            ),
         }
         if parsed:
             images = [p["image"] for p in parsed]
@@ -251,7 +257,9 @@ class ClipDataCollator:
             batch["image_keys"] = torch.tensor([image_key(im) for im in images], dtype=torch.long)
         return batch
 
-    def collate(self, parsed: list[dict[str, Any]], kept: list[Mapping[str, Any]], skipped: int) -> dict[str, Any]:
+    def collate(
+        self, parsed: list[dict[str, Any]], kept: list[Mapping[str, Any]], skipped: int
+    ) -> dict[str, Any]:
         """Tensors from parsed rows (see [`parse_row`]); `kept` are the raw rows, `skipped` the bad-row count."""
         batch = self.image_batch(parsed, skipped)
         if not parsed:

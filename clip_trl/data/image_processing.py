@@ -56,7 +56,11 @@ class ImageSpec:
     @classmethod
     def from_processor(cls, image_processor: Any) -> ImageSpec | None:
         """Read the spec from `image_processor`, or return `None` if it does anything we do not implement."""
-        enabled = {name for name in dir(image_processor) if name.startswith("do_") and getattr(image_processor, name, False) is True}
+        enabled = {
+            name
+            for name in dir(image_processor)
+            if name.startswith("do_") and getattr(image_processor, name, False) is True
+        }
         if enabled - _KNOWN_STEPS:
             return None
         shortest_edge = resize_to = crop = None
@@ -92,7 +96,9 @@ class ImageSpec:
             resize_to=resize_to,
             resample=int(resample),
             crop=crop,
-            rescale_factor=float(image_processor.rescale_factor) if getattr(image_processor, "do_rescale", False) else None,
+            rescale_factor=float(image_processor.rescale_factor)
+            if getattr(image_processor, "do_rescale", False)
+            else None,
             mean=mean if normalize else None,
             std=std if normalize else None,
         )
@@ -159,7 +165,8 @@ class FastImageTransform:
             if difference > 0:
                 logger.warning(
                     "The fast image pipeline differs from %s by up to %.3g on probe images; using the processor.",
-                    type(image_processor).__name__, difference,
+                    type(image_processor).__name__,
+                    difference,
                 )
                 self.spec = None
 
@@ -185,7 +192,9 @@ class FastImageTransform:
 
     def __call__(self, images: Sequence[Any]) -> torch.Tensor | dict[str, torch.Tensor]:
         draft = self.draft_size
-        images = [image if isinstance(image, Image.Image) else load_image(image, draft=draft) for image in images]
+        images = [
+            image if isinstance(image, Image.Image) else load_image(image, draft=draft) for image in images
+        ]
         images = [to_rgb(image) for image in images]
         if self.spec is None:
             return processor_image_inputs(self.image_processor(images=images, return_tensors="pt"))
@@ -210,7 +219,9 @@ class FastImageTransform:
         new_width, new_height = spec.resized_size(width, height)
         resized = (new_width, new_height) != (width, height)
         if spec.crop is None:
-            return np.asarray(image.resize((new_width, new_height), resample=spec.resample) if resized else image)
+            return np.asarray(
+                image.resize((new_width, new_height), resample=spec.resample) if resized else image
+            )
         crop_height, crop_width = spec.crop
         top, left = (new_height - crop_height) // 2, (new_width - crop_width) // 2
         if self.draft and resized and top >= 0 and left >= 0:

@@ -69,7 +69,9 @@ def near_miss_pairs(
         raise ValueError(f"`num_rejected` must be at least 1, got {num_rejected}.")
     for column in (caption_column, group_column):
         if column is not None and column not in dataset.column_names:
-            raise ValueError(f"The dataset has no column {column!r}; columns present: {sorted(dataset.column_names)}.")
+            raise ValueError(
+                f"The dataset has no column {column!r}; columns present: {sorted(dataset.column_names)}."
+            )
     groups = dataset[group_column] if group_column else [None] * len(dataset)
     if pool is None:
         pool = list(zip(dataset[caption_column], groups))

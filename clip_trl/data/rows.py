@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-SKIP_HINT = "Fix or remove the row, or pass `skip_bad_rows=True` to skip such rows (they are counted and logged)."
+SKIP_HINT = (
+    "Fix or remove the row, or pass `skip_bad_rows=True` to skip such rows (they are counted and logged)."
+)
 # Evaluation scores every row, so `skip_bad_rows` (a training option) does not apply there.
 EVAL_HINT = (
     "Evaluation does not skip bad rows (`skip_bad_rows` applies to training only): fix the row, or remove it from "
@@ -31,7 +33,11 @@ class BadRowError(ValueError):
     """
 
     def __init__(
-        self, row: int | str | None, column: str | None = None, problem: str | None = None, hint: str = SKIP_HINT
+        self,
+        row: int | str | None,
+        column: str | None = None,
+        problem: str | None = None,
+        hint: str = SKIP_HINT,
     ) -> None:
         if column is None and isinstance(row, str):
             # A DataLoader worker's error is re-raised in the main process as `type(message)`; keep the type.
@@ -98,7 +104,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_image(
-    value: Any, *, row: int | None = None, column: str = "image", draft: Callable[[int, int], Any] | None = None
+    value: Any,
+    *,
+    row: int | None = None,
+    column: str = "image",
+    draft: Callable[[int, int], Any] | None = None,
 ) -> Image.Image:
     """Decode one image cell (PIL image, path, bytes, `datasets.Image` dict or array) to RGB.
 
@@ -137,7 +147,9 @@ def load_image(
     except BadRowError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise BadRowError(row, column, f"cannot decode the image ({type(error).__name__}: {error})") from error
+        raise BadRowError(
+            row, column, f"cannot decode the image ({type(error).__name__}: {error})"
+        ) from error
 
 
 def _open_path(path: str, row: int | None, column: str) -> Image.Image:
@@ -154,7 +166,9 @@ def content_key(data: bytes | str) -> int:
 
 
 def image_key(image: Image.Image) -> int:
-    return content_key(image.size[0].to_bytes(4, "little") + image.size[1].to_bytes(4, "little") + image.tobytes())
+    return content_key(
+        image.size[0].to_bytes(4, "little") + image.size[1].to_bytes(4, "little") + image.tobytes()
+    )
 
 
 # ------------------------------------------------------------------------------------------- captions

@@ -175,8 +175,10 @@ def _braces(pattern: str) -> list[str]:
         return [pattern]
     first, last = match.group(1), match.group(2)
     width = len(first) if first.startswith("0") else 0
-    names = [pattern[: match.start()] + f"{i:0{width}d}" + pattern[match.end():]
-             for i in range(int(first), int(last) + 1)]
+    names = [
+        pattern[: match.start()] + f"{i:0{width}d}" + pattern[match.end() :]
+        for i in range(int(first), int(last) + 1)
+    ]
     return [expanded for name in names for expanded in _braces(name)]
 
 
@@ -248,9 +250,14 @@ class ShardStream(IndexedIterableDataset):
 
     def layout(self) -> dict[str, Any]:
         """What the order of rows depends on; a resume with a different layout cannot continue exactly."""
-        return {"files": [os.path.basename(f) for f in self.files], "shuffle_buffer": self.shuffle_buffer,
-                "seed": self.seed, "world_size": self.world_size,
-                "batch_size": self.batch_size, "num_workers": self.num_workers}
+        return {
+            "files": [os.path.basename(f) for f in self.files],
+            "shuffle_buffer": self.shuffle_buffer,
+            "seed": self.seed,
+            "world_size": self.world_size,
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """The position: batches this process consumed (`start_batch`), and the layout it is valid for."""
@@ -260,7 +267,9 @@ class ShardStream(IndexedIterableDataset):
         """Continue after `state["batches"]` batches; raises if the layout changed since `state` was taken."""
         saved = state.get("layout")
         if saved is not None and saved != self.layout():
-            changed = sorted(k for k in set(saved) | set(self.layout()) if saved.get(k) != self.layout().get(k))
+            changed = sorted(
+                k for k in set(saved) | set(self.layout()) if saved.get(k) != self.layout().get(k)
+            )
             raise ValueError(
                 f"Cannot resume the shard stream exactly: {changed} changed since the checkpoint (saved "
                 f"{ {k: saved.get(k) for k in changed} }, now { {k: self.layout().get(k) for k in changed} }). "
@@ -289,7 +298,9 @@ class ShardStream(IndexedIterableDataset):
         import datasets
         from datasets.distributed import split_dataset_by_node
 
-        dataset = datasets.load_dataset("webdataset", data_files={"train": self.files}, split="train", streaming=True)
+        dataset = datasets.load_dataset(
+            "webdataset", data_files={"train": self.files}, split="train", streaming=True
+        )
         dataset = dataset.decode(False)  # images stay bytes until the collator, in the workers
         if self.shuffle_buffer > 0:
             # Reshuffles the shard order (seed + epoch) and passes rows through the buffer; a buffer of 1 shuffles
@@ -316,7 +327,9 @@ class ShardStream(IndexedIterableDataset):
         if caption is not None:
             row[self.caption_column] = caption
         else:
-            row.setdefault(self.caption_column, None)  # a missing caption is reported by the collator, with the row
+            row.setdefault(
+                self.caption_column, None
+            )  # a missing caption is reported by the collator, with the row
         row["__key__"], row["__url__"] = raw.get("__key__"), raw.get("__url__")
         row[ROW_INDEX_KEY] = index
         return row
@@ -364,9 +377,14 @@ class ShardStreamCallback(TrainerCallback, ExportableState):
         self.ignore_data_skip: bool | None = None
 
     def state(self) -> dict[str, Any]:
-        return {"args": {}, "attributes": {"stream": self.stream.state_dict() if self.stream is not None else None}}
+        return {
+            "args": {},
+            "attributes": {"stream": self.stream.state_dict() if self.stream is not None else None},
+        }
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, train_dataloader: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(
+        self, args: Any, state: Any, control: Any, train_dataloader: Any = None, **kwargs: Any
+    ) -> None:
         stream = getattr(train_dataloader, "dataset", None)
         if not isinstance(stream, ShardStream):
             return
@@ -411,7 +429,9 @@ def train_dataloader(trainer: Any) -> torch.utils.data.DataLoader:
     stream.rank, stream.world_size = args.process_index, args.world_size
     stream.batch_size = trainer._train_batch_size
     stream.num_workers = args.dataloader_num_workers
-    callback = next((c for c in trainer.callback_handler.callbacks if isinstance(c, ShardStreamCallback)), None)
+    callback = next(
+        (c for c in trainer.callback_handler.callbacks if isinstance(c, ShardStreamCallback)), None
+    )
     if callback is None:
         callback = ShardStreamCallback()
         trainer.add_callback(callback)

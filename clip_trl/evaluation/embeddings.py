@@ -46,7 +46,6 @@ def check_batch_size(value: int, name: str) -> None:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
 
-
 @dataclass
 class EmbeddingSet:
     """The embeddings of an evaluation set, from which every metric of this module is computed.
@@ -246,16 +245,26 @@ def encode_rows(
                 # Captions and labels are checked before the image is decoded: a bad row fails fast and cheaply.
                 if row_captions is not None:
                     row_captions.append(
-                        caption_choices(row_cell(row, index, caption_column), row=index, column=caption_column)
+                        caption_choices(
+                            row_cell(row, index, caption_column), row=index, column=caption_column
+                        )
                     )
                 if row_labels is not None:
                     row_labels.append(row_cell(row, index, label_column))
-                pending.append(load_image(row_cell(row, index, image_column), row=index, column=image_column,
-                                          draft=getattr(transform, "draft_size", None)))  # JPEG draft decoding
+                pending.append(
+                    load_image(
+                        row_cell(row, index, image_column),
+                        row=index,
+                        column=image_column,
+                        draft=getattr(transform, "draft_size", None),
+                    )
+                )  # JPEG draft decoding
             except BadRowError as error:
                 raise error.with_hint(EVAL_HINT) from error.__cause__
             if len(pending) == batch_size:
-                chunks.append(encoding.embed_images(model, None, pending, batch_size, image_transform=transform))
+                chunks.append(
+                    encoding.embed_images(model, None, pending, batch_size, image_transform=transform)
+                )
                 pending = []
         if pending:
             chunks.append(encoding.embed_images(model, None, pending, batch_size, image_transform=transform))

@@ -18,8 +18,6 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-
-
 # Keyword arguments that say *where* files are. They describe the repository being loaded, so for an
 # adapter they apply to the adapter and not to its base model (whose location is in the adapter config).
 _LOCATION_KWARGS = ("revision", "subfolder")
@@ -74,6 +72,7 @@ def default_lora_config(
     ```
     """
     import peft  # a dependency; imported on use to keep `import clip_trl` light
+
     options: dict[str, Any] = {"bias": "none", **kwargs}
     return peft.LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), **options
@@ -158,6 +157,7 @@ def load_model(
         return model.eval(), processor
 
     import peft  # a dependency; imported on use to keep `import clip_trl` light
+
     with open(adapter_config_file, encoding="utf-8") as file:
         named_base = json.load(file).get("base_model_name_or_path")
     base = os.fspath(base_model) if base_model is not None else named_base
@@ -252,7 +252,7 @@ def warn_if_base_is_local(model: Any) -> str | None:
             f"The adapter being saved names its base model by a local path, {base!r} "
             f"(adapter_config.json's `base_model_name_or_path`): on the Hub or another machine, loading it will "
             "look for that path and fail. Train from the base model's Hub id, or record it before saving: "
-            f"`model.peft_config[{name!r}].base_model_name_or_path = \"<org>/<base model>\"`; whoever loads this "
+            f'`model.peft_config[{name!r}].base_model_name_or_path = "<org>/<base model>"`; whoever loads this '
             "adapter can also pass `clip_trl.hub.load_model(..., base_model=<id or folder>)`."
         )
         warnings.warn(message, UserWarning, stacklevel=2)

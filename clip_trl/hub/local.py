@@ -119,7 +119,9 @@ class LocalHub:
         for path, content in additions.items():
             tree[path] = _store_blob(blobs, content)
         listing = "\n".join(f"{path} {os.path.basename(blob)}" for path, blob in sorted(tree.items()))
-        oid = hashlib.sha1(f"{self.head(repo_id, revision, repo_type)}\n{message}\n{listing}".encode()).hexdigest()
+        oid = hashlib.sha1(
+            f"{self.head(repo_id, revision, repo_type)}\n{message}\n{listing}".encode()
+        ).hexdigest()
         snapshot = os.path.join(repo_dir, "snapshots", oid)
         shutil.rmtree(snapshot, ignore_errors=True)
         for path, blob in tree.items():
@@ -129,10 +131,17 @@ class LocalHub:
         os.makedirs(os.path.dirname(ref), exist_ok=True)
         with open(ref, "w", encoding="utf-8") as file:
             file.write(oid)
-        self.commits.append(LocalHubCommit(repo_id, revision, oid, message, sorted(additions), sorted(deleted),
-                                           folder, kwargs))
-        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{oid}", commit_message=message,
-                          commit_description="", oid=oid)
+        self.commits.append(
+            LocalHubCommit(
+                repo_id, revision, oid, message, sorted(additions), sorted(deleted), folder, kwargs
+            )
+        )
+        return CommitInfo(
+            commit_url=f"https://huggingface.co/{repo_id}/commit/{oid}",
+            commit_message=message,
+            commit_description="",
+            oid=oid,
+        )
 
     # ----------------------------------------------------------------------- HfApi method replacements
 
@@ -144,8 +153,17 @@ class LocalHub:
         kind = "" if repo_type in (None, "model") else f"{_REPO_TYPE_PREFIX[repo_type]}/"
         return RepoUrl(f"https://huggingface.co/{kind}{repo_id}")
 
-    def _create_commit(self, api: Any, repo_id: str, operations: Any, *, commit_message: str = "",
-                       revision: str | None = None, repo_type: str | None = None, **kwargs: Any) -> Any:
+    def _create_commit(
+        self,
+        api: Any,
+        repo_id: str,
+        operations: Any,
+        *,
+        commit_message: str = "",
+        revision: str | None = None,
+        repo_type: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
         from huggingface_hub import CommitOperationAdd, CommitOperationCopy, CommitOperationDelete
 
         additions: dict[str, Any] = {}
@@ -157,41 +175,91 @@ class LocalHub:
             elif isinstance(operation, CommitOperationDelete):
                 deletions.append(operation.path_in_repo + ("/" if operation.is_folder else ""))
             elif isinstance(operation, CommitOperationCopy):
-                source = self.snapshot(operation.src_repo_id or repo_id, operation.src_revision or revision, repo_type)
+                source = self.snapshot(
+                    operation.src_repo_id or repo_id, operation.src_revision or revision, repo_type
+                )
                 additions[operation.path_in_repo] = os.path.join(source or "", operation.src_path_in_repo)
-        return self.commit(repo_id, additions, deletions, revision=revision, repo_type=repo_type,
-                           message=commit_message, **kwargs)
+        return self.commit(
+            repo_id,
+            additions,
+            deletions,
+            revision=revision,
+            repo_type=repo_type,
+            message=commit_message,
+            **kwargs,
+        )
 
-    def _upload_file(self, api: Any, *, path_or_fileobj: Any, path_in_repo: str, repo_id: str,
-                     commit_message: str | None = None, revision: str | None = None,
-                     repo_type: str | None = None, **kwargs: Any) -> Any:
+    def _upload_file(
+        self,
+        api: Any,
+        *,
+        path_or_fileobj: Any,
+        path_in_repo: str,
+        repo_id: str,
+        commit_message: str | None = None,
+        revision: str | None = None,
+        repo_type: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
         if isinstance(path_or_fileobj, io.IOBase):
             path_or_fileobj = path_or_fileobj.read()
-        return self.commit(repo_id, {path_in_repo: path_or_fileobj}, revision=revision, repo_type=repo_type,
-                           message=commit_message or f"Upload {path_in_repo} with huggingface_hub", **kwargs)
+        return self.commit(
+            repo_id,
+            {path_in_repo: path_or_fileobj},
+            revision=revision,
+            repo_type=repo_type,
+            message=commit_message or f"Upload {path_in_repo} with huggingface_hub",
+            **kwargs,
+        )
 
-    def _upload_folder(self, api: Any, *, repo_id: str, folder_path: str | os.PathLike[str],
-                       path_in_repo: str | None = None, commit_message: str | None = None,
-                       revision: str | None = None, repo_type: str | None = None, allow_patterns: Any = None,
-                       ignore_patterns: Any = None, delete_patterns: Any = None, **kwargs: Any) -> Any:
+    def _upload_folder(
+        self,
+        api: Any,
+        *,
+        repo_id: str,
+        folder_path: str | os.PathLike[str],
+        path_in_repo: str | None = None,
+        commit_message: str | None = None,
+        revision: str | None = None,
+        repo_type: str | None = None,
+        allow_patterns: Any = None,
+        ignore_patterns: Any = None,
+        delete_patterns: Any = None,
+        **kwargs: Any,
+    ) -> Any:
         from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
         from huggingface_hub.utils import filter_repo_objects
 
         folder_path = os.path.abspath(os.fspath(folder_path))
         ignore = [ignore_patterns] if isinstance(ignore_patterns, str) else list(ignore_patterns or [])
-        files = filter_repo_objects(sorted(_walk(folder_path)), allow_patterns=allow_patterns,
-                                    ignore_patterns=ignore + list(DEFAULT_IGNORE_PATTERNS))
+        files = filter_repo_objects(
+            sorted(_walk(folder_path)),
+            allow_patterns=allow_patterns,
+            ignore_patterns=ignore + list(DEFAULT_IGNORE_PATTERNS),
+        )
         prefix = (path_in_repo or "").strip("/")
         prefix = f"{prefix}/" if prefix else ""
         additions = {prefix + path: os.path.join(folder_path, path) for path in files}
         deletions = []
         if delete_patterns:
-            existing = [p[len(prefix):] for p in self.files(repo_id, revision, repo_type) if p.startswith(prefix)]
-            deletions = [prefix + p for p in filter_repo_objects(existing, allow_patterns=delete_patterns)
-                         if prefix + p not in additions]
-        return self.commit(repo_id, additions, deletions, revision=revision, repo_type=repo_type,
-                           message=commit_message or "Upload folder using huggingface_hub", folder=folder_path,
-                           **kwargs)
+            existing = [
+                p[len(prefix) :] for p in self.files(repo_id, revision, repo_type) if p.startswith(prefix)
+            ]
+            deletions = [
+                prefix + p
+                for p in filter_repo_objects(existing, allow_patterns=delete_patterns)
+                if prefix + p not in additions
+            ]
+        return self.commit(
+            repo_id,
+            additions,
+            deletions,
+            revision=revision,
+            repo_type=repo_type,
+            message=commit_message or "Upload folder using huggingface_hub",
+            folder=folder_path,
+            **kwargs,
+        )
 
     def _whoami(self, api: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return {"type": "user", "name": self.namespace, "orgs": []}
@@ -240,9 +308,7 @@ def _call_or_future(method: Any) -> Any:
 
 
 @contextlib.contextmanager
-def local_hub(
-    folder: str | os.PathLike[str], *, namespace: str = "local-user"
-) -> Iterator[LocalHub]:
+def local_hub(folder: str | os.PathLike[str], *, namespace: str = "local-user") -> Iterator[LocalHub]:
     r"""
     Serve `push_to_hub` and `from_pretrained` from `folder`, a Hub cache on disk, offline.
 
@@ -287,8 +353,15 @@ def local_hub(
     restore: list[tuple[Any, str, Any]] = []
 
     def patch(owner: Any, name: str, value: Any) -> None:
-        restore.append((owner, name, owner.__dict__.get(name, _MISSING) if isinstance(owner, type)
-                        else getattr(owner, name, _MISSING)))
+        restore.append(
+            (
+                owner,
+                name,
+                owner.__dict__.get(name, _MISSING)
+                if isinstance(owner, type)
+                else getattr(owner, name, _MISSING),
+            )
+        )
         setattr(owner, name, value)
 
     replacements = {

@@ -90,8 +90,9 @@ def final_eval_metrics(log_history: Sequence[dict[str, Any]]) -> dict[str, float
     return metrics
 
 
-def final_training_metrics(log_history: Sequence[dict[str, Any]],
-                           names: Sequence[str] = ("reward", "reward_std", "kl", "accuracy")) -> dict[str, Any]:
+def final_training_metrics(
+    log_history: Sequence[dict[str, Any]], names: Sequence[str] = ("reward", "reward_std", "kl", "accuracy")
+) -> dict[str, Any]:
     r"""
     The RL training metrics of the last logging step that has a `reward` (`reward`, `kl`, ... and its `step`).
 
@@ -107,8 +108,11 @@ def final_training_metrics(log_history: Sequence[dict[str, Any]],
     """
     for entry in reversed(log_history):
         if "reward" in entry:
-            values = {name: entry[name] for name in names
-                      if isinstance(entry.get(name), (int, float)) and math.isfinite(entry[name])}
+            values = {
+                name: entry[name]
+                for name in names
+                if isinstance(entry.get(name), (int, float)) and math.isfinite(entry[name])
+            }
             return {"step": entry.get("step"), **values}
     return {}
 
@@ -194,7 +198,9 @@ def _adapter_config(model: Any) -> Any:
     if not isinstance(configs, dict) or not configs:
         return None
     active = getattr(model, "active_adapter", None)
-    return configs.get(active) if isinstance(active, str) and active in configs else next(iter(configs.values()))
+    return (
+        configs.get(active) if isinstance(active, str) and active in configs else next(iter(configs.values()))
+    )
 
 
 def _base_model_of(model: Any) -> Any:
@@ -219,13 +225,17 @@ def _quick_start(repo: str, base_name: str | None, class_name: str, adapter: boo
     ]
     if adapter:
         if not base_name:
-            base_line = (f'base = {import_name}.from_pretrained("<base model id or folder>")'
-                         "  # the adapter config names none")
+            base_line = (
+                f'base = {import_name}.from_pretrained("<base model id or folder>")'
+                "  # the adapter config names none"
+            )
         elif _is_hub_id(base_name):
             base_line = f'base = {import_name}.from_pretrained("{base_name}")'
         else:
-            base_line = (f'base = {import_name}.from_pretrained("{base_name}")'
-                         "  # a local folder where this was trained: use its Hub id elsewhere")
+            base_line = (
+                f'base = {import_name}.from_pretrained("{base_name}")'
+                "  # a local folder where this was trained: use its Hub id elsewhere"
+            )
         lines += [
             "from peft import PeftModel",
             "",
@@ -246,7 +256,7 @@ def _quick_start(repo: str, base_name: str | None, class_name: str, adapter: boo
         "",
         f"labels = {labels!r}",
         'image = Image.open("photo.jpg").convert("RGB")',
-        "inputs = processor(text=labels, images=image, return_tensors=\"pt\", "
+        'inputs = processor(text=labels, images=image, return_tensors="pt", '
         + ('padding="max_length")' if max_length else "padding=True)"),
         "with torch.no_grad():",
     ]
@@ -269,8 +279,9 @@ def _quick_start(repo: str, base_name: str | None, class_name: str, adapter: boo
     return "\n".join(lines)
 
 
-def _eval_results(metrics: dict[str, float], eval_names: Sequence[str], dataset_name: str | None
-                  ) -> list[EvalResult]:
+def _eval_results(
+    metrics: dict[str, float], eval_names: Sequence[str], dataset_name: str | None
+) -> list[EvalResult]:
     results = []
     for key, value in metrics.items():
         name, split = key.removeprefix("eval_"), None
@@ -280,16 +291,18 @@ def _eval_results(metrics: dict[str, float], eval_names: Sequence[str], dataset_
                 break
         metric_type = "recall" if "recall" in name else "accuracy" if "accuracy" in name else name
         task = "Zero-shot image classification" if "zero_shot" in name else "Image-text retrieval"
-        results.append(EvalResult(
-            task_type=PIPELINE_TAG,
-            task_name=task,
-            dataset_type=dataset_name or "custom",
-            dataset_name=dataset_name or "evaluation set",
-            dataset_split=split,
-            metric_type=metric_type,
-            metric_name=name,
-            metric_value=value,
-        ))
+        results.append(
+            EvalResult(
+                task_type=PIPELINE_TAG,
+                task_name=task,
+                dataset_type=dataset_name or "custom",
+                dataset_name=dataset_name or "evaluation set",
+                dataset_split=split,
+                metric_type=metric_type,
+                metric_name=name,
+                metric_value=value,
+            )
+        )
     return results
 
 
@@ -307,7 +320,11 @@ def _rollouts_section(output_dir: str, folder: str) -> dict[str, Any] | None:
     # A checkpoint's card is written in a staging folder but lives in `output_dir/checkpoint-N`, one level down.
     same = os.path.abspath(folder) == os.path.abspath(output_dir)
     prefix = ROLLOUTS_DIRNAME if same else f"../{ROLLOUTS_DIRNAME}"
-    return {"step": rollouts[0].step, "folder": prefix, "table": markdown_table(rollouts, image_prefix=prefix)}
+    return {
+        "step": rollouts[0].step,
+        "folder": prefix,
+        "table": markdown_table(rollouts, image_prefix=prefix),
+    }
 
 
 def build_model_card(
@@ -360,15 +377,19 @@ def build_model_card(
     args = trainer.args
     method = getattr(trainer, "_method_name", "clip")
     accelerator = getattr(trainer, "accelerator", None)
-    model = accelerator.unwrap_model(trainer.model) if accelerator is not None else modeling.unwrap(trainer.model)
+    model = (
+        accelerator.unwrap_model(trainer.model) if accelerator is not None else modeling.unwrap(trainer.model)
+    )
     lora = _adapter_config(model)
     adapter = lora is not None
     base = _base_model_of(model)
     config = getattr(base, "config", None)
     model_type = getattr(config, "model_type", "") or ""
 
-    named_base = finetuned_from or (getattr(lora, "base_model_name_or_path", None) if adapter else None) or (
-        getattr(config, "_name_or_path", None)
+    named_base = (
+        finetuned_from
+        or (getattr(lora, "base_model_name_or_path", None) if adapter else None)
+        or (getattr(config, "_name_or_path", None))
     )
     base_repo = named_base if _is_hub_id(named_base) else None
     folder = os.fspath(folder if folder is not None else args.output_dir)
@@ -399,19 +420,32 @@ def build_model_card(
     if base_repo:
         card_data.base_model_relation = "adapter" if adapter else "finetune"
 
-    description = (args.model_card_description(adapter) if hasattr(args, "model_card_description")
-                   else "Fine-tuning of a CLIP-style dual encoder.")
+    description = (
+        args.model_card_description(adapter)
+        if hasattr(args, "model_card_description")
+        else "Fine-tuning of a CLIP-style dual encoder."
+    )
     rewards = []
     if hasattr(trainer, "reward_names"):
         weights = getattr(trainer, "reward_weights", None)
-        weights = weights.tolist() if hasattr(weights, "tolist") else list(weights or [1.0] * len(trainer.reward_names))
+        weights = (
+            weights.tolist()
+            if hasattr(weights, "tolist")
+            else list(weights or [1.0] * len(trainer.reward_names))
+        )
         rewards = [(name, _format_value(float(w))) for name, w in zip(trainer.reward_names, weights)]
-    lora_rows = [(name, _format_value(getattr(lora, name))) for name in _LORA_FIELDS
-                 if adapter and _is_set(getattr(lora, name, None))]
+    lora_rows = [
+        (name, _format_value(getattr(lora, name)))
+        for name in _LORA_FIELDS
+        if adapter and _is_set(getattr(lora, name, None))
+    ]
     labels = getattr(args, "candidate_labels", None)
     template = getattr(args, "label_template", "a photo of a {}.")
-    example_labels = [template.format(label) for label in labels[:3]] if labels else [
-        "a photo of a cat", "a photo of a dog"]
+    example_labels = (
+        [template.format(label) for label in labels[:3]]
+        if labels
+        else ["a photo of a cat", "a photo of a dog"]
+    )
     train_dataset = getattr(trainer, "train_dataset", None)
 
     return ModelCard.from_template(
@@ -426,17 +460,23 @@ def build_model_card(
         method=method,
         method_description=description,
         dataset_names=datasets_list or [],
-        num_train_rows=len(train_dataset) if train_dataset is not None and hasattr(train_dataset, "__len__") else None,
+        num_train_rows=len(train_dataset)
+        if train_dataset is not None and hasattr(train_dataset, "__len__")
+        else None,
         hyperparameters=_hyperparameters(args, getattr(args, "world_size", 1), trainer.state.global_step),
         lora=lora_rows,
         rewards=rewards,
         metrics=[(key.removeprefix("eval_"), f"{value:.4f}") for key, value in metrics.items()],
         training_metrics=final_training_metrics(trainer.state.log_history),
-        quick_start=_quick_start(repo, named_base if adapter else base_repo, type(base).__name__, adapter,
-                                 example_labels),
-        curves=TRAINING_CURVES_FILENAME if os.path.isfile(os.path.join(folder, TRAINING_CURVES_FILENAME)) else None,
+        quick_start=_quick_start(
+            repo, named_base if adapter else base_repo, type(base).__name__, adapter, example_labels
+        ),
+        curves=TRAINING_CURVES_FILENAME
+        if os.path.isfile(os.path.join(folder, TRAINING_CURVES_FILENAME))
+        else None,
         rollouts=_rollouts_section(args.output_dir, folder),
         versions=framework_versions(),
-        citations=citations(args.model_card_citations() if hasattr(args, "model_card_citations") else (), adapter),
+        citations=citations(
+            args.model_card_citations() if hasattr(args, "model_card_citations") else (), adapter
+        ),
     )
-

@@ -42,7 +42,9 @@ def _load_clip(model: Any, processor: Any) -> tuple[Any, Any]:
     if processor is None:
         source = getattr(getattr(model, "config", None), "_name_or_path", None)
         if not source:
-            raise ValueError("`processor` is required when `model` is a model object that was not loaded from a path.")
+            raise ValueError(
+                "`processor` is required when `model` is a model object that was not loaded from a path."
+            )
         from transformers import AutoProcessor
 
         processor = AutoProcessor.from_pretrained(source)
@@ -99,7 +101,9 @@ def rerank(
         candidates = [list(candidates)] * len(images)  # one shared list
     candidates = [list(c) for c in candidates]
     if len(candidates) != len(images):
-        raise ValueError(f"{len(candidates)} candidate lists for {len(images)} images; pass one list per image.")
+        raise ValueError(
+            f"{len(candidates)} candidate lists for {len(images)} images; pass one list per image."
+        )
     for index, options in enumerate(candidates):
         if not options:
             raise ValueError(f"Image {index} has no candidate captions.")
@@ -113,7 +117,9 @@ def rerank(
     ranked: list[list[tuple[str, float]]] = []
     with encoding.eval_mode(model), torch.no_grad():
         for start in range(0, len(images), batch_size):
-            batch = [load_image(cell, row=start + i) for i, cell in enumerate(images[start : start + batch_size])]
+            batch = [
+                load_image(cell, row=start + i) for i, cell in enumerate(images[start : start + batch_size])
+            ]
             image_embeds = encoding.embed_images(model, None, batch, len(batch), image_transform=transform)
             lists = candidates[start : start + batch_size]
             texts = list(dict.fromkeys(text for options in lists for text in options))
@@ -193,7 +199,9 @@ def generate_candidates(
         name = getattr(getattr(captioner, "config", None), "_name_or_path", None)
     if processor is None:
         if not name:
-            raise ValueError("`processor` is required when `captioner` is a model object not loaded from a path.")
+            raise ValueError(
+                "`processor` is required when `captioner` is a model object not loaded from a path."
+            )
         from transformers import AutoProcessor
 
         processor = AutoProcessor.from_pretrained(name)
@@ -209,7 +217,10 @@ def generate_candidates(
     try:
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
-                batch = [load_image(cell, row=start + i) for i, cell in enumerate(images[start : start + batch_size])]
+                batch = [
+                    load_image(cell, row=start + i)
+                    for i, cell in enumerate(images[start : start + batch_size])
+                ]
                 kwargs: dict[str, Any] = {"images": batch, "return_tensors": "pt"}
                 if prompt is not None:
                     kwargs["text"] = [prompt] * len(batch)
@@ -222,7 +233,9 @@ def generate_candidates(
                 output = captioner.generate(**inputs, **settings)
                 texts = [text.strip() for text in processor.batch_decode(output, skip_special_tokens=True)]
                 # `generate` returns the sequences of image i at rows i*n ... i*n + n - 1.
-                results.extend(texts[i * num_candidates : (i + 1) * num_candidates] for i in range(len(batch)))
+                results.extend(
+                    texts[i * num_candidates : (i + 1) * num_candidates] for i in range(len(batch))
+                )
     finally:
         captioner.train(was_training)
     return results

@@ -94,7 +94,9 @@ def gather_variable(tensor: torch.Tensor, counts: torch.Tensor, with_grad: bool 
     padding = tensor.new_zeros(width - tensor.shape[0], *tensor.shape[1:])
     padded = torch.cat([tensor, padding]) if padding.shape[0] else tensor
     gathered = gather_with_grad(padded) if with_grad else gather_no_grad(padded)
-    keep = torch.cat([torch.arange(int(n), device=gathered.device) + r * width for r, n in enumerate(counts.tolist())])
+    keep = torch.cat(
+        [torch.arange(int(n), device=gathered.device) + r * width for r, n in enumerate(counts.tolist())]
+    )
     return gathered[keep]
 
 
@@ -194,7 +196,9 @@ def siglip_loss(
     `negative_positives` (`[b, m]`) marks them as the query's own caption.
     """
     if positives is None:
-        positives = torch.eye(image_embeds.shape[0], text_embeds.shape[0], dtype=torch.bool, device=image_embeds.device)
+        positives = torch.eye(
+            image_embeds.shape[0], text_embeds.shape[0], dtype=torch.bool, device=image_embeds.device
+        )
     if negative_text_embeds is not None and negative_text_embeds.shape[0] > 0:
         text_embeds = torch.cat([text_embeds, negative_text_embeds])
         if negative_positives is None:
@@ -251,18 +255,34 @@ def contrastive_loss(
     # This rank's queries start after the rows of the ranks before it.
     offset = int(counts[:rank, 0].sum()) if counts is not None else 0
     positives = positives_from_keys(
-        image_keys, caption_keys, gather_keys(image_keys, 0), gather_keys(caption_keys, 0), local,
-        all_texts.shape[0], offset
+        image_keys,
+        caption_keys,
+        gather_keys(image_keys, 0),
+        gather_keys(caption_keys, 0),
+        local,
+        all_texts.shape[0],
+        offset,
     )
     negatives = negative_positives = None
     if has_negatives:
-        negatives = gather_variable(negative_text_embeds, counts[:, 1]) if counts is not None else negative_text_embeds
+        negatives = (
+            gather_variable(negative_text_embeds, counts[:, 1])
+            if counts is not None
+            else negative_text_embeds
+        )
         if negative_keys is not None and caption_keys is not None:
             negative_positives = caption_keys[:, None] == gather_keys(negative_keys, 1)[None, :]
     if loss_type == "siglip":
         bias = logit_bias if logit_bias is not None else 0.0
-        return siglip_loss(image_embeds, all_texts, logit_scale, bias, positives,
-                           negative_text_embeds=negatives, negative_positives=negative_positives)
+        return siglip_loss(
+            image_embeds,
+            all_texts,
+            logit_scale,
+            bias,
+            positives,
+            negative_text_embeds=negatives,
+            negative_positives=negative_positives,
+        )
     return clip_loss(
         image_embeds,
         text_embeds,

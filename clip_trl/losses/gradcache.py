@@ -52,8 +52,11 @@ class RandomState:
     def __init__(self, *tensors: torch.Tensor) -> None:
         self.cpu_state = torch.get_rng_state()
         self.cuda_devices = sorted(
-            {t.device.index if t.device.index is not None else torch.cuda.current_device()
-             for t in tensors if t.device.type == "cuda"}
+            {
+                t.device.index if t.device.index is not None else torch.cuda.current_device()
+                for t in tensors
+                if t.device.type == "cuda"
+            }
         )
         self.cuda_states = [torch.cuda.get_rng_state(device) for device in self.cuda_devices]
 
@@ -88,9 +91,13 @@ def split_into_chunks(inputs: Mapping[str, Any], chunk_size: int) -> list[dict[s
     num_texts = inputs["input_ids"].shape[0]
     num_chunks = -(-num_images // chunk_size)
     if num_texts < num_chunks:
-        raise ValueError(f"Cannot split {num_texts} texts into {num_chunks} chunks of a batch of {num_images} images.")
+        raise ValueError(
+            f"Cannot split {num_texts} texts into {num_chunks} chunks of a batch of {num_images} images."
+        )
     starts = list(range(0, num_images, chunk_size))
-    image_parts = {key: [inputs[key][s : s + chunk_size] for s in starts] for key in IMAGE_KEYS if key in inputs}
+    image_parts = {
+        key: [inputs[key][s : s + chunk_size] for s in starts] for key in IMAGE_KEYS if key in inputs
+    }
     text_parts = {
         key: torch.tensor_split(inputs[key], num_chunks) for key in TEXT_KEYS if inputs.get(key) is not None
     }
@@ -214,7 +221,9 @@ def cached_backward(
     with forward_context():
         loss = loss_fn(image_leaf, text_leaf)
     grads = torch.autograd.grad(loss, [image_leaf, text_leaf, *parameters], allow_unused=True)
-    grads = [torch.zeros_like(t) if g is None else g for t, g in zip([image_leaf, text_leaf, *parameters], grads)]
+    grads = [
+        torch.zeros_like(t) if g is None else g for t, g in zip([image_leaf, text_leaf, *parameters], grads)
+    ]
     image_grads = grads[0].split([part.shape[0] for part in image_parts])
     text_grads = grads[1].split([part.shape[0] for part in text_parts])
     parameter_grads = grads[2:]
@@ -232,4 +241,6 @@ def cached_backward(
             surrogate = _surrogate(pairs)
             if surrogate is not None:
                 backward(surrogate)
-    return CachedBackwardOutput(loss=loss.detach(), image_embeds=image_leaf.detach(), text_embeds=text_leaf.detach())
+    return CachedBackwardOutput(
+        loss=loss.detach(), image_embeds=image_leaf.detach(), text_embeds=text_leaf.detach()
+    )

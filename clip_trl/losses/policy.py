@@ -25,13 +25,19 @@ def policy_log_probs(logits: torch.Tensor, mask: torch.Tensor | None, temperatur
     return torch.log_softmax(scaled, dim=-1)
 
 
-def sample_actions(log_probs: torch.Tensor, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_actions(
+    log_probs: torch.Tensor, num_samples: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """`num_samples` candidate indices per query, drawn from π with replacement: `[B, num_samples]`."""
     probs = log_probs.detach().float().exp()
-    return torch.multinomial(probs.cpu(), num_samples, replacement=True, generator=generator).to(log_probs.device)
+    return torch.multinomial(probs.cpu(), num_samples, replacement=True, generator=generator).to(
+        log_probs.device
+    )
 
 
-def group_advantages(rewards: torch.Tensor, mode: str = "grpo", scale_rewards: bool = True, eps: float = 1e-4) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor, mode: str = "grpo", scale_rewards: bool = True, eps: float = 1e-4
+) -> torch.Tensor:
     """Advantages of `[B, S]` rewards (NaN = excluded) within each query's group of S samples.
 
     - `"grpo"`: `(r - mean) / (std + eps)` with the unbiased std over the group's valid rewards
@@ -47,7 +53,9 @@ def group_advantages(rewards: torch.Tensor, mode: str = "grpo", scale_rewards: b
     if mode == "grpo":
         advantages = rewards - mean
         if scale_rewards:
-            variance = (torch.where(valid, advantages, torch.zeros_like(rewards)) ** 2).sum(dim=1, keepdim=True)
+            variance = (torch.where(valid, advantages, torch.zeros_like(rewards)) ** 2).sum(
+                dim=1, keepdim=True
+            )
             std = (variance / (count - 1).clamp(min=1)).sqrt()
             # A group whose rewards are all equal carries no signal: its advantages are 0, not 0/0.
             advantages = torch.where(std > 0, advantages / (std + eps), torch.zeros_like(advantages))
@@ -176,8 +184,13 @@ def rl_loss(
     clip_fraction = None
     if old_log_probs is not None:
         policy_term, clip_fraction = clipped_policy_loss(
-            log_probs, old_log_probs, actions=actions, advantages=advantages, rewards=rewards,
-            epsilon_low=epsilon_low, epsilon_high=epsilon_high,
+            log_probs,
+            old_log_probs,
+            actions=actions,
+            advantages=advantages,
+            rewards=rewards,
+            epsilon_low=epsilon_low,
+            epsilon_high=epsilon_high,
         )
     elif actions is None:
         if rewards is None:
@@ -186,10 +199,21 @@ def rl_loss(
     else:
         chosen = log_probs.gather(1, actions)
         # Mean over the actions that have a reward; excluded ones (NaN reward) have advantage 0.
-        num_scored = (~torch.isnan(rewards)).sum() if rewards is not None else torch.tensor(advantages.numel())
+        num_scored = (
+            (~torch.isnan(rewards)).sum() if rewards is not None else torch.tensor(advantages.numel())
+        )
         policy_term = -(advantages * chosen).sum() / num_scored.clamp(min=1)
-    kl = kl_divergence(log_probs, ref_log_probs).mean() if ref_log_probs is not None else log_probs.new_zeros(())
+    kl = (
+        kl_divergence(log_probs, ref_log_probs).mean()
+        if ref_log_probs is not None
+        else log_probs.new_zeros(())
+    )
     ent = entropy(log_probs).mean()
     loss = policy_term + beta * kl - entropy_coef * ent
-    return PolicyLoss(loss=loss, policy_loss=policy_term.detach(), kl=kl.detach(), entropy=ent.detach(),
-                      clip_fraction=clip_fraction)
+    return PolicyLoss(
+        loss=loss,
+        policy_loss=policy_term.detach(),
+        kl=kl.detach(),
+        entropy=ent.detach(),
+        clip_fraction=clip_fraction,
+    )

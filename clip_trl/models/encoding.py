@@ -211,7 +211,9 @@ def embed_texts(
     chunks: list[torch.Tensor] = []
     with eval_mode(model), torch.no_grad():
         for start in range(0, len(order), batch_size):
-            encoded = tokenize(model, tokenizer, [texts[i] for i in order[start : start + batch_size]], max_length)
+            encoded = tokenize(
+                model, tokenizer, [texts[i] for i in order[start : start + batch_size]], max_length
+            )
             mask = encoded.get("attention_mask")
             features = modeling.text_features(
                 model, encoded["input_ids"].to(device), None if mask is None else mask.to(device)

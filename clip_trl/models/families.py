@@ -109,12 +109,14 @@ _SIGLIP = ModelAdapter(
     text_padding="max_length",
     max_logit_scale=None,
     logit_bias=True,
-    notes="Text padded to the tower's full length (`padding=\"max_length\"`) everywhere, as SigLIP was trained: "
+    notes='Text padded to the tower\'s full length (`padding="max_length"`) everywhere, as SigLIP was trained: '
     "its text tower pools the last position, so other padding changes the embedding. `logit_scale` is not "
     "clamped by default (SigLIP checkpoints sit near exp(4.7) ≈ 112).",
 )
 
-_BERT_TEXT = "Text tower is BERT / XLM-R style: LoRA targets `query`/`value` there, `q_proj`/`v_proj` in the ViT."
+_BERT_TEXT = (
+    "Text tower is BERT / XLM-R style: LoRA targets `query`/`value` there, `q_proj`/`v_proj` in the ViT."
+)
 
 ADAPTERS: dict[str, ModelAdapter] = {
     "CLIPModel": GENERIC,

@@ -43,8 +43,12 @@ _ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 def _leaf_names(modules: list[nn.Module]) -> set[str]:
-    return {name.rsplit(".", 1)[-1] for module in modules for name, sub in module.named_modules()
-            if isinstance(sub, _ADAPTABLE)}
+    return {
+        name.rsplit(".", 1)[-1]
+        for module in modules
+        for name, sub in module.named_modules()
+        if isinstance(sub, _ADAPTABLE)
+    }
 
 
 def tower_lora_targets(model: nn.Module, tower: str) -> tuple[str, ...]:
@@ -117,7 +121,10 @@ def warn_on_missed_towers(peft_model: nn.Module) -> list[str]:
             "LoRA target_modules %s match no module in the %s tower of %s, so only the other tower is adapted "
             "(%s). Add those names to `target_modules`, or leave `target_modules` unset to get adapters in both "
             "towers.",
-            targets, " and ".join(missed), type(modeling.base_model(peft_model)).__name__, hints,
+            targets,
+            " and ".join(missed),
+            type(modeling.base_model(peft_model)).__name__,
+            hints,
         )
     return missed
 
@@ -135,7 +142,9 @@ def freeze_batch_norm_statistics(peft_model: nn.Module) -> int:
             module.momentum = 0.0
             count += 1
     if count:
-        logger.info("Froze the running statistics of %d BatchNorm layer(s) of the base model under LoRA.", count)
+        logger.info(
+            "Froze the running statistics of %d BatchNorm layer(s) of the base model under LoRA.", count
+        )
     return count
 
 
@@ -156,8 +165,11 @@ def save_added_parameters(model: nn.Module, folder: str) -> list[str]:
     base = modeling.base_model(model)
     if base is inner:
         return []
-    tensors = {name: getattr(base, name).detach().cpu().contiguous() for name in modeling.ADDED_PARAMETERS
-               if isinstance(getattr(base, name, None), nn.Parameter)}
+    tensors = {
+        name: getattr(base, name).detach().cpu().contiguous()
+        for name in modeling.ADDED_PARAMETERS
+        if isinstance(getattr(base, name, None), nn.Parameter)
+    }
     if tensors:
         os.makedirs(folder, exist_ok=True)
         save_file(tensors, os.path.join(folder, ADDED_PARAMETERS_FILE))
@@ -170,14 +182,21 @@ def load_added_parameters(model: nn.Module, id_or_path: str, **file_kwargs: Any)
     from safetensors.torch import load_file
     from transformers.utils import cached_file
 
-    path = cached_file(id_or_path, ADDED_PARAMETERS_FILE, _raise_exceptions_for_missing_entries=False,
-                       _raise_exceptions_for_connection_errors=False, **file_kwargs)
+    path = cached_file(
+        id_or_path,
+        ADDED_PARAMETERS_FILE,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+        **file_kwargs,
+    )
     if path is None:
         return []
     base = modeling.base_model(model)
     reference = modeling.temperature_parameter(base)
     for name, value in load_file(path).items():
-        parameter = nn.Parameter(value.to(device=reference.device, dtype=reference.dtype), requires_grad=False)
+        parameter = nn.Parameter(
+            value.to(device=reference.device, dtype=reference.dtype), requires_grad=False
+        )
         base.register_parameter(name, parameter)
     return sorted(load_file(path))
 

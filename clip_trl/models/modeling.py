@@ -28,7 +28,9 @@ TEMPERATURE_ATTRIBUTES = ("logit_scale", "temperature")
 def unwrap(model: nn.Module) -> nn.Module:
     """Strip DDP / `torch.compile` wrappers (peft wrappers are kept: they forward attributes)."""
     while True:
-        if hasattr(model, "module") and isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        if hasattr(model, "module") and isinstance(
+            model, (nn.parallel.DistributedDataParallel, nn.DataParallel)
+        ):
             model = model.module
         elif hasattr(model, "_orig_mod"):
             model = model._orig_mod
@@ -48,8 +50,10 @@ def adapter(model: nn.Module) -> ModelAdapter:
     for an unknown class with a `temperature` and no `logit_scale`, the generic one read as ALIGN's)."""
     inner = base_model(model)
     name = type(inner).__name__
-    if name not in ADAPTERS and not hasattr(inner, "logit_scale") and isinstance(
-        getattr(inner, "temperature", None), torch.Tensor
+    if (
+        name not in ADAPTERS
+        and not hasattr(inner, "logit_scale")
+        and isinstance(getattr(inner, "temperature", None), torch.Tensor)
     ):
         return TEMPERATURE_GENERIC
     return adapter_for_class(name)
@@ -84,8 +88,11 @@ def _features(output: Any, first_token: bool = False) -> torch.Tensor:
         features = output
     else:
         features = next(
-            (value for name in ("image_embeds", "text_embeds", "pooler_output")
-             if (value := getattr(output, name, None)) is not None),
+            (
+                value
+                for name in ("image_embeds", "text_embeds", "pooler_output")
+                if (value := getattr(output, name, None)) is not None
+            ),
             None,
         )
         if features is None:
@@ -106,7 +113,9 @@ def image_features(model: nn.Module, pixel_values: torch.Tensor, **extra_image_i
     return _features(output, adapter(model).pool_first_token)
 
 
-def text_features(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def text_features(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Projected (unnormalised) text embeddings."""
     output = unwrap(model).get_text_features(input_ids=input_ids, attention_mask=attention_mask)
     return _features(output, adapter(model).pool_first_token)
@@ -126,8 +135,12 @@ def encode_pair(
     """
     image_embeds = text_embeds = None
     if adapter(model).use_forward:
-        output = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
-                       **extra_image_inputs)
+        output = model(
+            pixel_values=pixel_values,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            **extra_image_inputs,
+        )
         image_embeds = getattr(output, "image_embeds", None)
         text_embeds = getattr(output, "text_embeds", None)
     if image_embeds is None or text_embeds is None:  # a lookalike whose forward differs: use the towers
@@ -140,7 +153,9 @@ def encode_batch(model: nn.Module, inputs: Mapping[str, Any]) -> tuple[torch.Ten
     """[`encode_pair`] on a collated batch: its `pixel_values` (and the family's other image inputs),
     `input_ids` and `attention_mask` (absent when the tokenizer returns none, as SigLIP's)."""
     extra = {k: v for k, v in image_inputs(model, inputs).items() if k != "pixel_values"}
-    return encode_pair(model, inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"), **extra)
+    return encode_pair(
+        model, inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"), **extra
+    )
 
 
 def temperature_parameter(model: nn.Module) -> torch.Tensor:
@@ -258,16 +273,23 @@ def load_pretrained(name_or_path: str, **kwargs: Any) -> nn.Module:
     model, info = AutoModel.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
     added = [name for name in ADDED_PARAMETERS if name in set(info.get("unexpected_keys") or ())]
     if added:
-        location = {key: kwargs[key] for key in ("revision", "subfolder", "cache_dir", "token", "local_files_only")
-                    if key in kwargs}
+        location = {
+            key: kwargs[key]
+            for key in ("revision", "subfolder", "cache_dir", "token", "local_files_only")
+            if key in kwargs
+        }
         values = _read_saved_tensors(name_or_path, added, location)
         for name, value in values.items():
             reference = temperature_parameter(model)
-            model.register_parameter(name, nn.Parameter(value.to(device=reference.device, dtype=reference.dtype)))
+            model.register_parameter(
+                name, nn.Parameter(value.to(device=reference.device, dtype=reference.dtype))
+            )
     return model
 
 
-def _read_saved_tensors(name_or_path: str, names: list[str], location: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _read_saved_tensors(
+    name_or_path: str, names: list[str], location: dict[str, Any]
+) -> dict[str, torch.Tensor]:
     import json
 
     from safetensors import safe_open

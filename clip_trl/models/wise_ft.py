@@ -20,7 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["InterpolateArguments", "best_alpha", "plot_wise_ft_sweep", "run_interpolate", "wise_ft", "wise_ft_sweep"]
+__all__ = [
+    "InterpolateArguments",
+    "best_alpha",
+    "plot_wise_ft_sweep",
+    "run_interpolate",
+    "wise_ft",
+    "wise_ft_sweep",
+]
 
 
 def _load(model: Any) -> tuple[nn.Module, Any]:
@@ -42,8 +49,13 @@ def _check_alpha(alpha: float) -> float:
     return alpha
 
 
-def _interpolate_into(target: nn.Module, base_state: Mapping[str, torch.Tensor], tuned_state: Mapping[str, torch.Tensor],
-                      alpha: float, what: str) -> None:
+def _interpolate_into(
+    target: nn.Module,
+    base_state: Mapping[str, torch.Tensor],
+    tuned_state: Mapping[str, torch.Tensor],
+    alpha: float,
+    what: str,
+) -> None:
     """Set every floating tensor of `target` (same keys as both states) to `(1 − α)·base + α·tuned`."""
     missing = sorted(set(base_state) ^ set(tuned_state))
     if missing:
@@ -116,7 +128,9 @@ def wise_ft(base: Any, tuned: Any, alpha: float = 0.5) -> nn.Module:
         raise ValueError("`base` is required unless `tuned` is a LoRA adapter (which knows its base model).")
     base, _ = _load(base)
     if _is_peft(base):
-        raise ValueError("`base` is a peft model; pass the plain base model (or `None`) and the adapter as `tuned`.")
+        raise ValueError(
+            "`base` is a peft model; pass the plain base model (or `None`) and the adapter as `tuned`."
+        )
     mixed = copy.deepcopy(base)
     _interpolate_into(mixed, base.state_dict(), tuned.state_dict(), alpha, "wise_ft")
     return mixed
@@ -125,10 +139,14 @@ def wise_ft(base: Any, tuned: Any, alpha: float = 0.5) -> nn.Module:
 def _wise_ft_adapter(base: Any, tuned: nn.Module, alpha: float) -> nn.Module:
     for name, config in tuned.peft_config.items():
         if getattr(config, "use_dora", False):
-            raise ValueError(f"Adapter {name!r} is a DoRA adapter; its update is not linear in the adapter weights, "
-                             "so scaling it is no weight interpolation. Merge it and interpolate full models.")
+            raise ValueError(
+                f"Adapter {name!r} is a DoRA adapter; its update is not linear in the adapter weights, "
+                "so scaling it is no weight interpolation. Merge it and interpolate full models."
+            )
         if type(config).__name__ != "LoraConfig":
-            raise ValueError(f"Adapter {name!r} is a {type(config).__name__}; wise_ft scales LoRA adapters only.")
+            raise ValueError(
+                f"Adapter {name!r} is a {type(config).__name__}; wise_ft scales LoRA adapters only."
+            )
     if base is not None:
         base, _ = _load(base)
         _check_same_base(base, tuned)
@@ -144,8 +162,13 @@ def _wise_ft_adapter(base: Any, tuned: nn.Module, alpha: float) -> nn.Module:
             if original is None or not isinstance(copies, nn.ModuleDict):
                 continue
             for copy_module in copies.values():
-                _interpolate_into(copy_module, original.state_dict(), copy_module.state_dict(), alpha,
-                                  "wise_ft (modules_to_save)")
+                _interpolate_into(
+                    copy_module,
+                    original.state_dict(),
+                    copy_module.state_dict(),
+                    alpha,
+                    "wise_ft (modules_to_save)",
+                )
     return mixed
 
 
@@ -155,7 +178,11 @@ def _base_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, value in model.state_dict().items():
         if "lora_" in name or "modules_to_save" in name:
             continue
-        name = name.removeprefix("base_model.model.").replace(".base_layer.", ".").replace(".original_module.", ".")
+        name = (
+            name.removeprefix("base_model.model.")
+            .replace(".base_layer.", ".")
+            .replace(".original_module.", ".")
+        )
         weights[name] = value
     return weights
 
@@ -164,7 +191,9 @@ def _check_same_base(base: nn.Module, tuned: nn.Module) -> None:
     expected = _base_weights(tuned)
     for name, value in base.state_dict().items():
         other = expected.get(name)
-        if other is not None and (other.shape != value.shape or not torch.equal(other.to(value.device), value)):
+        if other is not None and (
+            other.shape != value.shape or not torch.equal(other.to(value.device), value)
+        ):
             raise ValueError(
                 f"`base` is not the model the adapter was trained on: weight {name!r} differs. Pass the adapter's "
                 "base model, or `base=None` to use the one the adapter holds."
@@ -219,10 +248,19 @@ def wise_ft_sweep(
         model = wise_ft(base_model, tuned_model, alpha).eval()
         row: dict[str, float] = {"alpha": float(alpha)}
         for name, dataset in eval_datasets.items():
-            metrics = retrieval_metrics(model, processor, dataset, image_column=image_column,
-                                        caption_column=caption_column, ks=tuple(ks), batch_size=batch_size)
+            metrics = retrieval_metrics(
+                model,
+                processor,
+                dataset,
+                image_column=image_column,
+                caption_column=caption_column,
+                ks=tuple(ks),
+                batch_size=batch_size,
+            )
             if metric not in metrics:
-                raise ValueError(f"`metric={metric!r}` is not a retrieval metric; choose one of {sorted(metrics)}.")
+                raise ValueError(
+                    f"`metric={metric!r}` is not a retrieval metric; choose one of {sorted(metrics)}."
+                )
             row.update({f"{name}/{key}": float(value) for key, value in metrics.items()})
         row["mean"] = sum(row[f"{name}/{metric}"] for name in eval_datasets) / len(eval_datasets)
         rows.append(row)
@@ -234,8 +272,12 @@ def best_alpha(rows: Sequence[Mapping[str, float]]) -> float:
     return max(rows, key=lambda row: row["mean"])["alpha"]
 
 
-def plot_wise_ft_sweep(rows: Sequence[Mapping[str, float]], path: str | os.PathLike[str],
-                       metric: str = "image_to_text_recall@1", title: str | None = None) -> str:
+def plot_wise_ft_sweep(
+    rows: Sequence[Mapping[str, float]],
+    path: str | os.PathLike[str],
+    metric: str = "image_to_text_recall@1",
+    title: str | None = None,
+) -> str:
     """Draw a sweep of [`wise_ft_sweep`]: `metric` against `alpha`, one line per eval set; returns `path`."""
     import matplotlib
 

@@ -249,7 +249,9 @@ def build_siglip(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = SiglipModel(config)
-    processor = SiglipProcessor(image_processor=_clip_image_processor(vision_kwargs["image_size"]), tokenizer=tokenizer)
+    processor = SiglipProcessor(
+        image_processor=_clip_image_processor(vision_kwargs["image_size"]), tokenizer=tokenizer
+    )
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)
         model.save_pretrained(output_dir)

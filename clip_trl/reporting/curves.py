@@ -49,7 +49,11 @@ def _eval_keys(log_history: Sequence[dict[str, Any]], metric: str) -> list[str]:
     keys: list[str] = []
     for entry in log_history:
         for key in entry:
-            if key.startswith("eval_") and (key == f"eval_{metric}" or key.endswith(f"_{metric}")) and key not in keys:
+            if (
+                key.startswith("eval_")
+                and (key == f"eval_{metric}" or key.endswith(f"_{metric}"))
+                and key not in keys
+            ):
                 keys.append(key)
     return keys
 
@@ -57,7 +61,9 @@ def _eval_keys(log_history: Sequence[dict[str, Any]], metric: str) -> list[str]:
 def _label(key: str, metric: str = "") -> str:
     """`eval_val_image_to_text_recall@1` -> "val image→text recall@1"; `eval_loss` -> "eval" (metric "loss")."""
     name = key.removeprefix("eval_").removesuffix(metric).strip("_")
-    name = name.replace("_", " ").replace("image to text", "image→text").replace("text to image", "text→image")
+    name = (
+        name.replace("_", " ").replace("image to text", "image→text").replace("text to image", "text→image")
+    )
     return name or "eval"
 
 
@@ -96,22 +102,45 @@ def plot_training_curves(log_history: Sequence[dict[str, Any]], path: str | os.P
     panels: list[tuple[str, str, list[tuple[str, tuple[list[float], list[float]], Any]]]] = []
 
     loss_lines = [("train", _train_series(log_history, "loss"), None)]
-    loss_lines += [(f"eval {_label(key, 'loss')}".removesuffix(" eval"), _series(log_history, key), None)
-                   for key in _eval_keys(log_history, "loss")]
+    loss_lines += [
+        (f"eval {_label(key, 'loss')}".removesuffix(" eval"), _series(log_history, key), None)
+        for key in _eval_keys(log_history, "loss")
+    ]
     panels.append(("Loss", "loss", loss_lines))
     reward_std = _train_series(log_history, "reward_std")
     panels.append(("Reward", "mean reward", [("reward", _train_series(log_history, "reward"), reward_std)]))
-    panels.append(("KL to the reference policy", "KL(π ‖ π_ref)", [("KL", _train_series(log_history, "kl"), None)]))
+    panels.append(
+        ("KL to the reference policy", "KL(π ‖ π_ref)", [("KL", _train_series(log_history, "kl"), None)])
+    )
     # Preference optimization (DPO / IPO): TRL's implicit-reward metrics.
-    panels.append(("Implicit rewards β·log(π/π_ref)", "reward",
-                   [(name.removeprefix("rewards/"), _train_series(log_history, name), None)
-                    for name in ("rewards/chosen", "rewards/rejected", "rewards/margins")]))
-    panels.append(("Preference (reward) accuracy", "rewards/accuracies",
-                   [("train", _train_series(log_history, "rewards/accuracies"), None)]
-                   + [(_label(key, "rewards/accuracies"), _series(log_history, key), None)
-                      for key in _eval_keys(log_history, "rewards/accuracies")]))
-    panels.append(("Evaluation recall@1", "recall@1",
-                   [(_label(key), _series(log_history, key), None) for key in _eval_keys(log_history, "recall@1")]))
+    panels.append(
+        (
+            "Implicit rewards β·log(π/π_ref)",
+            "reward",
+            [
+                (name.removeprefix("rewards/"), _train_series(log_history, name), None)
+                for name in ("rewards/chosen", "rewards/rejected", "rewards/margins")
+            ],
+        )
+    )
+    panels.append(
+        (
+            "Preference (reward) accuracy",
+            "rewards/accuracies",
+            [("train", _train_series(log_history, "rewards/accuracies"), None)]
+            + [
+                (_label(key, "rewards/accuracies"), _series(log_history, key), None)
+                for key in _eval_keys(log_history, "rewards/accuracies")
+            ],
+        )
+    )
+    panels.append(
+        (
+            "Evaluation recall@1",
+            "recall@1",
+            [(_label(key), _series(log_history, key), None) for key in _eval_keys(log_history, "recall@1")],
+        )
+    )
     panels = [(title, ylabel, [line for line in lines if line[1][0]]) for title, ylabel, lines in panels]
     panels = [panel for panel in panels if panel[2]]
     if not panels:
@@ -124,8 +153,14 @@ def plot_training_curves(log_history: Sequence[dict[str, Any]], path: str | os.P
 
     columns = min(2, len(panels))
     rows = math.ceil(len(panels) / columns)
-    style = {"font.size": _FONT_SIZE, "axes.titlesize": _FONT_SIZE + 2, "axes.labelsize": _FONT_SIZE + 1,
-             "xtick.labelsize": _FONT_SIZE, "ytick.labelsize": _FONT_SIZE, "legend.fontsize": _FONT_SIZE}
+    style = {
+        "font.size": _FONT_SIZE,
+        "axes.titlesize": _FONT_SIZE + 2,
+        "axes.labelsize": _FONT_SIZE + 1,
+        "xtick.labelsize": _FONT_SIZE,
+        "ytick.labelsize": _FONT_SIZE,
+        "legend.fontsize": _FONT_SIZE,
+    }
     with rc_context(style):
         figure = Figure(figsize=(_PANEL_SIZE[0] * columns, _PANEL_SIZE[1] * rows), layout="constrained")
         FigureCanvasAgg(figure)
@@ -145,7 +180,7 @@ def plot_training_curves(log_history: Sequence[dict[str, Any]], path: str | os.P
             ax.grid(True, alpha=0.3)
             if len(lines) > 1 or lines[0][2] is not None:
                 ax.legend()
-        for ax in axes[len(panels):]:
+        for ax in axes[len(panels) :]:
             ax.set_visible(False)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         figure.savefig(path, dpi=110)
@@ -178,7 +213,9 @@ class TrainingCurvesCallback(TrainerCallback):
     def plot(self, args: Any, state: Any) -> str | None:
         """Draw the picture for this run's `state.log_history` into `args.output_dir`."""
         try:
-            path = plot_training_curves(state.log_history, os.path.join(args.output_dir, TRAINING_CURVES_FILENAME))
+            path = plot_training_curves(
+                state.log_history, os.path.join(args.output_dir, TRAINING_CURVES_FILENAME)
+            )
         except Exception as error:  # noqa: BLE001 - a picture is not worth losing a finished run over
             logger.warning(f"Could not draw the training curves: {type(error).__name__}: {error}")
             return None

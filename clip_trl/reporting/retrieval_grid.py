@@ -109,10 +109,17 @@ def plot_retrieval_examples(
     row_height = 0.42 * k + 0.75
     figure = Figure(figsize=(1.7 + text_width * len(names), 0.9 + row_height * len(rows)), dpi=110)
     FigureCanvasAgg(figure)
-    grid = figure.add_gridspec(len(rows), 1 + len(names), width_ratios=[1.7] + [text_width] * len(names),
-                               left=0.01, right=0.99, top=1 - 0.4 / figure.get_figheight(),
-                               bottom=0.45 / figure.get_figheight(),
-                               wspace=0.04, hspace=0.25)
+    grid = figure.add_gridspec(
+        len(rows),
+        1 + len(names),
+        width_ratios=[1.7] + [text_width] * len(names),
+        left=0.01,
+        right=0.99,
+        top=1 - 0.4 / figure.get_figheight(),
+        bottom=0.45 / figure.get_figheight(),
+        wspace=0.04,
+        hspace=0.25,
+    )
     for i, (row, cell) in enumerate(zip(rows, images)):
         image_axes = figure.add_subplot(grid[i, 0])
         image_axes.imshow(np.asarray(load_image(cell)), interpolation="nearest")
@@ -129,8 +136,17 @@ def plot_retrieval_examples(
             for rank, (caption, correct) in enumerate(top_captions(embeddings[name], row, k), start=1):
                 mark = "✓" if correct else "✗"
                 text = f"{rank}. {mark} {_short(caption)}"
-                axes.text(0.02, y, text, transform=axes.transAxes, va="top", ha="left", fontsize=_FONT_SIZE,
-                          color=_CORRECT if correct else _WRONG, fontweight="bold" if correct else "normal")
+                axes.text(
+                    0.02,
+                    y,
+                    text,
+                    transform=axes.transAxes,
+                    va="top",
+                    ha="left",
+                    fontsize=_FONT_SIZE,
+                    color=_CORRECT if correct else _WRONG,
+                    fontweight="bold" if correct else "normal",
+                )
                 y -= (0.9 / k) * (1 + text.count("\n") * 0.55)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     figure.savefig(path)

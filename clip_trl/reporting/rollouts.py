@@ -136,25 +136,32 @@ def query_rollouts(
     for b in sorted(grouped):
         choices = []
         for k, positions in grouped[b].items():
-            choices.append(Choice(
-                index=k,
-                text=candidates[b][k],
-                count=len(positions),
-                prob=float(probs[b][k]),
-                rewards={name: _mean(per_function[i][j] for i in positions) for j, name in enumerate(reward_names)},
-                reward=_mean(total[i] for i in positions),
-                advantage=_mean(advantages[i] for i in positions),
-            ))
+            choices.append(
+                Choice(
+                    index=k,
+                    text=candidates[b][k],
+                    count=len(positions),
+                    prob=float(probs[b][k]),
+                    rewards={
+                        name: _mean(per_function[i][j] for i in positions)
+                        for j, name in enumerate(reward_names)
+                    },
+                    reward=_mean(total[i] for i in positions),
+                    advantage=_mean(advantages[i] for i in positions),
+                )
+            )
         choices.sort(key=lambda c: (-c.count, -c.prob))
         truth = ground_truth[b]
-        out.append(QueryRollout(
-            query=queries[b] if queries is not None else None,
-            ground_truth=" | ".join(truth) if isinstance(truth, (list, tuple)) else truth,
-            candidates=list(candidates[b]),
-            probs=[float(p) for p in probs[b][: len(candidates[b])]],
-            choices=choices,
-            image=thumbnail(images[b]) if images[b] is not None else None,
-        ))
+        out.append(
+            QueryRollout(
+                query=queries[b] if queries is not None else None,
+                ground_truth=" | ".join(truth) if isinstance(truth, (list, tuple)) else truth,
+                candidates=list(candidates[b]),
+                probs=[float(p) for p in probs[b][: len(candidates[b])]],
+                choices=choices,
+                image=thumbnail(images[b]) if images[b] is not None else None,
+            )
+        )
     return out
 
 
@@ -171,8 +178,10 @@ def _top_text(rollout: QueryRollout, k: int = TOP_CANDIDATES) -> str:
 
 def _choices_text(rollout: QueryRollout) -> str:
     shown = CHOICES_SHOWN["text"]
-    text = "; ".join(f"{c.count}× {c.text} → {_format(c.reward, 2)} (A {_format(c.advantage, 2)})"
-                     for c in rollout.choices[:shown])
+    text = "; ".join(
+        f"{c.count}× {c.text} → {_format(c.reward, 2)} (A {_format(c.advantage, 2)})"
+        for c in rollout.choices[:shown]
+    )
     hidden = len(rollout.choices) - shown
     return text + (f"; … {hidden} more" if hidden > 0 else "")
 
@@ -183,22 +192,24 @@ def to_records(rollouts: Sequence[QueryRollout], reward_names: Sequence[str]) ->
     for q, rollout in enumerate(rollouts):
         top = rollout.top_candidates()
         for choice in rollout.choices:
-            records.append({
-                "step": rollout.step,
-                "query_index": q,
-                "image_file": rollout.image_file,
-                "query": rollout.query,
-                "ground_truth": rollout.ground_truth,
-                "top_candidates": [text for text, _ in top],
-                "top_probs": [prob for _, prob in top],
-                "choice": choice.text,
-                "choice_index": choice.index,
-                "count": choice.count,
-                "prob": choice.prob,
-                **{f"reward/{name}": choice.rewards.get(name) for name in reward_names},
-                "reward": choice.reward,
-                "advantage": choice.advantage,
-            })
+            records.append(
+                {
+                    "step": rollout.step,
+                    "query_index": q,
+                    "image_file": rollout.image_file,
+                    "query": rollout.query,
+                    "ground_truth": rollout.ground_truth,
+                    "top_candidates": [text for text, _ in top],
+                    "top_probs": [prob for _, prob in top],
+                    "choice": choice.text,
+                    "choice_index": choice.index,
+                    "count": choice.count,
+                    "prob": choice.prob,
+                    **{f"reward/{name}": choice.rewards.get(name) for name in reward_names},
+                    "reward": choice.reward,
+                    "advantage": choice.advantage,
+                }
+            )
     return records
 
 
@@ -209,38 +220,58 @@ def from_records(records: Sequence[dict[str, Any]]) -> list[QueryRollout]:
         key = (int(record["step"]), int(record["query_index"]))
         if key not in grouped:
             grouped[key] = QueryRollout(
-                query=record.get("query"), ground_truth=record.get("ground_truth"),
-                candidates=list(record["top_candidates"]), probs=[float(p) for p in record["top_probs"]],
-                choices=[], image_file=record.get("image_file"), step=key[0],
+                query=record.get("query"),
+                ground_truth=record.get("ground_truth"),
+                candidates=list(record["top_candidates"]),
+                probs=[float(p) for p in record["top_probs"]],
+                choices=[],
+                image_file=record.get("image_file"),
+                step=key[0],
             )
-        rewards = {name.removeprefix("reward/"): _number(value) for name, value in record.items()
-                   if name.startswith("reward/")}
-        grouped[key].choices.append(Choice(
-            index=int(record["choice_index"]), text=record["choice"], count=int(record["count"]),
-            prob=float(record["prob"]), rewards=rewards, reward=_number(record["reward"]),
-            advantage=_number(record["advantage"]),
-        ))
+        rewards = {
+            name.removeprefix("reward/"): _number(value)
+            for name, value in record.items()
+            if name.startswith("reward/")
+        }
+        grouped[key].choices.append(
+            Choice(
+                index=int(record["choice_index"]),
+                text=record["choice"],
+                count=int(record["count"]),
+                prob=float(record["prob"]),
+                rewards=rewards,
+                reward=_number(record["reward"]),
+                advantage=_number(record["advantage"]),
+            )
+        )
     return [grouped[key] for key in sorted(grouped)]
 
 
 def markdown_table(rollouts: Sequence[QueryRollout], image_prefix: str | None = None) -> str:
     """A Markdown table of the rollouts (TensorBoard's text panel, the model card). With `image_prefix`, each
     row shows its thumbnail from `image_prefix/image_file`."""
+
     def cell(text: Any) -> str:
         return html.escape(str(text if text is not None else "–")).replace("|", "\\|").replace("\n", " ")
 
     image_column = image_prefix is not None
     query_column = any(rollout.query for rollout in rollouts)  # text_to_image: the caption that chose
-    header = (["image"] if image_column else []) + (["query"] if query_column else []) + [
-        "ground truth", "top candidates (π)", "chosen → reward (advantage)"]
+    header = (
+        (["image"] if image_column else [])
+        + (["query"] if query_column else [])
+        + ["ground truth", "top candidates (π)", "chosen → reward (advantage)"]
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for rollout in rollouts:
         row = []
         if image_column:
             path = f"{image_prefix.rstrip('/')}/{rollout.image_file}" if rollout.image_file else None
             row.append(f"![step {rollout.step}]({path})" if path else "–")
-        row += ([cell(rollout.query)] if query_column else []) + [cell(rollout.ground_truth), cell(_top_text(rollout)),
-                cell(_choices_text(rollout))]
+        row += ([cell(rollout.query)] if query_column else []) + [
+            cell(rollout.ground_truth),
+            cell(_top_text(rollout)),
+            cell(_choices_text(rollout)),
+        ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -256,7 +287,7 @@ def print_rollouts(rollouts: Sequence[QueryRollout], step: int, reward_names: Se
     for name in ("ground truth", "most likely (π)", "chosen", "π", *reward_names, "reward", "advantage"):
         table.add_column(name, overflow="fold")
     for rollout in rollouts:
-        (best, best_prob), = rollout.top_candidates(1)
+        ((best, best_prob),) = rollout.top_candidates(1)
         for i, choice in enumerate(rollout.choices[: CHOICES_SHOWN["text"]]):
             first = i == 0
             table.add_row(
@@ -274,13 +305,18 @@ def print_rollouts(rollouts: Sequence[QueryRollout], step: int, reward_names: Se
 # -------------------------------------------------------------------------------------------------- files
 
 
-def render_html(steps: Sequence[tuple[int, Sequence[QueryRollout]]], reward_names: Sequence[str],
-                title: str = "clip_trl rollouts") -> str:
+def render_html(
+    steps: Sequence[tuple[int, Sequence[QueryRollout]]],
+    reward_names: Sequence[str],
+    title: str = "clip_trl rollouts",
+) -> str:
     """A self-contained page (no script) of the given steps' rollouts, latest step first; thumbnails are linked
     relative to the page."""
     esc = html.escape
     parts = [
-        "<!doctype html>", "<html><head><meta charset='utf-8'>", f"<title>{esc(title)}</title>",
+        "<!doctype html>",
+        "<html><head><meta charset='utf-8'>",
+        f"<title>{esc(title)}</title>",
         "<style>body{font-family:sans-serif;margin:1.5em;color:#222}"
         ".query{display:flex;gap:1em;border-top:1px solid #ddd;padding:.8em 0}"
         ".query img{width:96px;height:auto;image-rendering:pixelated;border:1px solid #ccc;align-self:flex-start}"
@@ -303,22 +339,30 @@ def render_html(steps: Sequence[tuple[int, Sequence[QueryRollout]]], reward_name
             parts.append("<div>")
             if rollout.query:
                 parts.append(f"<div>query: <b>{esc(rollout.query)}</b></div>")
-            parts.append(f"<div>ground truth: <span class='truth'>{esc(rollout.ground_truth or '–')}</span></div>")
+            parts.append(
+                f"<div>ground truth: <span class='truth'>{esc(rollout.ground_truth or '–')}</span></div>"
+            )
             parts.append("<table><tr><th>candidate</th><th>π</th><th></th></tr>")
             top = rollout.top_candidates()
             for text, prob in top:
                 style = " class='truth'" if text in truths else ""
-                parts.append(f"<tr><td{style}>{esc(text)}</td><td>{prob:.3f}</td>"
-                             f"<td><span class='bar' style='width:{max(1, round(120 * prob))}px'></span></td></tr>")
+                parts.append(
+                    f"<tr><td{style}>{esc(text)}</td><td>{prob:.3f}</td>"
+                    f"<td><span class='bar' style='width:{max(1, round(120 * prob))}px'></span></td></tr>"
+                )
             shown = {text for text, _ in top}
             ranked = sorted(range(len(rollout.probs)), key=lambda i: -rollout.probs[i])
             for rank, i in enumerate(ranked, start=1):  # a ground truth below the top: where π puts it
                 if rollout.candidates[i] in truths and rollout.candidates[i] not in shown:
-                    parts.append(f"<tr><td class='truth'>{esc(rollout.candidates[i])} (rank {rank} of "
-                                 f"{len(ranked)})</td><td>{rollout.probs[i]:.3f}</td><td></td></tr>")
-            parts.append("</table><table style='margin-top:.4em'><tr><th>chosen</th><th>times</th><th>π</th>"
-                         + "".join(f"<th>{esc(name)}</th>" for name in reward_names)
-                         + "<th>reward</th><th>advantage</th></tr>")
+                    parts.append(
+                        f"<tr><td class='truth'>{esc(rollout.candidates[i])} (rank {rank} of "
+                        f"{len(ranked)})</td><td>{rollout.probs[i]:.3f}</td><td></td></tr>"
+                    )
+            parts.append(
+                "</table><table style='margin-top:.4em'><tr><th>chosen</th><th>times</th><th>π</th>"
+                + "".join(f"<th>{esc(name)}</th>" for name in reward_names)
+                + "<th>reward</th><th>advantage</th></tr>"
+            )
             for choice in rollout.choices[: CHOICES_SHOWN["page"]]:
                 style = " class='truth'" if choice.text in truths else ""
                 parts.append(
@@ -328,8 +372,10 @@ def render_html(steps: Sequence[tuple[int, Sequence[QueryRollout]]], reward_name
                 )
             hidden = len(rollout.choices) - CHOICES_SHOWN["page"]
             if hidden > 0:
-                parts.append(f"<tr><td colspan='{5 + len(reward_names)}'>… {hidden} more (in the step's parquet "
-                             "file)</td></tr>")
+                parts.append(
+                    f"<tr><td colspan='{5 + len(reward_names)}'>… {hidden} more (in the step's parquet "
+                    "file)</td></tr>"
+                )
             parts.append("</table></div></div>")
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -396,7 +442,9 @@ class RolloutWriter:
                 rollout.image_file = f"images/{step:05d}_{q}.png"
                 rollout.image.save(os.path.join(self.folder, rollout.image_file))
         records = to_records(rollouts, self.reward_names)
-        pd.DataFrame.from_records(records).to_parquet(os.path.join(self.folder, f"rollouts_{step:05d}.parquet"))
+        pd.DataFrame.from_records(records).to_parquet(
+            os.path.join(self.folder, f"rollouts_{step:05d}.parquet")
+        )
         self._steps[step] = rollouts
         for old in sorted(self._steps)[:-HTML_STEPS]:
             del self._steps[old]

@@ -41,13 +41,17 @@ class GradedReward:
     ```
     """
 
-    def __init__(self, column: str = "group", kind_of: Mapping[str, str] | None = None, partial: float = 0.5) -> None:
+    def __init__(
+        self, column: str = "group", kind_of: Mapping[str, str] | None = None, partial: float = 0.5
+    ) -> None:
         self.column = column
         self.kind_of = dict(kind_of) if kind_of is not None else None
         self.partial = float(partial)
         self.__name__ = f"graded_{column}" if kind_of is None else "graded"
 
-    def __call__(self, completions: list[str], ground_truth: Sequence[Any], **kwargs: Any) -> list[float | None]:
+    def __call__(
+        self, completions: list[str], ground_truth: Sequence[Any], **kwargs: Any
+    ) -> list[float | None]:
         rewards: list[float | None] = []
         for i, (completion, truth) in enumerate(zip(completions, ground_truth)):
             truths = truth if isinstance(truth, (list, tuple)) else [truth]
@@ -72,9 +76,7 @@ class GradedReward:
         return rewards
 
 
-def greedy_graded_reward(
-    embeddings: EmbeddingSet, kinds: Sequence[str], partial: float = 0.5
-) -> float:
+def greedy_graded_reward(embeddings: EmbeddingSet, kinds: Sequence[str], partial: float = 0.5) -> float:
     """Mean graded reward of each image's greedy choice among every caption of the set.
 
     `kinds[i]` is row `i`'s kind; a caption's kind is that of the first row holding it. A hit (any of the row's
@@ -103,8 +105,10 @@ def greedy_graded_reward(
         for caption in embeddings.positives[row].nonzero().flatten().tolist():
             caption_kind.setdefault(caption, kinds[row])
     greedy = (embeddings.image_embeds.float() @ embeddings.text_embeds.float().T).argmax(dim=1).tolist()
-    scores = [1.0 if embeddings.positives[row, choice] else partial if caption_kind[choice] == kinds[row] else 0.0
-              for row, choice in enumerate(greedy)]
+    scores = [
+        1.0 if embeddings.positives[row, choice] else partial if caption_kind[choice] == kinds[row] else 0.0
+        for row, choice in enumerate(greedy)
+    ]
     return float(np.mean(scores))
 
 

@@ -74,7 +74,9 @@ class RewardSet:
     def __init__(self, reward_funcs: Any, weights: Sequence[float] | None = None) -> None:
         funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         if not funcs:
-            raise ValueError("`reward_funcs` is empty; pass at least one reward, e.g. `reward_funcs='correctness'`.")
+            raise ValueError(
+                "`reward_funcs` is empty; pass at least one reward, e.g. `reward_funcs='correctness'`."
+            )
         self.funcs: list[RewardFunction] = []
         self.names: list[str] = []
         for func in funcs:
@@ -95,8 +97,9 @@ class RewardSet:
                 f"`reward_weights` has {len(weights)} entries but there are {len(self.funcs)} reward "
                 f"functions ({', '.join(self.names)}); give one weight per function."
             )
-        self.weights = torch.tensor(list(weights) if weights is not None else [1.0] * len(self.funcs),
-                                    dtype=torch.float32)
+        self.weights = torch.tensor(
+            list(weights) if weights is not None else [1.0] * len(self.funcs), dtype=torch.float32
+        )
 
     def __len__(self) -> int:
         return len(self.funcs)
@@ -106,7 +109,9 @@ class RewardSet:
         columns = []
         for func, name in zip(self.funcs, self.names):
             values = call_reward(func, name, completions, kwargs)
-            columns.append(torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32))
+            columns.append(
+                torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
+            )
         matrix = torch.stack(columns, dim=1) if completions else torch.zeros(0, len(self.funcs))
         total = torch.nansum(matrix * self.weights[None, :], dim=1)
         total[torch.isnan(matrix).all(dim=1)] = math.nan
@@ -127,7 +132,9 @@ def call_reward(func: RewardFunction, name: str, completions: list[str], kwargs:
         values = func(completions, **kwargs)
     except Exception as error:
         index = _failing_completion(error, completions)
-        where = f"at index {index} (completion {completions[index]!r})" if index is not None else "on the batch"
+        where = (
+            f"at index {index} (completion {completions[index]!r})" if index is not None else "on the batch"
+        )
         raise RuntimeError(
             f"Reward function '{name}' raised {type(error).__name__}: {error} {where}, while scoring "
             f"{len(completions)} completions. Fix the reward, or return None for completions it cannot score."

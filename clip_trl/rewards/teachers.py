@@ -146,12 +146,16 @@ class ClipScoreReward:
         for start in range(0, len(images), self.batch_size):
             # Decoded per batch, not all at once, to bound memory with many large images.
             pil = [load_image(image) for image in images[start : start + self.batch_size]]
-            chunks.append(encoding.embed_images(self.model, None, pil, self.batch_size, image_transform=transform))
+            chunks.append(
+                encoding.embed_images(self.model, None, pil, self.batch_size, image_transform=transform)
+            )
         return torch.cat(chunks).to(self.device)
 
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:
         # The family's padding rule (SigLIP: max length), the same as in training and evaluation.
-        return encoding.embed_texts(self.model, self.tokenizer, texts, self.batch_size, self.max_length).to(self.device)
+        return encoding.embed_texts(self.model, self.tokenizer, texts, self.batch_size, self.max_length).to(
+            self.device
+        )
 
     def __call__(
         self,
@@ -319,8 +323,11 @@ class TeacherProbabilityReward(ClipScoreReward):
                 f"{name} scores an image's choice among candidate texts; it does not support "
                 "`direction='text_to_image'`. Use `ClipScoreReward` there."
             )
-        missing = [key for key, value in (("images", images), ("candidate_texts", candidate_texts),
-                                          ("chosen", chosen)) if value is None]
+        missing = [
+            key
+            for key, value in (("images", images), ("candidate_texts", candidate_texts), ("chosen", chosen))
+            if value is None
+        ]
         if missing:
             raise ValueError(
                 f"{name} needs the keyword arguments {', '.join(missing)} (the RL trainer passes them); "

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-
     pass
 
 # Below this learning rate a randomly initialised CLIP barely moves in a few epochs; the offline default model
@@ -85,7 +84,9 @@ class ScriptArguments:
     )
     dataset_test_split: str = field(
         default="test",
-        metadata={"help": "Split of the final test evaluation; made by a seeded 80/10/10 split when missing."},
+        metadata={
+            "help": "Split of the final test evaluation; made by a seeded 80/10/10 split when missing."
+        },
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep a seeded random subset of this many training rows."}
@@ -93,8 +94,12 @@ class ScriptArguments:
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Keep a seeded random subset of this many eval rows and test rows."}
     )
-    split_seed: int = field(default=42, metadata={"help": "Seed of the splits and subsets made by the script."})
-    validation_size: float = field(default=0.1, metadata={"help": "Fraction of rows for a split-made validation set."})
+    split_seed: int = field(
+        default=42, metadata={"help": "Seed of the splits and subsets made by the script."}
+    )
+    validation_size: float = field(
+        default=0.1, metadata={"help": "Fraction of rows for a split-made validation set."}
+    )
     test_size: float = field(default=0.1, metadata={"help": "Fraction of rows for a split-made test set."})
     offline_model_size: str = field(
         default="small",
@@ -104,12 +109,15 @@ class ScriptArguments:
         },
     )
     offline_image_size: int | None = field(
-        default=None, metadata={"help": "Input resolution of that random CLIP (multiple of 8); default: preset's."}
+        default=None,
+        metadata={"help": "Input resolution of that random CLIP (multiple of 8); default: preset's."},
     )
     train_shards: str | None = field(
         default=None,
-        metadata={"help": "Train on webdataset .tar shards (glob or comma-separated paths) instead of the train "
-                  "split; needs --max_steps."},
+        metadata={
+            "help": "Train on webdataset .tar shards (glob or comma-separated paths) instead of the train "
+            "split; needs --max_steps."
+        },
     )
     shuffle_buffer: int = field(default=1000, metadata={"help": "Shuffle buffer rows per shard reader."})
 
@@ -162,4 +170,6 @@ class RLScriptArguments(ScriptArguments):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.reward_funcs:
-            raise ValueError("`reward_funcs` is empty; name at least one reward, e.g. --reward_funcs correctness.")
+            raise ValueError(
+                "`reward_funcs` is empty; name at least one reward, e.g. --reward_funcs correctness."
+            )

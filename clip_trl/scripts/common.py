@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from trl import ModelConfig
 
 
-
 logger = logging.getLogger(__name__)
 
 
@@ -93,8 +92,11 @@ def resolve_model(
         if not os.path.isfile(os.path.join(base_dir, "config.json")):
             from clip_trl.offline import build_clip
 
-            logger.info("No --model_name_or_path: building a random %s CLIP in %s.", script_args.offline_model_size,
-                        base_dir)
+            logger.info(
+                "No --model_name_or_path: building a random %s CLIP in %s.",
+                script_args.offline_model_size,
+                base_dir,
+            )
             build_clip(
                 script_args.offline_model_size,
                 image_size=script_args.offline_image_size,

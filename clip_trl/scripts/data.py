@@ -44,7 +44,9 @@ def _cut(dataset: datasets.Dataset, fractions: list[float], seed: int) -> list[d
     order = np.random.default_rng(seed).permutation(len(dataset))
     sizes = [max(1, int(len(dataset) * fraction + 0.5)) for fraction in fractions]
     if sum(sizes) >= len(dataset):
-        raise ValueError(f"{len(dataset)} rows are too few to split off {fractions} and keep some for training.")
+        raise ValueError(
+            f"{len(dataset)} rows are too few to split off {fractions} and keep some for training."
+        )
     parts, end = [], len(dataset)
     for size in reversed(sizes):
         parts.insert(0, _take(dataset, order[end - size : end]))
@@ -87,7 +89,11 @@ def load_data(script_args: ScriptArguments) -> datasets.DatasetDict:
     import datasets
 
     args = script_args
-    train_name, eval_name, test_name = args.dataset_train_split, args.dataset_eval_split, args.dataset_test_split
+    train_name, eval_name, test_name = (
+        args.dataset_train_split,
+        args.dataset_eval_split,
+        args.dataset_test_split,
+    )
     if args.dataset_name is None:
         from clip_trl.offline import load_emoji_dataset
 
@@ -116,16 +122,27 @@ def load_data(script_args: ScriptArguments) -> datasets.DatasetDict:
             )
             logger.info(
                 "%r has only a %r split: cut it %d/%d/%d (seed %d) into %s / %s / %s.",
-                args.dataset_name, train_name, round(100 * (1 - args.validation_size - args.test_size)),
-                round(100 * args.validation_size), round(100 * args.test_size), args.split_seed,
-                train_name, eval_name, test_name,
+                args.dataset_name,
+                train_name,
+                round(100 * (1 - args.validation_size - args.test_size)),
+                round(100 * args.validation_size),
+                round(100 * args.test_size),
+                args.split_seed,
+                train_name,
+                eval_name,
+                test_name,
             )
         elif eval_name not in splits or test_name not in splits:
             missing = eval_name if eval_name not in splits else test_name
             size = args.validation_size if missing == eval_name else args.test_size
             splits[train_name], splits[missing] = _cut(train, [size], args.split_seed)
-            logger.info("Carved the missing %r split out of %r (%.0f%%, seed %d).", missing, train_name,
-                        100 * size, args.split_seed)
+            logger.info(
+                "Carved the missing %r split out of %r (%.0f%%, seed %d).",
+                missing,
+                train_name,
+                100 * size,
+                args.split_seed,
+            )
     result = datasets.DatasetDict(
         {
             train_name: _subset(splits[train_name], args.max_train_samples, args.split_seed),
@@ -135,7 +152,9 @@ def load_data(script_args: ScriptArguments) -> datasets.DatasetDict:
     )
     for split_name, split in result.items():
         if len(split) == 0:
-            raise ValueError(f"Split {split_name!r} of {args.dataset_name or 'the emoji data set'!r} is empty.")
+            raise ValueError(
+                f"Split {split_name!r} of {args.dataset_name or 'the emoji data set'!r} is empty."
+            )
     return result
 
 
@@ -148,5 +167,10 @@ def train_dataset(script_args: ScriptArguments, training_args: Any, data: datase
     if training_args.max_steps is None or training_args.max_steps <= 0:
         raise ValueError("`--train_shards` streams the data (no length is known): set `--max_steps`.")
     files = [f.strip() for f in script_args.train_shards.split(",") if f.strip()]
-    return ShardStream(files, image_column=training_args.image_column, caption_column=training_args.caption_column,
-                       shuffle_buffer=script_args.shuffle_buffer, seed=training_args.seed)
+    return ShardStream(
+        files,
+        image_column=training_args.image_column,
+        caption_column=training_args.caption_column,
+        shuffle_buffer=script_args.shuffle_buffer,
+        seed=training_args.seed,
+    )

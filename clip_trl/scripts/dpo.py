@@ -37,15 +37,19 @@ class DPOScriptArguments(ScriptArguments):
     """
 
     pairs_from_column: str = field(
-        default="caption", metadata={"help": "Caption column that preference pairs are made from (when needed)."}
+        default="caption",
+        metadata={"help": "Caption column that preference pairs are made from (when needed)."},
     )
     group_column: str | None = field(
-        default="group", metadata={"help": "Rejected captions come from rows of the same value of this column."}
+        default="group",
+        metadata={"help": "Rejected captions come from rows of the same value of this column."},
     )
     num_rejected: int = field(default=1, metadata={"help": "Rejected (near-miss) captions per row."})
 
 
-def load_preference_data(script_args: DPOScriptArguments, training_args: ClipDPOConfig) -> datasets.DatasetDict:
+def load_preference_data(
+    script_args: DPOScriptArguments, training_args: ClipDPOConfig
+) -> datasets.DatasetDict:
     """The run's splits (see [`~clip_trl.scripts.data.load_data`]) with `chosen` / `rejected` columns.
 
     Example:
@@ -75,16 +79,31 @@ def load_preference_data(script_args: DPOScriptArguments, training_args: ClipDPO
         )
     # Rejected captions come from every row of every split, before any `max_*_samples` subsampling: a subsample
     # may leave a group with a single row, and held-out pairs should be as hard as training pairs.
-    full = data if script_args.max_train_samples is None and script_args.max_eval_samples is None else load_data(
-        dataclasses.replace(script_args, max_train_samples=None, max_eval_samples=None))
-    pool = [(caption, row_group) for split in full.values()
-            for caption, row_group in zip(split[column], split[group] if group else [None] * len(split))]
-    return data.__class__({
-        name: near_miss_pairs(split, caption_column=column, group_column=group, pool=pool,
-                              num_rejected=script_args.num_rejected, chosen_column=training_args.chosen_column,
-                              rejected_column=training_args.rejected_column, seed=script_args.split_seed)
-        for name, split in data.items()
-    })
+    full = (
+        data
+        if script_args.max_train_samples is None and script_args.max_eval_samples is None
+        else load_data(dataclasses.replace(script_args, max_train_samples=None, max_eval_samples=None))
+    )
+    pool = [
+        (caption, row_group)
+        for split in full.values()
+        for caption, row_group in zip(split[column], split[group] if group else [None] * len(split))
+    ]
+    return data.__class__(
+        {
+            name: near_miss_pairs(
+                split,
+                caption_column=column,
+                group_column=group,
+                pool=pool,
+                num_rejected=script_args.num_rejected,
+                chosen_column=training_args.chosen_column,
+                rejected_column=training_args.rejected_column,
+                seed=script_args.split_seed,
+            )
+            for name, split in data.items()
+        }
+    )
 
 
 def run_dpo(

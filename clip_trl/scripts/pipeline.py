@@ -109,39 +109,57 @@ class PipelineArguments:
             and 32 eval/test rows, one epoch per stage — applied to the fields left at their defaults.
     """
 
-    output_dir: str = field(default="clip_trl_pipeline", metadata={"help": "Folder of everything the run writes."})
+    output_dir: str = field(
+        default="clip_trl_pipeline", metadata={"help": "Folder of everything the run writes."}
+    )
     model: str | None = field(
         default=None,
-        metadata={"help": "Hub id or folder of the starting model (default: a random small CLIP, built offline)."},
+        metadata={
+            "help": "Hub id or folder of the starting model (default: a random small CLIP, built offline)."
+        },
     )
     dataset: str | None = field(
         default=None,
-        metadata={"help": "Hub id, save_to_disk folder or load_dataset path (default: the offline emoji set)."},
+        metadata={
+            "help": "Hub id, save_to_disk folder or load_dataset path (default: the offline emoji set)."
+        },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Data set configuration name."})
     image_column: str = field(default="image", metadata={"help": "Column holding the images."})
     caption_column: str = field(default="caption", metadata={"help": "Column holding the captions."})
-    seed: int = field(default=42, metadata={"help": "Seed of the split, the offline model's weights and training."})
-    contrastive_epochs: float = field(default=DEFAULT_CONTRASTIVE["epochs"], metadata={"help": "Contrastive epochs."})
+    seed: int = field(
+        default=42, metadata={"help": "Seed of the split, the offline model's weights and training."}
+    )
+    contrastive_epochs: float = field(
+        default=DEFAULT_CONTRASTIVE["epochs"], metadata={"help": "Contrastive epochs."}
+    )
     contrastive_learning_rate: float = field(
-        default=DEFAULT_CONTRASTIVE["learning_rate"], metadata={"help": "Contrastive peak learning rate (cosine)."}
+        default=DEFAULT_CONTRASTIVE["learning_rate"],
+        metadata={"help": "Contrastive peak learning rate (cosine)."},
     )
     contrastive_batch_size: int = field(
         default=DEFAULT_CONTRASTIVE["batch_size"], metadata={"help": "Contrastive batch size (per device)."}
     )
     rl_epochs: float = field(default=DEFAULT_RL["epochs"], metadata={"help": "RL epochs."})
-    rl_learning_rate: float = field(default=DEFAULT_RL["learning_rate"], metadata={"help": "RL learning rate."})
+    rl_learning_rate: float = field(
+        default=DEFAULT_RL["learning_rate"], metadata={"help": "RL learning rate."}
+    )
     rl_batch_size: int = field(
         default=DEFAULT_RL["batch_size"], metadata={"help": "RL batch size (per device): the candidate set."}
     )
-    num_samples: int = field(default=DEFAULT_RL["num_samples"], metadata={"help": "RL actions sampled per image."})
+    num_samples: int = field(
+        default=DEFAULT_RL["num_samples"], metadata={"help": "RL actions sampled per image."}
+    )
     advantage: str = field(
         default=DEFAULT_RL["advantage"],
         metadata={"help": "RL advantage estimator.", "choices": ["grpo", "rloo", "exact"]},
     )
-    beta: float = field(default=DEFAULT_RL["beta"], metadata={"help": "RL KL weight to the contrastive model."})
+    beta: float = field(
+        default=DEFAULT_RL["beta"], metadata={"help": "RL KL weight to the contrastive model."}
+    )
     contrastive_coef: float = field(
-        default=DEFAULT_RL["contrastive_coef"], metadata={"help": "Weight of the contrastive loss mixed into RL."}
+        default=DEFAULT_RL["contrastive_coef"],
+        metadata={"help": "Weight of the contrastive loss mixed into RL."},
     )
     policy_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the policy."})
     reward_funcs: list[str] | None = field(
@@ -155,7 +173,9 @@ class PipelineArguments:
     in_batch_size: int = field(
         default=32, metadata={"help": "Candidate-set size of in_batch_accuracy and of the mean reward."}
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Seeded subset of the training rows."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Seeded subset of the training rows."}
+    )
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Seeded subset of the validation rows and of the test rows."}
     )
@@ -170,7 +190,9 @@ class PipelineArguments:
     num_examples: int = field(default=6, metadata={"help": "Test images in the retrieval-examples picture."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
     use_cpu: bool = field(default=False, metadata={"help": "Train on the CPU even when a GPU is present."})
-    report_to: str = field(default="none", metadata={"help": "Trackers to report to (tensorboard, wandb, ...)."})
+    report_to: str = field(
+        default="none", metadata={"help": "Trackers to report to (tensorboard, wandb, ...)."}
+    )
     quick: bool = field(
         default=False,
         metadata={"help": "Tiny smoke run (tiny model, 64/32/32 rows, 1 epoch per stage) for tests."},
@@ -183,10 +205,14 @@ class PipelineArguments:
                 if getattr(self, name) == defaults[name]:
                     setattr(self, name, value)
         if self.reward_funcs is not None and not self.reward_funcs:
-            raise ValueError("`reward_funcs` is empty; name at least one reward, e.g. --reward_funcs correctness.")
+            raise ValueError(
+                "`reward_funcs` is empty; name at least one reward, e.g. --reward_funcs correctness."
+            )
         for name in ("contrastive_batch_size", "rl_batch_size", "in_batch_size"):
             if getattr(self, name) < 2:
-                raise ValueError(f"`{name}` must be at least 2 (the batch is the set of negatives/candidates).")
+                raise ValueError(
+                    f"`{name}` must be at least 2 (the batch is the set of negatives/candidates)."
+                )
         if self.num_examples < 0:
             raise ValueError(f"`num_examples` must be 0 or more, got {self.num_examples}.")
 
@@ -202,8 +228,9 @@ def _check_pipeline_rewards(names: Sequence[str], columns: Sequence[str]) -> lis
     return list(names)
 
 
-def _trainer_kwargs(args: PipelineArguments, output_dir: str, epochs: float, batch_size: int, lr: float,
-                    steps_per_epoch: int) -> dict[str, Any]:
+def _trainer_kwargs(
+    args: PipelineArguments, output_dir: str, epochs: float, batch_size: int, lr: float, steps_per_epoch: int
+) -> dict[str, Any]:
     return {
         "output_dir": output_dir,
         "num_train_epochs": epochs,
@@ -269,8 +296,10 @@ def run_pipeline(args: PipelineArguments) -> dict[str, Any]:
     )
     data = load_data(script_args)
     train, validation, test = data["train"], data["validation"], data["test"]
-    reward_names = list(args.reward_funcs) if args.reward_funcs is not None else (
-        [DEFAULT_RL["reward"]] if "group" in train.column_names else ["correctness"]
+    reward_names = (
+        list(args.reward_funcs)
+        if args.reward_funcs is not None
+        else ([DEFAULT_RL["reward"]] if "group" in train.column_names else ["correctness"])
     )
     reward_funcs = _check_pipeline_rewards(reward_names, train.column_names)
     eval_kwargs = {
@@ -286,14 +315,24 @@ def run_pipeline(args: PipelineArguments) -> dict[str, Any]:
     contrastive_dir = os.path.join(out, "clip_finetuned")
     rl_dir = os.path.join(out, "clip_rl_finetuned")
     contrastive_args = ClipContrastiveConfig(
-        **_trainer_kwargs(args, contrastive_dir, args.contrastive_epochs, args.contrastive_batch_size,
-                          args.contrastive_learning_rate, math.ceil(len(train) / args.contrastive_batch_size)),
+        **_trainer_kwargs(
+            args,
+            contrastive_dir,
+            args.contrastive_epochs,
+            args.contrastive_batch_size,
+            args.contrastive_learning_rate,
+            math.ceil(len(train) / args.contrastive_batch_size),
+        ),
         weight_decay=DEFAULT_CONTRASTIVE["weight_decay"],
         warmup_steps=DEFAULT_CONTRASTIVE["warmup"],
         lr_scheduler_type="cosine",
     )
-    base = resolve_model(script_args, contrastive_args, ModelConfig(model_name_or_path=args.model),
-                         base_dir=os.path.join(out, "base_model"))
+    base = resolve_model(
+        script_args,
+        contrastive_args,
+        ModelConfig(model_name_or_path=args.model),
+        base_dir=os.path.join(out, "base_model"),
+    )
     base_model = AutoModel.from_pretrained(base)
     processor = AutoProcessor.from_pretrained(base)
     tick = time.perf_counter()
@@ -307,7 +346,10 @@ def run_pipeline(args: PipelineArguments) -> dict[str, Any]:
     # ---- contrastive
     tick = time.perf_counter()
     trainer = ClipContrastiveTrainer(
-        model=base_model, args=contrastive_args, train_dataset=train, eval_dataset=validation,
+        model=base_model,
+        args=contrastive_args,
+        train_dataset=train,
+        eval_dataset=validation,
         processing_class=processor,
     )
     trainer.train()
@@ -315,7 +357,9 @@ def run_pipeline(args: PipelineArguments) -> dict[str, Any]:
     save_trainer(trainer)
     contrastive_history = list(trainer.state.log_history)
     tick = time.perf_counter()
-    metrics["contrastive"], embeddings["contrastive"] = evaluate_model(trainer.model, processor, test, **eval_kwargs)
+    metrics["contrastive"], embeddings["contrastive"] = evaluate_model(
+        trainer.model, processor, test, **eval_kwargs
+    )
     metrics["contrastive"].update(graded_metric(embeddings["contrastive"], test))
     timing["evaluation"] += time.perf_counter() - tick
     del trainer
@@ -323,8 +367,14 @@ def run_pipeline(args: PipelineArguments) -> dict[str, Any]:
     # ---- RL, from the saved contrastive model (a fresh load: the base model object was trained in place)
     tick = time.perf_counter()
     rl_args = ClipRLConfig(
-        **_trainer_kwargs(args, rl_dir, args.rl_epochs, args.rl_batch_size, args.rl_learning_rate,
-                          math.ceil(len(train) / args.rl_batch_size)),
+        **_trainer_kwargs(
+            args,
+            rl_dir,
+            args.rl_epochs,
+            args.rl_batch_size,
+            args.rl_learning_rate,
+            math.ceil(len(train) / args.rl_batch_size),
+        ),
         num_samples=args.num_samples,
         advantage=args.advantage,
         beta=args.beta,
@@ -332,8 +382,12 @@ def run_pipeline(args: PipelineArguments) -> dict[str, Any]:
         policy_temperature=args.policy_temperature,
     )
     trainer = ClipRLTrainer(
-        model=contrastive_dir, reward_funcs=reward_funcs, args=rl_args, train_dataset=train,
-        eval_dataset=validation, processing_class=processor,
+        model=contrastive_dir,
+        reward_funcs=reward_funcs,
+        args=rl_args,
+        train_dataset=train,
+        eval_dataset=validation,
+        processing_class=processor,
     )
     trainer.train()
     timing["rl_train"] = time.perf_counter() - tick
@@ -349,7 +403,11 @@ def run_pipeline(args: PipelineArguments) -> dict[str, Any]:
     del trainer
 
     # ---- report (main process only: the others have the same numbers)
-    pictures: dict[str, str | None] = {"contrastive_curves": None, "rl_curves": None, "retrieval_examples": None}
+    pictures: dict[str, str | None] = {
+        "contrastive_curves": None,
+        "rl_curves": None,
+        "retrieval_examples": None,
+    }
     if is_main:
         for key, history in (("contrastive_curves", contrastive_history), ("rl_curves", rl_history)):
             written = plot_curves(history, os.path.join(out, f"{key}.png"))
@@ -359,10 +417,16 @@ def run_pipeline(args: PipelineArguments) -> dict[str, Any]:
 
             count = min(args.num_examples, len(test))
             # A seeded draw, not hand-picked examples: the picture shows typical results.
-            rows = sorted(np.random.default_rng(args.seed).choice(len(test), size=count, replace=False).tolist())
+            rows = sorted(
+                np.random.default_rng(args.seed).choice(len(test), size=count, replace=False).tolist()
+            )
             shown = {"base": embeddings["base"], "contrastive + RL": embeddings["contrastive+rl"]}
-            plot_retrieval_examples(test.select(rows)[args.image_column], rows, shown,
-                                    os.path.join(out, RETRIEVAL_EXAMPLES_FILENAME))
+            plot_retrieval_examples(
+                test.select(rows)[args.image_column],
+                rows,
+                shown,
+                os.path.join(out, RETRIEVAL_EXAMPLES_FILENAME),
+            )
             pictures["retrieval_examples"] = RETRIEVAL_EXAMPLES_FILENAME
     timing["total"] = time.perf_counter() - started
     results = {

@@ -106,8 +106,14 @@ def greedy_rewards(
             for query_row, image in zip(query_rows, dataset.select(rows)[image_column]):
                 query_row[image_column] = image
         completions, kwargs = reward_kwargs(
-            list(enumerate(chosen)), query_rows, [candidates] * len(rows), [candidates] * len(rows), truths,
-            probs.tolist(), image_column=image_column, candidate_rows=candidate_rows,
+            list(enumerate(chosen)),
+            query_rows,
+            [candidates] * len(rows),
+            [candidates] * len(rows),
+            truths,
+            probs.tolist(),
+            image_column=image_column,
+            candidate_rows=candidate_rows,
         )
         scores = rewards(completions, **kwargs)
         for name, column in zip(scores.names, scores.per_function.T.tolist()):
@@ -154,7 +160,12 @@ def evaluate_model(
     ```
     """
     embeddings = compute_embeddings(
-        model, processor, dataset, image_column=image_column, caption_column=caption_column, batch_size=batch_size
+        model,
+        processor,
+        dataset,
+        image_column=image_column,
+        caption_column=caption_column,
+        batch_size=batch_size,
     )
     metrics = scores_from_embeddings(embeddings, ks, in_batch_size)
     scale = float(modeling.logit_scale(model).detach().float().exp())
@@ -193,7 +204,9 @@ def results_table(stages: dict[str, dict[str, float]]) -> str:
         cells = []
         for key, _ in _TABLE_COLUMNS:
             value = metrics.get(key)
-            cells.append("–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}")
+            cells.append(
+                "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+            )
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -233,8 +246,11 @@ def write_markdown(path: str, results: dict[str, Any]) -> None:
         "",
     ]
     pictures = results["pictures"]
-    for key, title in (("contrastive_curves", "Contrastive training"), ("rl_curves", "RL training"),
-                       ("retrieval_examples", "Retrieval examples (test images, top-3 captions per model)")):
+    for key, title in (
+        ("contrastive_curves", "Contrastive training"),
+        ("rl_curves", "RL training"),
+        ("retrieval_examples", "Retrieval examples (test images, top-3 captions per model)"),
+    ):
         if pictures.get(key):
             lines += [f"## {title}", "", f"![{title}]({pictures[key]})", ""]
     with open(path, "w", encoding="utf-8") as handle:

@@ -34,9 +34,25 @@ def _contrastive_args_for(training_args: ClipRLConfig, output_dir: str) -> ClipC
 
     shared = {f.name for f in dataclasses.fields(ClipBaseConfig) if f.init}
     keep = {
-        "seed", "data_seed", "use_cpu", "bf16", "fp16", "report_to", "logging_steps", "dataloader_num_workers",
-        "per_device_eval_batch_size", "image_column", "caption_column", "skip_bad_rows", "max_length",
-        "eval_ks", "eval_in_batch_size", "candidate_labels", "label_template", "label_column", "model_init_kwargs",
+        "seed",
+        "data_seed",
+        "use_cpu",
+        "bf16",
+        "fp16",
+        "report_to",
+        "logging_steps",
+        "dataloader_num_workers",
+        "per_device_eval_batch_size",
+        "image_column",
+        "caption_column",
+        "skip_bad_rows",
+        "max_length",
+        "eval_ks",
+        "eval_in_batch_size",
+        "candidate_labels",
+        "label_template",
+        "label_column",
+        "model_init_kwargs",
     } & shared
     values = {name: getattr(training_args, name) for name in keep}
     values.update(
@@ -107,7 +123,8 @@ def run_rl(
                 )
             logger.warning(
                 "No --model_name_or_path and no contrastive model in %r: training one there first "
-                "(--train_missing_contrastive).", model
+                "(--train_missing_contrastive).",
+                model,
             )
             # Full fine-tuning for this stage even under --use_peft: LoRA applies to the RL run the user asked for.
             run_contrastive(

@@ -40,7 +40,12 @@ logger = logging.get_logger(__name__)
 
 
 class ClipBaseTrainer(
-    CrashSafeCheckpointMixin, ModelCardMixin, RetrievalEvaluationMixin, StepMetricsMixin, GuardedOptimizerMixin, Trainer
+    CrashSafeCheckpointMixin,
+    ModelCardMixin,
+    RetrievalEvaluationMixin,
+    StepMetricsMixin,
+    GuardedOptimizerMixin,
+    Trainer,
 ):
     """Shared machinery of [`ClipContrastiveTrainer`], [`ClipRLTrainer`] and [`ClipDPOTrainer`]; not used directly."""
 
@@ -62,7 +67,11 @@ class ClipBaseTrainer(
         **kwargs: Any,
     ) -> None:
         if args is None:
-            name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "")
+            name = (
+                model
+                if isinstance(model, str)
+                else getattr(getattr(model, "config", None), "_name_or_path", "")
+            )
             name = os.path.basename(str(name).rstrip("/")) or "clip"
             args = self._config_class(output_dir=f"{name}-{self._method_name}")
         if not isinstance(args, ClipBaseConfig):
@@ -103,7 +112,9 @@ class ClipBaseTrainer(
         # One text-encoding rule per architecture (SigLIP: the processor's max-length padding), used by the
         # collators here and by evaluation, rewards and reranking through `clip_trl.models.encoding`.
         self._text_padding = encoding.text_padding(model)
-        self._text_max_length = encoding.text_max_length(model, split_processor(processing_class)[1], args.max_length)
+        self._text_max_length = encoding.text_max_length(
+            model, split_processor(processing_class)[1], args.max_length
+        )
         if data_collator is None:
             data_collator = self._make_collator(processing_class, args)
         self._metrics: dict[str, list[float]] = defaultdict(list)
@@ -242,7 +253,9 @@ class ClipBaseTrainer(
 
     # ------------------------------------------------------------------------------------------ logging
 
-    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
+    ) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)
         self._reduce_gradients_outside_ddp(model)
         return loss

@@ -9,9 +9,22 @@ from transformers import TrainingArguments
 
 # Settings every model card shows (when set and "on"); each config appends its method's own `_card_fields`.
 _SHARED_CARD_FIELDS = (
-    "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",
-    "max_steps", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "seed",
-    "bf16", "fp16", "freeze_vision", "freeze_text", "max_logit_scale", "logit_scale_learning_rate",
+    "learning_rate",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "num_train_epochs",
+    "max_steps",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "weight_decay",
+    "max_grad_norm",
+    "seed",
+    "bf16",
+    "fp16",
+    "freeze_vision",
+    "freeze_text",
+    "max_logit_scale",
+    "logit_scale_learning_rate",
 )
 
 
@@ -84,23 +97,31 @@ class ClipBaseConfig(TrainingArguments):
       activations in the backward pass: less memory, about a third more compute.
     """
 
-    image_column: str = field(default="image", metadata={"help": "Column holding images (PIL, path or bytes)."})
+    image_column: str = field(
+        default="image", metadata={"help": "Column holding images (PIL, path or bytes)."}
+    )
     caption_column: str = field(
         default="caption", metadata={"help": "Column holding a caption, or a list of captions, per image."}
     )
     skip_bad_rows: bool = field(
         default=False,
-        metadata={"help": "Skip undecodable images / empty captions (counted and logged) instead of raising."},
+        metadata={
+            "help": "Skip undecodable images / empty captions (counted and logged) instead of raising."
+        },
     )
     max_length: int | None = field(
         default=None, metadata={"help": "Caption token limit; default: the tokenizer's model_max_length."}
     )
-    freeze_vision: bool = field(default=False, metadata={"help": "Freeze the vision tower and its projection."})
+    freeze_vision: bool = field(
+        default=False, metadata={"help": "Freeze the vision tower and its projection."}
+    )
     freeze_text: bool = field(default=False, metadata={"help": "Freeze the text tower and its projection."})
     max_logit_scale: float | None = field(
         default=None,
-        metadata={"help": "Clamp exp(logit_scale) to this value after each step; default: the model family's "
-                  "bound (100 for CLIP, none for SigLIP)."},
+        metadata={
+            "help": "Clamp exp(logit_scale) to this value after each step; default: the model family's "
+            "bound (100 for CLIP, none for SigLIP)."
+        },
     )
     logit_scale_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate for logit_scale/logit_bias; default: learning_rate."}
@@ -124,7 +145,9 @@ class ClipBaseConfig(TrainingArguments):
     label_column: str = field(default="label", metadata={"help": "Column holding each row's true label."})
     max_nonfinite_steps: int = field(
         default=5,
-        metadata={"help": "Steps with a non-finite loss/gradient are skipped; this many in a row stop training."},
+        metadata={
+            "help": "Steps with a non-finite loss/gradient are skipped; this many in a row stop training."
+        },
     )
 
     image_processing: str = field(
@@ -174,8 +197,11 @@ class ClipBaseConfig(TrainingArguments):
 
         ```
         """
-        return [name for name in (*_SHARED_CARD_FIELDS, *self._card_fields)
-                if hasattr(self, name) and self._card_shows(name, getattr(self, name))]
+        return [
+            name
+            for name in (*_SHARED_CARD_FIELDS, *self._card_fields)
+            if hasattr(self, name) and self._card_shows(name, getattr(self, name))
+        ]
 
     def _card_shows(self, name: str, value: Any) -> bool:
         """Whether a setting is worth a line; subclasses add their method's rules and call this."""

@@ -79,10 +79,18 @@ class ModelCardMixin:
                 if name not in names:
                     names.append(name)
         # Remembered, so that the cards of later saves (checkpoints, `save_model()`) keep what was said here.
-        given = {"model_name": model_name, "dataset_name": names or None, "tags": tags, "language": language,
-                 "license": license, "finetuned_from": finetuned_from}
-        self._model_card_kwargs = {**getattr(self, "_model_card_kwargs", {}),
-                                   **{key: value for key, value in given.items() if value is not None}}
+        given = {
+            "model_name": model_name,
+            "dataset_name": names or None,
+            "tags": tags,
+            "language": language,
+            "license": license,
+            "finetuned_from": finetuned_from,
+        }
+        self._model_card_kwargs = {
+            **getattr(self, "_model_card_kwargs", {}),
+            **{key: value for key, value in given.items() if value is not None},
+        }
         self._refresh_training_curves()
         self._write_model_card(self.args.output_dir)
 

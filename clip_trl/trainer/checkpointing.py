@@ -73,11 +73,17 @@ def remove_stale(run_dir: str) -> list[str]:
         names = os.listdir(run_dir)
     except FileNotFoundError:
         return []
-    stale = sorted(n for n in names if n.startswith((STAGING_PREFIX + CHECKPOINT_PREFIX, REPLACED_PREFIX + CHECKPOINT_PREFIX)))
+    stale = sorted(
+        n
+        for n in names
+        if n.startswith((STAGING_PREFIX + CHECKPOINT_PREFIX, REPLACED_PREFIX + CHECKPOINT_PREFIX))
+    )
     for name in stale:
         shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
     if stale:
-        logger.warning(f"Removed {len(stale)} incomplete checkpoint folder(s) left by an interrupted save: {stale}.")
+        logger.warning(
+            f"Removed {len(stale)} incomplete checkpoint folder(s) left by an interrupted save: {stale}."
+        )
     return stale
 
 
@@ -159,8 +165,12 @@ class CrashSafeCheckpointMixin:
             except ImportError:  # transformers < 5
                 self._rotate_checkpoints(use_mtime=False, output_dir=run_dir)
             else:
-                rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
-                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+                rotate_checkpoints(
+                    output_dir=run_dir,
+                    save_total_limit=self.args.save_total_limit,
+                    best_model_checkpoint=self.state.best_model_checkpoint,
+                    use_mtime=True,
+                )
 
     def _get_output_dir(self, trial: Any) -> str:
         stage = getattr(self, "_checkpoint_stage", None)

@@ -68,7 +68,11 @@ class ClipContrastiveConfig(ClipBaseConfig):
     )
 
     _card_fields: ClassVar[tuple[str, ...]] = (
-        "loss_type", "siglip_bias_init", "negative_column", "contrastive_chunk_size")
+        "loss_type",
+        "siglip_bias_init",
+        "negative_column",
+        "contrastive_chunk_size",
+    )
 
     def _card_shows(self, name: str, value: Any) -> bool:
         if name == "siglip_bias_init" and self.loss_type != "siglip":
@@ -76,7 +80,11 @@ class ClipContrastiveConfig(ClipBaseConfig):
         return super()._card_shows(name, value)
 
     def model_card_description(self, adapter: bool = False) -> str:
-        loss = "pairwise sigmoid loss (SigLIP)" if self.loss_type == "siglip" else "symmetric InfoNCE loss (CLIP)"
+        loss = (
+            "pairwise sigmoid loss (SigLIP)"
+            if self.loss_type == "siglip"
+            else "symmetric InfoNCE loss (CLIP)"
+        )
         return (
             f"Supervised contrastive fine-tuning: for each batch of image–caption pairs, the {loss} over the "
             "image–text similarity matrix `S = exp(logit_scale) · norm(f_img) · norm(f_txt)ᵀ`; rows sharing a "
@@ -99,4 +107,6 @@ class ClipContrastiveConfig(ClipBaseConfig):
             if self.deepspeed:
                 # DeepSpeed's engine counts one backward per micro-batch and reduces gradients in it; the chunked
                 # step runs one backward per chunk.
-                raise ValueError("`contrastive_chunk_size` does not work with DeepSpeed; use DDP or FSDP instead.")
+                raise ValueError(
+                    "`contrastive_chunk_size` does not work with DeepSpeed; use DDP or FSDP instead."
+                )

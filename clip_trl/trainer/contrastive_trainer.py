@@ -135,13 +135,21 @@ class ClipContrastiveTrainer(ClipBaseTrainer):
             [`~transformers.Trainer.training_step`] returns it (the training loop sums these for logging).
         """
         chunk_size = self.args.contrastive_chunk_size
-        if chunk_size is None or "pixel_values" not in inputs or inputs["pixel_values"].shape[0] <= chunk_size:
+        if (
+            chunk_size is None
+            or "pixel_values" not in inputs
+            or inputs["pixel_values"].shape[0] <= chunk_size
+        ):
             return super().training_step(model, inputs, num_items_in_batch)
         return self._chunked_training_step(model, inputs, chunk_size)
 
-    def _chunked_training_step(self, model: nn.Module, inputs: dict[str, Any], chunk_size: int) -> torch.Tensor:
+    def _chunked_training_step(
+        self, model: nn.Module, inputs: dict[str, Any], chunk_size: int
+    ) -> torch.Tensor:
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-            raise ValueError("`contrastive_chunk_size` does not work with DeepSpeed; use DDP or FSDP instead.")
+            raise ValueError(
+                "`contrastive_chunk_size` does not work with DeepSpeed; use DDP or FSDP instead."
+            )
         model.train()
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
@@ -149,7 +157,9 @@ class ClipContrastiveTrainer(ClipBaseTrainer):
         self._pop_bookkeeping(inputs)
         # As `Trainer.training_step`: our loss is a batch mean, so each micro-batch's share of an accumulated
         # step is 1 / (number of micro-batches in it). Outside `train()` the attribute is not set yet.
-        accumulation = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        accumulation = getattr(
+            self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps
+        )
         scale = modeling.logit_scale(model)
 
         def encode(chunk: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,11 +196,15 @@ class ClipContrastiveTrainer(ClipBaseTrainer):
             chunk_positives = positives[rows][:, embeddings.first_caption[rows]]
             chunk_positives = chunk_positives | chunk_positives.T
             if self.args.loss_type == "siglip":
-                loss = siglip_loss(image_embeds[rows], text_embeds[rows], scale, bias if bias is not None else 0.0,
-                                   chunk_positives)
+                loss = siglip_loss(
+                    image_embeds[rows],
+                    text_embeds[rows],
+                    scale,
+                    bias if bias is not None else 0.0,
+                    chunk_positives,
+                )
             else:
                 loss = clip_loss(image_embeds[rows], text_embeds[rows], scale, chunk_positives)
             losses.append(float(loss))
             weights.append(chunk_positives.shape[0])
         return sum(loss * n for loss, n in zip(losses, weights)) / max(sum(weights), 1)
-

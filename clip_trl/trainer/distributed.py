@@ -30,7 +30,6 @@ def destroy_process_group_at_exit() -> None:
     atexit.register(destroy)
 
 
-
 def average_gradients(parameters: list[torch.Tensor], bucket_bytes: int = 2**25) -> None:
     """Average the gradients of `parameters` over all processes, as DDP does (sum / world size), in flat buckets.
 
@@ -61,5 +60,5 @@ def average_gradients(parameters: list[torch.Tensor], bucket_bytes: int = 2**25)
         flat /= world
         offset = 0
         for grad in bucket:
-            grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+            grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
             offset += grad.numel()

@@ -69,10 +69,12 @@ class ClipDPOConfig(ClipBaseConfig):
         return super()._card_shows(name, value)
 
     def model_card_description(self, adapter: bool = False) -> str:
-        loss = ("the DPO loss `−log σ(β h)`" if self.loss_type == "sigmoid"
-                else "the IPO loss `(h − 1/(2β))²`")
-        reference = "the starting model (the same weights with the adapters disabled)" if adapter else (
-            "the frozen starting model")
+        loss = "the DPO loss `−log σ(β h)`" if self.loss_type == "sigmoid" else "the IPO loss `(h − 1/(2β))²`"
+        reference = (
+            "the starting model (the same weights with the adapters disabled)"
+            if adapter
+            else ("the frozen starting model")
+        )
         return (
             "Preference optimization: the model is a policy `π(c | x) = softmax_c(s(x, c))` over each image's "
             "chosen and rejected captions, and training minimises " + loss + ", where `h` is the log-ratio "

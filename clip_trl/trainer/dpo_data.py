@@ -33,13 +33,18 @@ class ClipDPODataCollator(ClipDataCollator):
         index = row.get(ROW_INDEX_KEY)
         if self.rejected_column not in row:
             raise BadRowError(
-                index, self.rejected_column, f"the column is missing; the row has {sorted(set(row) - {ROW_INDEX_KEY})}"
+                index,
+                self.rejected_column,
+                f"the column is missing; the row has {sorted(set(row) - {ROW_INDEX_KEY})}",
             )
         parsed = super().parse_row(row)
         chosen = row[self.caption_column]
         if not isinstance(chosen, str):
-            raise BadRowError(index, self.caption_column,
-                              f"the chosen caption must be one string, got {type(chosen).__name__} {chosen!r}")
+            raise BadRowError(
+                index,
+                self.caption_column,
+                f"the chosen caption must be one string, got {type(chosen).__name__} {chosen!r}",
+            )
         value = row[self.rejected_column]
         if isinstance(value, (list, tuple)):
             if not value:
@@ -51,13 +56,16 @@ class ClipDPODataCollator(ClipDataCollator):
         for text, column in zip(rejected, columns):
             if text == chosen:
                 raise BadRowError(
-                    index, column,
+                    index,
+                    column,
                     f"the rejected caption equals the chosen one ({chosen!r}), so the pair expresses no preference",
                 )
         parsed["rejected"] = rejected
         return parsed
 
-    def collate(self, parsed: list[dict[str, Any]], kept: Sequence[Mapping[str, Any]], skipped: int) -> dict[str, Any]:
+    def collate(
+        self, parsed: list[dict[str, Any]], kept: Sequence[Mapping[str, Any]], skipped: int
+    ) -> dict[str, Any]:
         batch = self.image_batch(parsed, skipped)
         if not parsed:
             return batch

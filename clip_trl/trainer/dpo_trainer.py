@@ -95,18 +95,25 @@ class ClipDPOTrainer(ClipBaseTrainer):
         self._create_reference_model()
 
     def _required_columns(self, args: ClipDPOConfig) -> dict[str, str | None]:
-        return {"image_column": args.image_column, "chosen_column": args.chosen_column,
-                "rejected_column": args.rejected_column}
+        return {
+            "image_column": args.image_column,
+            "chosen_column": args.chosen_column,
+            "rejected_column": args.rejected_column,
+        }
 
     def _make_collator(self, processing_class: Any, args: ClipDPOConfig) -> ClipDPODataCollator:
         return ClipDPODataCollator(
-            processing_class, rejected_column=args.rejected_column, **self._collator_kwargs(processing_class, args)
+            processing_class,
+            rejected_column=args.rejected_column,
+            **self._collator_kwargs(processing_class, args),
         )
 
     # --------------------------------------------------------------------------------------------- loss
 
     @staticmethod
-    def _log_probs(model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _log_probs(
+        model: nn.Module, inputs: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`log π(chosen|x)` `[B]`, `log π(rejected|x)` `[B, R]` and the mask of real rejected entries."""
         image_embeds, text_embeds = modeling.encode_pair(
             model, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
@@ -121,8 +128,16 @@ class ClipDPOTrainer(ClipBaseTrainer):
         chosen, rejected, mask = self._log_probs(model, inputs)
         with torch.no_grad(), self._reference(model) as reference:
             ref_chosen, ref_rejected, _ = self._log_probs(reference, inputs)
-        out = preference_loss(chosen, rejected, ref_chosen, ref_rejected, beta=self.args.beta,
-                              loss_type=self.args.loss_type, label_smoothing=self.args.label_smoothing, mask=mask)
+        out = preference_loss(
+            chosen,
+            rejected,
+            ref_chosen,
+            ref_rejected,
+            beta=self.args.beta,
+            loss_type=self.args.loss_type,
+            label_smoothing=self.args.label_smoothing,
+            mask=mask,
+        )
         rejected = torch.where(mask, rejected.detach(), torch.zeros_like(rejected))
         metrics = {
             **out.metrics(),

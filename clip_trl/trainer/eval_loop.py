@@ -30,8 +30,14 @@ class RetrievalEvaluationMixin:
         if isinstance(eval_dataset, str):  # a name of the trainer's eval sets (as `Trainer.evaluate` accepts)
             named = self._raw_eval_dataset
             if not isinstance(named, dict) or eval_dataset not in named:
-                have = f"its eval sets are {sorted(named)}" if isinstance(named, dict) else "it has no named eval sets"
-                raise KeyError(f"No eval set named {eval_dataset!r}: {have}. Pass `eval_dataset` as a dict of named sets.")
+                have = (
+                    f"its eval sets are {sorted(named)}"
+                    if isinstance(named, dict)
+                    else "it has no named eval sets"
+                )
+                raise KeyError(
+                    f"No eval set named {eval_dataset!r}: {have}. Pass `eval_dataset` as a dict of named sets."
+                )
             eval_dataset = named[eval_dataset]
         dataset = eval_dataset if eval_dataset is not None else self._raw_eval_dataset
         if isinstance(dataset, dict):
@@ -40,7 +46,9 @@ class RetrievalEvaluationMixin:
                 metrics.update(self.evaluate(split, ignore_keys, f"{metric_key_prefix}_{name}"))
             return metrics
         if dataset is None:
-            raise ValueError("Evaluation needs an `eval_dataset` (pass one to the trainer or to `evaluate()`).")
+            raise ValueError(
+                "Evaluation needs an `eval_dataset` (pass one to the trainer or to `evaluate()`)."
+            )
         from clip_trl.evaluation.metrics import zero_shot_accuracy
         from clip_trl.evaluation.scores import scores_from_embeddings
         from clip_trl.trainer.sharded_eval import compute_embeddings

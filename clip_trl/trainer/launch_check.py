@@ -37,7 +37,9 @@ def _is_accelerate_launch(argv: Sequence[str]) -> bool:
         if part.endswith("accelerate.commands.launch"):  # python -m accelerate.commands.launch
             return True
         if os.path.basename(part) in ("accelerate", "accelerate-launch"):
-            return os.path.basename(part) == "accelerate-launch" or (index + 1 < len(argv) and argv[index + 1] == "launch")
+            return os.path.basename(part) == "accelerate-launch" or (
+                index + 1 < len(argv) and argv[index + 1] == "launch"
+            )
     return False
 
 
@@ -111,8 +113,9 @@ def fsdp_requested(fsdp_option: Sequence[Any] | str | None, environ: Mapping[str
     return bool(fsdp_option) or environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
 
 
-def warn_if_fsdp_inactive(fsdp_option: Sequence[Any] | str | None, fsdp_enabled: bool,
-                          environ: Mapping[str, str] | None = None) -> bool:
+def warn_if_fsdp_inactive(
+    fsdp_option: Sequence[Any] | str | None, fsdp_enabled: bool, environ: Mapping[str, str] | None = None
+) -> bool:
     """Log a warning (and return True) when FSDP was asked for but the Trainer did not enable it.
 
     accelerate turns FSDP on only for accelerator process groups (CUDA, XPU, ...); under `torchrun ... --use_cpu

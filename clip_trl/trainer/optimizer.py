@@ -25,7 +25,9 @@ class LogitScaleClampCallback(TrainerCallback):
     def __init__(self, max_logit_scale: float) -> None:
         self.max_logit_scale = max_logit_scale
 
-    def on_step_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any) -> None:
+    def on_step_end(
+        self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any
+    ) -> None:
         if model is not None and modeling.temperature_parameter(model).requires_grad:
             modeling.clamp_logit_scale(model, self.max_logit_scale)
 
@@ -36,7 +38,6 @@ def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     if get_total_norm is not None:
         return get_total_norm(tensors, error_if_nonfinite=False)
     return torch.stack([t.detach().float().norm().to(tensors[0].device) for t in tensors]).norm()
-
 
 
 class GuardedOptimizerMixin:
@@ -72,7 +73,9 @@ class GuardedOptimizerMixin:
         step = optimizer.step
 
         def guarded_step(*args: Any, **kwargs: Any) -> Any:
-            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            grads = [
+                p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+            ]
             # One fused norm and one host sync (a per-tensor isfinite check costs ~140 syncs per step).
             finite = not grads or bool(torch.isfinite(total_norm(grads)))
             if finite:

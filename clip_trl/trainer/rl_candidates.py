@@ -32,7 +32,9 @@ def _distinct_strings(values: Sequence[Any], where: str) -> list[str]:
         items = value if isinstance(value, (list, tuple)) else [value]
         for item in items:
             if not isinstance(item, str) or not item.strip():
-                raise ValueError(f"{where}, row {index}: pool entries must be non-empty strings, got {item!r}.")
+                raise ValueError(
+                    f"{where}, row {index}: pool entries must be non-empty strings, got {item!r}."
+                )
             texts.setdefault(item)
     return list(texts)
 
@@ -73,7 +75,9 @@ def resolve_candidate_pool(pool: str | Sequence[str] | None, dataset: Any, capti
     else:
         texts = _distinct_strings(list(pool), "`candidate_pool`")
     if len(texts) < 2:
-        raise ValueError(f"The candidate pool holds {len(texts)} distinct text(s); retrieval needs at least 2.")
+        raise ValueError(
+            f"The candidate pool holds {len(texts)} distinct text(s); retrieval needs at least 2."
+        )
     return texts
 
 
@@ -97,8 +101,14 @@ class RetrievedCandidates:
         batch_size (`int`): texts per forward when embedding the pool.
     """
 
-    def __init__(self, pool: list[str], num_candidates: int, refresh_steps: int, include_ground_truth: bool = True,
-                 batch_size: int = 256) -> None:
+    def __init__(
+        self,
+        pool: list[str],
+        num_candidates: int,
+        refresh_steps: int,
+        include_ground_truth: bool = True,
+        batch_size: int = 256,
+    ) -> None:
         self.pool = list(pool)
         self.num_candidates = min(num_candidates, len(self.pool))
         self.refresh_steps = refresh_steps
@@ -127,7 +137,9 @@ class RetrievedCandidates:
         # A process whose shard is empty (tiny pools) still embeds one text so that every block has the width.
         local = embed_texts(inner, tokenizer, mine or self.pool[:1], self.batch_size)
         if distributed:
-            padded = F.pad(local, (0, 0, 0, shard - local.shape[0])).to(device if device is not None else "cpu")
+            padded = F.pad(local, (0, 0, 0, shard - local.shape[0])).to(
+                device if device is not None else "cpu"
+            )
             blocks = _all_gather(padded.contiguous())
             counts = [len(self.pool[r * shard : (r + 1) * shard]) for r in range(world)]
             local = torch.cat([block[:count].cpu() for block, count in zip(blocks, counts)])

@@ -116,15 +116,21 @@ class ClipRLConfig(ClipBaseConfig):
     )
     gather_candidates: bool = field(
         default=False,
-        metadata={"help": "In-batch candidates span the global batch (all processes), gathered with gradient."},
+        metadata={
+            "help": "In-batch candidates span the global batch (all processes), gathered with gradient."
+        },
     )
     num_samples: int = field(default=8, metadata={"help": "Actions sampled per query (with replacement)."})
     policy_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the policy."})
-    advantage: str = field(default="grpo", metadata={"help": "Advantage estimator.", "choices": list(ADVANTAGES)})
+    advantage: str = field(
+        default="grpo", metadata={"help": "Advantage estimator.", "choices": list(ADVANTAGES)}
+    )
     scale_rewards: bool = field(default=True, metadata={"help": "GRPO: divide advantages by the group std."})
     beta: float = field(default=0.04, metadata={"help": "KL(π‖π_ref) weight; 0 loads no reference model."})
     entropy_coef: float = field(default=0.0, metadata={"help": "Entropy bonus weight."})
-    contrastive_coef: float = field(default=0.0, metadata={"help": "Weight of the contrastive loss mixed in."})
+    contrastive_coef: float = field(
+        default=0.0, metadata={"help": "Weight of the contrastive loss mixed in."}
+    )
     reward_weights: list[float] | None = field(
         default=None, metadata={"help": "One weight per reward function (default: all 1)."}
     )
@@ -141,35 +147,56 @@ class ClipRLConfig(ClipBaseConfig):
         },
     )
     candidate_refresh_steps: int = field(
-        default=50, metadata={"help": "candidates='retrieved': re-embed the pool every this many optimizer steps."}
+        default=50,
+        metadata={"help": "candidates='retrieved': re-embed the pool every this many optimizer steps."},
     )
     include_ground_truth: bool = field(
         default=True,
-        metadata={"help": "candidates='retrieved': put the row's caption in its candidate set when it is missing."},
+        metadata={
+            "help": "candidates='retrieved': put the row's caption in its candidate set when it is missing."
+        },
     )
     num_iterations: int = field(
-        default=1, metadata={"help": "Optimizer updates per rollout (reused with a clipped importance ratio)."}
+        default=1,
+        metadata={"help": "Optimizer updates per rollout (reused with a clipped importance ratio)."},
     )
-    epsilon: float = field(default=0.2, metadata={"help": "Lower clip range of the importance ratio (1 - epsilon)."})
+    epsilon: float = field(
+        default=0.2, metadata={"help": "Lower clip range of the importance ratio (1 - epsilon)."}
+    )
     epsilon_high: float | None = field(
-        default=None, metadata={"help": "Upper clip range of the importance ratio (1 + epsilon_high); default: epsilon."}
+        default=None,
+        metadata={"help": "Upper clip range of the importance ratio (1 + epsilon_high); default: epsilon."},
     )
     log_rollouts: bool = field(
         default=False,
-        metadata={"help": "Log a table of rollouts (image, top candidates, choices, rewards, advantage) at each "
-                  "logging step: to output_dir/rollouts (parquet + index.html), report_to integrations and the console."},
+        metadata={
+            "help": "Log a table of rollouts (image, top candidates, choices, rewards, advantage) at each "
+            "logging step: to output_dir/rollouts (parquet + index.html), report_to integrations and the console."
+        },
     )
     num_rollouts_to_log: int = field(default=8, metadata={"help": "Queries per logged rollout table."})
 
     _card_fields: ClassVar[tuple[str, ...]] = (
-        "candidates", "direction", "candidate_column", "candidate_labels", "label_template", "advantage",
-        "num_samples", "scale_rewards", "beta", "policy_temperature", "entropy_coef", "contrastive_coef",
+        "candidates",
+        "direction",
+        "candidate_column",
+        "candidate_labels",
+        "label_template",
+        "advantage",
+        "num_samples",
+        "scale_rewards",
+        "beta",
+        "policy_temperature",
+        "entropy_coef",
+        "contrastive_coef",
     )
 
     def _card_shows(self, name: str, value: Any) -> bool:
         if name in ("entropy_coef", "contrastive_coef") and value == 0:
             return False
-        if (name == "num_samples" and self.advantage == "exact") or (name == "scale_rewards" and self.advantage != "grpo"):
+        if (name == "num_samples" and self.advantage == "exact") or (
+            name == "scale_rewards" and self.advantage != "grpo"
+        ):
             return False
         if name in ("candidate_labels", "label_template") and self.candidates != "labels":
             return False
@@ -178,19 +205,28 @@ class ClipRLConfig(ClipBaseConfig):
         return super()._card_shows(name, value)
 
     def model_card_description(self, adapter: bool = False) -> str:
-        candidates = {"in_batch": "the batch's", "column": "the row's", "labels": "the label set's",
-                      "retrieved": f"the model's own top-{self.num_candidates} retrieved"}.get(
-            self.candidates, "the")
+        candidates = {
+            "in_batch": "the batch's",
+            "column": "the row's",
+            "labels": "the label set's",
+            "retrieved": f"the model's own top-{self.num_candidates} retrieved",
+        }.get(self.candidates, "the")
         kind = "images" if self.direction == "text_to_image" else "captions"
-        sampling = ("scores every candidate (no sampling)" if self.advantage == "exact"
-                    else f"samples {self.num_samples} choices per query")
+        sampling = (
+            "scores every candidate (no sampling)"
+            if self.advantage == "exact"
+            else f"samples {self.num_samples} choices per query"
+        )
         advantage = {
             "grpo": "GRPO-style group-normalised advantages",
             "rloo": "a leave-one-out (RLOO) baseline",
             "exact": "the exact expected-reward gradient",
         }.get(self.advantage, f"`{self.advantage}` advantages")
-        reference = ("starting model (the same weights with the adapters disabled)" if adapter
-                     else "starting model") if self.beta > 0 else "starting model, here switched off (`β = 0`)"
+        reference = (
+            ("starting model (the same weights with the adapters disabled)" if adapter else "starting model")
+            if self.beta > 0
+            else "starting model, here switched off (`β = 0`)"
+        )
         query = "caption" if self.direction == "text_to_image" else "image"
         return (
             "Reinforcement-learning fine-tuning: the model is a policy `π(c | x) = softmax_c(s(x, c) / τ)` over a "
@@ -219,9 +255,13 @@ class ClipRLConfig(ClipBaseConfig):
         if self.candidates not in CANDIDATE_SETS:
             raise ValueError(f"`candidates` must be one of {CANDIDATE_SETS}, got {self.candidates!r}.")
         if self.candidates == "column" and not self.candidate_column:
-            raise ValueError("`candidates='column'` needs `candidate_column`, the column holding candidate lists.")
+            raise ValueError(
+                "`candidates='column'` needs `candidate_column`, the column holding candidate lists."
+            )
         if self.candidates == "labels" and (not self.candidate_labels or len(set(self.candidate_labels)) < 2):
-            raise ValueError("`candidates='labels'` needs `candidate_labels` with at least 2 distinct labels.")
+            raise ValueError(
+                "`candidates='labels'` needs `candidate_labels` with at least 2 distinct labels."
+            )
         if self.direction not in DIRECTIONS:
             raise ValueError(f"`direction` must be one of {DIRECTIONS}, got {self.direction!r}.")
         if self.direction == "text_to_image" and self.candidates != "in_batch":
@@ -246,20 +286,28 @@ class ClipRLConfig(ClipBaseConfig):
         if self.beta < 0 or self.entropy_coef < 0 or self.contrastive_coef < 0:
             raise ValueError("`beta`, `entropy_coef` and `contrastive_coef` must be non-negative.")
         if self.candidates == "retrieved" and self.num_candidates < 2:
-            raise ValueError(f"`num_candidates` must be at least 2 for retrieved candidate sets, got {self.num_candidates}.")
+            raise ValueError(
+                f"`num_candidates` must be at least 2 for retrieved candidate sets, got {self.num_candidates}."
+            )
         if self.candidate_refresh_steps < 1:
-            raise ValueError(f"`candidate_refresh_steps` must be a positive integer, got {self.candidate_refresh_steps}.")
+            raise ValueError(
+                f"`candidate_refresh_steps` must be a positive integer, got {self.candidate_refresh_steps}."
+            )
         if self.candidate_pool is not None and self.candidates != "retrieved":
             raise ValueError(
                 f"`candidate_pool` is the pool of `candidates='retrieved'`; it has no meaning for "
                 f"`candidates={self.candidates!r}`. Set `candidates='retrieved'` or drop `candidate_pool`."
             )
         if self.num_rollouts_to_log < 1:
-            raise ValueError(f"`num_rollouts_to_log` must be a positive integer, got {self.num_rollouts_to_log}.")
+            raise ValueError(
+                f"`num_rollouts_to_log` must be a positive integer, got {self.num_rollouts_to_log}."
+            )
         if self.num_iterations < 1:
             raise ValueError(f"`num_iterations` must be a positive integer, got {self.num_iterations}.")
         if self.epsilon < 0 or self.epsilon_high < 0:
-            raise ValueError(f"`epsilon` and `epsilon_high` must be non-negative, got {self.epsilon}, {self.epsilon_high}.")
+            raise ValueError(
+                f"`epsilon` and `epsilon_high` must be non-negative, got {self.epsilon}, {self.epsilon_high}."
+            )
         if self.candidates == "in_batch" and self.per_device_train_batch_size < 2:
             raise ValueError(
                 "In-batch candidates need `per_device_train_batch_size` of at least 2 (the batch is the "

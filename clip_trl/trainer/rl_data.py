@@ -88,7 +88,9 @@ class ClipRLDataCollator(ClipDataCollator):
         if isinstance(value, int) and not isinstance(value, bool):
             if not 0 <= value < len(self.candidate_labels):
                 raise BadRowError(
-                    index, self.label_column, f"label index {value} is outside candidate_labels (0..{len(self.candidate_labels) - 1})"
+                    index,
+                    self.label_column,
+                    f"label index {value} is outside candidate_labels (0..{len(self.candidate_labels) - 1})",
                 )
             return self.candidate_labels[value]
         if value not in self.candidate_labels:
@@ -99,12 +101,18 @@ class ClipRLDataCollator(ClipDataCollator):
         column = self.candidate_column
         value = row.get(column)
         if not isinstance(value, (list, tuple)):
-            raise BadRowError(index, column, f"expected a list of candidate captions, got {type(value).__name__}")
+            raise BadRowError(
+                index, column, f"expected a list of candidate captions, got {type(value).__name__}"
+            )
         texts = _dedupe([check_caption(v, row=index, column=f"{column}[{i}]") for i, v in enumerate(value)])
         if len(texts) < 2:
-            raise BadRowError(index, column, f"a candidate set needs at least 2 distinct captions, got {texts}")
+            raise BadRowError(
+                index, column, f"a candidate set needs at least 2 distinct captions, got {texts}"
+            )
         if len(texts) < len(value) and not getattr(self, "_warned_duplicates", False):
-            self._warned_duplicates = True  # once per collator (per DataLoader worker): a hint, not a log flood
+            self._warned_duplicates = (
+                True  # once per collator (per DataLoader worker): a hint, not a log flood
+            )
             logger.warning(
                 f"Row {index}, column '{column}': duplicate candidates are counted once (the policy chooses among "
                 f"distinct captions): {len(value)} given, {len(texts)} kept: {texts}. Further rows with duplicates "
@@ -121,14 +129,18 @@ class ClipRLDataCollator(ClipDataCollator):
             parsed["label"] = self._label(row, index)
         return parsed
 
-    def collate(self, parsed: list[dict[str, Any]], kept: list[Mapping[str, Any]], skipped: int) -> dict[str, Any]:
+    def collate(
+        self, parsed: list[dict[str, Any]], kept: list[Mapping[str, Any]], skipped: int
+    ) -> dict[str, Any]:
         batch = self.image_batch(parsed, skipped)
         if not parsed:
             return batch
         keys = batch["image_keys"].tolist()
         if self.candidates == "retrieved":
             batch["captions"] = [list(p["captions"]) for p in parsed]
-            batch["ground_truth"] = [p["captions"][0] if len(p["captions"]) == 1 else list(p["captions"]) for p in parsed]
+            batch["ground_truth"] = [
+                p["captions"][0] if len(p["captions"]) == 1 else list(p["captions"]) for p in parsed
+            ]
             batch["rows"] = [
                 {k: v for k, v in row.items() if k != ROW_INDEX_KEY} | {self.image_column: p["image"]}
                 for row, p in zip(kept, parsed)
@@ -183,7 +195,9 @@ class ClipRLDataCollator(ClipDataCollator):
 
         if self.include_captions:
             batch["caption_index"] = torch.tensor([texts.add(p["caption"]) for p in parsed])
-            batch["caption_keys"] = torch.tensor([content_key(p["caption"]) for p in parsed], dtype=torch.long)
+            batch["caption_keys"] = torch.tensor(
+                [content_key(p["caption"]) for p in parsed], dtype=torch.long
+            )
         width = max(len(c) for c in candidate_positions)
         if width < 2:  # only in-batch sets can be this small: column and label sets are checked to have 2
             logger.warning(
@@ -210,4 +224,3 @@ class ClipRLDataCollator(ClipDataCollator):
                 {k: v for k, v in batch["rows"][r].items() if k != self.image_column} for r in source_rows
             ]
         return batch
-

@@ -95,8 +95,10 @@ class ClipRLTrainer(ClipBaseTrainer):
         **kwargs: Any,
     ) -> None:
         if "reward_weights" in kwargs:  # as in TRL, a config field; Trainer's bare TypeError would not say so
-            raise TypeError("`reward_weights` is a `ClipRLConfig` field, not a trainer argument: pass "
-                            "`args=ClipRLConfig(..., reward_weights=[...])` (one weight per reward function).")
+            raise TypeError(
+                "`reward_weights` is a `ClipRLConfig` field, not a trainer argument: pass "
+                "`args=ClipRLConfig(..., reward_weights=[...])` (one weight per reward function)."
+            )
         # Checked before the model loads: a typo in a reward name should not cost a model download.
         self.rewards = RewardSet(reward_funcs, args.reward_weights if args is not None else None)
         super().__init__(
@@ -116,7 +118,10 @@ class ClipRLTrainer(ClipBaseTrainer):
         if self.args.candidates == "retrieved":
             pool = resolve_candidate_pool(self.args.candidate_pool, train_dataset, self.args.caption_column)
             self.retrieved_candidates = RetrievedCandidates(
-                pool, self.args.num_candidates, self.args.candidate_refresh_steps, self.args.include_ground_truth
+                pool,
+                self.args.num_candidates,
+                self.args.candidate_refresh_steps,
+                self.args.include_ground_truth,
             )
         # `num_iterations > 1`: the rollouts of the current optimizer step's micro-batches, by micro-step.
         self._rollouts: dict[int, _Rollout] = {}
@@ -125,7 +130,11 @@ class ClipRLTrainer(ClipBaseTrainer):
         if self.args.log_rollouts:
             self.rollout_logging = RolloutLoggingCallback(self)
             self.add_callback(self.rollout_logging)
-        if self.args.num_iterations > 1 and train_dataset is not None and not hasattr(train_dataset, "__len__"):
+        if (
+            self.args.num_iterations > 1
+            and train_dataset is not None
+            and not hasattr(train_dataset, "__len__")
+        ):
             raise ValueError(
                 "`num_iterations > 1` serves each batch several times in a row, which needs a map-style "
                 "`train_dataset` (with a length); an IterableDataset streams each row once. Use "
@@ -156,7 +165,11 @@ class ClipRLTrainer(ClipBaseTrainer):
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         if self.args.num_iterations == 1:
-            return super()._get_train_sampler(train_dataset) if train_dataset is not None else super()._get_train_sampler()
+            return (
+                super()._get_train_sampler(train_dataset)
+                if train_dataset is not None
+                else super()._get_train_sampler()
+            )
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if dataset is None or not hasattr(dataset, "__len__"):
             return None
@@ -179,8 +192,14 @@ class ClipRLTrainer(ClipBaseTrainer):
 
     # --------------------------------------------------------------------------------------------- policy
 
-    def _policy_log_probs(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: torch.Tensor,
-                          inputs: dict[str, Any], global_candidates: GlobalCandidates | None = None) -> torch.Tensor:
+    def _policy_log_probs(
+        self,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        scale: torch.Tensor,
+        inputs: dict[str, Any],
+        global_candidates: GlobalCandidates | None = None,
+    ) -> torch.Tensor:
         """`log π(c|x)` `[B, K]` for every query over its (padded) candidate list."""
         if self.args.direction == "image_to_text":
             queries, keys = image_embeds, text_embeds
@@ -201,7 +220,9 @@ class ClipRLTrainer(ClipBaseTrainer):
         step = self.state.global_step
         micro = self._micro_step[1] + 1 if self._micro_step[0] == step else 0
         self._micro_step = (step, micro)
-        seed = np.random.SeedSequence([self.args.seed, step, micro, self.args.process_index]).generate_state(1)[0]
+        seed = np.random.SeedSequence([self.args.seed, step, micro, self.args.process_index]).generate_state(
+            1
+        )[0]
         return torch.Generator().manual_seed(int(seed))
 
     # --------------------------------------------------------------------------------------------- loss
@@ -257,8 +278,13 @@ class ClipRLTrainer(ClipBaseTrainer):
                 rollout.row_index = row_index
                 self._rollouts[slot] = rollout
             if self.rollout_logging is not None and model.training:
-                self.rollout_logging.capture(rollout.entries, log_probs, rollout.scores,
-                                             self._entry_advantages(rollout, log_probs), inputs)
+                self.rollout_logging.capture(
+                    rollout.entries,
+                    log_probs,
+                    rollout.scores,
+                    self._entry_advantages(rollout, log_probs),
+                    inputs,
+                )
         actions, reward_matrix, advantages = rollout.actions, rollout.rewards, rollout.advantages
         out = rl_loss(
             log_probs,
@@ -278,8 +304,13 @@ class ClipRLTrainer(ClipBaseTrainer):
         loss = out.loss
         if args.contrastive_coef > 0:
             captions = text_embeds[inputs["caption_index"]]
-            supervised = contrastive_loss(image_embeds, captions, scale, image_keys=inputs.get("image_keys"),
-                                          caption_keys=inputs.get("caption_keys"))
+            supervised = contrastive_loss(
+                image_embeds,
+                captions,
+                scale,
+                image_keys=inputs.get("image_keys"),
+                caption_keys=inputs.get("caption_keys"),
+            )
             loss = loss + args.contrastive_coef * supervised
             self._record(contrastive_loss=supervised.detach())
         if model.training:
@@ -310,10 +341,22 @@ class ClipRLTrainer(ClipBaseTrainer):
         if args.num_iterations > 1:
             # Later updates score the same texts (retrieved sets change with the model; a caption list is
             # sampled anew by the collator), so the rollout keeps the batch's text side.
-            keys = ("input_ids", "attention_mask", "candidate_index", "target_index", "candidates", "candidate_texts",
-                    "candidate_rows", "ground_truth", "caption_index", "caption_keys")
+            keys = (
+                "input_ids",
+                "attention_mask",
+                "candidate_index",
+                "target_index",
+                "candidates",
+                "candidate_texts",
+                "candidate_rows",
+                "ground_truth",
+                "caption_index",
+                "caption_keys",
+            )
             candidate_inputs = {key: inputs[key] for key in keys if key in inputs}
-        return _Rollout(actions, reward_matrix, advantages, log_probs.detach(), candidate_inputs, entries, scores)
+        return _Rollout(
+            actions, reward_matrix, advantages, log_probs.detach(), candidate_inputs, entries, scores
+        )
 
     @staticmethod
     def _entry_advantages(rollout: _Rollout, log_probs: torch.Tensor) -> torch.Tensor:
@@ -341,7 +384,11 @@ class ClipRLTrainer(ClipBaseTrainer):
         rollout = self._rollouts.get(micro)
         if rollout is None:  # resumed in the middle of a reuse cycle: make a fresh rollout from here
             return None, micro
-        if row_index is not None and rollout.row_index is not None and not torch.equal(row_index, rollout.row_index):
+        if (
+            row_index is not None
+            and rollout.row_index is not None
+            and not torch.equal(row_index, rollout.row_index)
+        ):
             raise RuntimeError(
                 f"Step {step}, micro-batch {micro}: the rows differ from those the rollout was made on; with "
                 "`num_iterations > 1` the train sampler must serve each step's rows num_iterations times in a row "
@@ -360,21 +407,35 @@ class ClipRLTrainer(ClipBaseTrainer):
         sets = pool.select(queries, inputs["captions"])
         texts = _UniqueTexts()
         positions = [[texts.add(t) for t in names] for names in sets]
-        targets = [next((names.index(c) for c in captions if c in names), -1)
-                   for names, captions in zip(sets, inputs["captions"])]
+        targets = [
+            next((names.index(c) for c in captions if c in names), -1)
+            for names, captions in zip(sets, inputs["captions"])
+        ]
         device = inputs["pixel_values"].device
         if self.args.contrastive_coef > 0:
-            inputs["caption_index"] = torch.tensor([texts.add(c[0]) for c in inputs["captions"]], device=device)
-            inputs["caption_keys"] = torch.tensor([content_key(c[0]) for c in inputs["captions"]], device=device)
+            inputs["caption_index"] = torch.tensor(
+                [texts.add(c[0]) for c in inputs["captions"]], device=device
+            )
+            inputs["caption_keys"] = torch.tensor(
+                [content_key(c[0]) for c in inputs["captions"]], device=device
+            )
         tokens = self.data_collator.tokenize(texts.items)
         inputs.update({key: value.to(device) for key, value in tokens.items()})
         width = max(len(p) for p in positions)
-        inputs["candidate_index"] = torch.tensor([p + [-1] * (width - len(p)) for p in positions], device=device)
+        inputs["candidate_index"] = torch.tensor(
+            [p + [-1] * (width - len(p)) for p in positions], device=device
+        )
         inputs["target_index"] = torch.tensor(targets, device=device)
         inputs["candidates"] = inputs["candidate_texts"] = sets  # retrieved names are the texts scored
 
-    def _record_step(self, log_probs: torch.Tensor, actions: torch.Tensor | None, rewards: torch.Tensor,
-                     targets: torch.Tensor, out: Any) -> None:
+    def _record_step(
+        self,
+        log_probs: torch.Tensor,
+        actions: torch.Tensor | None,
+        rewards: torch.Tensor,
+        targets: torch.Tensor,
+        out: Any,
+    ) -> None:
         probs = log_probs.detach().exp()
         known = targets >= 0
         if actions is None:
@@ -401,20 +462,30 @@ class ClipRLTrainer(ClipBaseTrainer):
 
     # -------------------------------------------------------------------------------------------- rewards
 
-    def _reward_kwargs(self, entries: list[tuple[int, int]], inputs: dict[str, Any], log_probs: torch.Tensor
-                       ) -> tuple[list[str], dict[str, Any]]:
+    def _reward_kwargs(
+        self, entries: list[tuple[int, int]], inputs: dict[str, Any], log_probs: torch.Tensor
+    ) -> tuple[list[str], dict[str, Any]]:
         rows, image_column = inputs["rows"], self.args.image_column
         candidate_images = inputs.get("candidate_images")  # gathered from every rank with `gather_candidates`
         if self.args.direction == "text_to_image" and candidate_images is None:
             candidate_images = [rows[r][image_column] for r in inputs["distinct_image_rows"].tolist()]
         return reward_kwargs(
-            entries, rows, inputs["candidates"], inputs["candidate_texts"], inputs["ground_truth"],
+            entries,
+            rows,
+            inputs["candidates"],
+            inputs["candidate_texts"],
+            inputs["ground_truth"],
             log_probs.detach().exp().tolist(),  # one transfer, not one per entry
-            image_column=image_column, direction=self.args.direction, candidate_rows=inputs.get("candidate_rows"),
-            candidate_images=candidate_images, trainer_state=self.state,
+            image_column=image_column,
+            direction=self.args.direction,
+            candidate_rows=inputs.get("candidate_rows"),
+            candidate_images=candidate_images,
+            trainer_state=self.state,
         )
 
-    def _score(self, entries: list[tuple[int, int]], inputs: dict[str, Any], log_probs: torch.Tensor) -> RewardScores:
+    def _score(
+        self, entries: list[tuple[int, int]], inputs: dict[str, Any], log_probs: torch.Tensor
+    ) -> RewardScores:
         """Every reward function's output per entry and their weighted sum (NaN where all of them said `None`)."""
         completions, kwargs = self._reward_kwargs(entries, inputs, log_probs)
         scores = self.rewards(completions, **kwargs)
@@ -425,9 +496,17 @@ class ClipRLTrainer(ClipBaseTrainer):
 class _Rollout:
     """What one batch's rollout fixed: actions, rewards, advantages and `log π_old` (reused by later updates)."""
 
-    def __init__(self, actions: torch.Tensor | None, rewards: torch.Tensor, advantages: torch.Tensor | None,
-                 old_log_probs: torch.Tensor, candidate_inputs: dict[str, Any], entries: list[tuple[int, int]],
-                 scores: RewardScores, row_index: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        actions: torch.Tensor | None,
+        rewards: torch.Tensor,
+        advantages: torch.Tensor | None,
+        old_log_probs: torch.Tensor,
+        candidate_inputs: dict[str, Any],
+        entries: list[tuple[int, int]],
+        scores: RewardScores,
+        row_index: torch.Tensor | None = None,
+    ) -> None:
         self.actions = actions
         self.rewards = rewards
         self.advantages = advantages

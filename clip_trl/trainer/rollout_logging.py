@@ -38,26 +38,40 @@ class RolloutLoggingCallback(TrainerCallback):
     def __init__(self, trainer: Any) -> None:
         self.trainer = trainer
         self.limit = trainer.args.num_rollouts_to_log
-        self.writer = RolloutWriter(os.path.join(trainer.args.output_dir, ROLLOUTS_DIRNAME), trainer.reward_names)
+        self.writer = RolloutWriter(
+            os.path.join(trainer.args.output_dir, ROLLOUTS_DIRNAME), trainer.reward_names
+        )
         self._captured: dict[str, Any] | None = None
 
-    def capture(self, entries: list[tuple[int, int]], log_probs: torch.Tensor, scores: Any,
-                advantages: torch.Tensor, inputs: dict[str, Any]) -> None:
+    def capture(
+        self,
+        entries: list[tuple[int, int]],
+        log_probs: torch.Tensor,
+        scores: Any,
+        advantages: torch.Tensor,
+        inputs: dict[str, Any],
+    ) -> None:
         """Remember one batch's rollout: the actions `entries` (query, candidate), `log π` `[B, K]`, the
         [`RewardScores`], one advantage per entry, and the batch (candidates, ground truth, rows). Called every
         step: only shallow slices are kept here (not the batch's tensors), the tables are built at the next log."""
         limit = self.limit
         self._captured = {
-            "entries": entries, "log_probs": log_probs[:limit].detach(), "scores": scores,
-            "advantages": advantages.detach(), "candidates": inputs["candidates"][:limit],
-            "ground_truth": inputs["ground_truth"][:limit], "rows": inputs["rows"][:limit],
+            "entries": entries,
+            "log_probs": log_probs[:limit].detach(),
+            "scores": scores,
+            "advantages": advantages.detach(),
+            "candidates": inputs["candidates"][:limit],
+            "ground_truth": inputs["ground_truth"][:limit],
+            "rows": inputs["rows"][:limit],
         }
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero:
             self.writer.resume(state.global_step)
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         if logs is None or not is_training_log(logs):
             return  # only training logs carry rollouts
         mine = self._rollouts()

@@ -71,8 +71,9 @@ def gather_embedding_set(local: EmbeddingSet) -> EmbeddingSet:
     """The whole eval set's embeddings from every rank's block (a collective: every rank must call it)."""
     _, world_size = _world()
     parts: list[Any] = [None] * world_size
-    dist.all_gather_object(parts, (local.image_embeds.cpu(), _row_captions(local), local.captions,
-                                   local.text_embeds.cpu()))
+    dist.all_gather_object(
+        parts, (local.image_embeds.cpu(), _row_captions(local), local.captions, local.text_embeds.cpu())
+    )
     row_captions = [row for _, rows, _, _ in parts for row in rows]
     captions, positives, first = index_captions(row_captions)
     # A caption embedded on several ranks: the first rank's embedding (the same text, the same model).

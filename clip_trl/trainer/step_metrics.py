@@ -12,20 +12,23 @@ def is_training_log(logs: dict[str, Any]) -> bool:
     return "loss" in logs and not any(key.startswith("eval_") for key in logs)
 
 
-
 class StepMetricsMixin:
     """`_record` and `log` for the clip_trl trainers (mixed into `ClipBaseTrainer`, before `Trainer`)."""
 
     def _record(self, **values: float | torch.Tensor) -> None:
         # Kept as tensors until `log()`: a float() per metric per step would be a host sync on GPU.
         for name, value in values.items():
-            self._metrics[name].append(value.detach().float().reshape(()) if torch.is_tensor(value) else torch.tensor(float(value)))
+            self._metrics[name].append(
+                value.detach().float().reshape(()) if torch.is_tensor(value) else torch.tensor(float(value))
+            )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the averaged per-step metrics (reduced over processes) to the Trainer's train logs."""
         if is_training_log(logs):
             averaged = {
-                name: torch.stack([t.to(self.args.device) for t in v]).mean() for name, v in self._metrics.items() if v
+                name: torch.stack([t.to(self.args.device) for t in v]).mean()
+                for name, v in self._metrics.items()
+                if v
             }
             logs.update(self._mean_over_processes(averaged))
             if self.args.skip_bad_rows:

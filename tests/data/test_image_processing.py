@@ -78,7 +78,9 @@ def test_sixteen_bit_greyscale_is_rescaled_not_clipped(clip224):
     assert image.mode.startswith("I;16")
     grey = FastImageTransform(clip224)([image])
     level = int(32768 / 65535 * 255)  # 127: half of the 16-bit range, not 255
-    expected_value = (np.float32(level / 255.0) - np.float32(clip224.image_mean[0])) / np.float32(clip224.image_std[0])
+    expected_value = (np.float32(level / 255.0) - np.float32(clip224.image_mean[0])) / np.float32(
+        clip224.image_std[0]
+    )
     assert grey[0, 0, 0, 0].item() == pytest.approx(float(expected_value), abs=1e-6)
 
 
@@ -91,15 +93,24 @@ def test_paths_bytes_and_dataset_cells_give_the_same_tensors(tmp_path, tiny):
     path.write_bytes(buffer.getvalue())
     transform = FastImageTransform(processor.image_processor)
     expected = transform([image])
-    for source in (str(path), path, buffer.getvalue(), {"bytes": buffer.getvalue(), "path": None},
-                   {"bytes": None, "path": str(path)}):
+    for source in (
+        str(path),
+        path,
+        buffer.getvalue(),
+        {"bytes": buffer.getvalue(), "path": None},
+        {"bytes": None, "path": str(path)},
+    ):
         assert torch.equal(transform([source]), expected), type(source)
 
 
 def test_resize_without_crop_and_other_normalisation(tmp_path):
     # SigLIP-style settings: a fixed (height, width) resize, bilinear, no crop, mean/std 0.5.
     siglip_like = CLIPImageProcessorPil(
-        size={"height": 64, "width": 48}, do_center_crop=False, resample=2, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        size={"height": 64, "width": 48},
+        do_center_crop=False,
+        resample=2,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
     )
     transform = FastImageTransform(siglip_like)
     assert transform.is_fast
@@ -142,20 +153,27 @@ def test_trainers_and_collator_use_the_fast_pipeline_by_default(tiny, emoji, tmp
     model, processor = tiny
     assert isinstance(ClipDataCollator(processor).image_transform, FastImageTransform)
     trainer = ClipContrastiveTrainer(
-        model=model, args=ClipContrastiveConfig(output_dir=str(tmp_path), report_to="none"),
-        processing_class=processor, train_dataset=emoji["train"],
+        model=model,
+        args=ClipContrastiveConfig(output_dir=str(tmp_path), report_to="none"),
+        processing_class=processor,
+        train_dataset=emoji["train"],
     )
     assert isinstance(trainer.data_collator.image_transform, FastImageTransform)
     assert trainer.data_collator.image_transform.is_fast
     args = ClipContrastiveConfig(output_dir=str(tmp_path), report_to="none", image_processing="processor")
-    assert isinstance(ClipContrastiveTrainer(model=model, args=args, processing_class=processor,
-                                             train_dataset=emoji["train"]).data_collator.image_transform,
-                      ProcessorImageTransform)
+    assert isinstance(
+        ClipContrastiveTrainer(
+            model=model, args=args, processing_class=processor, train_dataset=emoji["train"]
+        ).data_collator.image_transform,
+        ProcessorImageTransform,
+    )
     assert isinstance(image_transform_for(processor.image_processor, "processor"), ProcessorImageTransform)
 
 
 def test_bad_image_processing_value_is_named():
-    with pytest.raises(ValueError, match=r"`image_processing` must be one of \('fast', 'processor', 'draft'\), got 'quick'\."):
+    with pytest.raises(
+        ValueError, match=r"`image_processing` must be one of \('fast', 'processor', 'draft'\), got 'quick'\."
+    ):
         ClipContrastiveConfig(output_dir="unused", image_processing="quick")
 
 
@@ -185,7 +203,11 @@ def test_draft_decodes_jpegs_reduced_to_the_resize_size(clip224):
     assert FastImageTransform(clip224).draft_size is None  # off by default
     big = photo(960, 1280, seed=3)
     jpegs = [jpeg_bytes(big), jpeg_bytes(photo(480, 640, seed=4)), jpeg_bytes(photo(300, 400, seed=5))]
-    assert [load_image(j, draft=transform.draft_size).size for j in jpegs] == [(320, 240), (320, 240), (400, 300)]
+    assert [load_image(j, draft=transform.draft_size).size for j in jpegs] == [
+        (320, 240),
+        (320, 240),
+        (400, 300),
+    ]
     out = transform(jpegs)
     # Close to the exact pipeline on the same JPEGs (smooth content; the benchmark reports real photos).
     exact = FastImageTransform(clip224)([jpeg_bytes(big)])
@@ -204,5 +226,6 @@ def test_draft_mode_reaches_the_collator_and_png_stays_full_size(tiny):
     parsed = collator.parse_row({"image": jpeg, "caption": "a"})
     assert parsed["image"].size == (80, 60)  # the tiny model's 32 px input: an eighth of 640x480 suffices
     assert collator.parse_row({"image": png, "caption": "a"})["image"].size == (640, 480)
-    assert collator([{"image": jpeg, "caption": "a"}, {"image": png, "caption": "b"}])["pixel_values"].shape == (
-        2, 3, 32, 32)
+    assert collator([{"image": jpeg, "caption": "a"}, {"image": png, "caption": "b"}])[
+        "pixel_values"
+    ].shape == (2, 3, 32, 32)

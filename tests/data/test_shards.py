@@ -38,8 +38,18 @@ def test_write_shards_uses_the_webdataset_layout(shards):
     with tarfile.open(shards[1]) as tar:
         names = tar.getnames()
         caption = tar.extractfile("000000005.txt").read().decode()
-    assert names == ["000000005.png", "000000005.txt", "000000006.png", "000000006.txt", "000000007.png",
-                     "000000007.txt", "000000008.png", "000000008.txt", "000000009.png", "000000009.txt"]
+    assert names == [
+        "000000005.png",
+        "000000005.txt",
+        "000000006.png",
+        "000000006.txt",
+        "000000007.png",
+        "000000007.txt",
+        "000000008.png",
+        "000000008.txt",
+        "000000009.png",
+        "000000009.txt",
+    ]
     assert caption == "colour number 5"
 
 
@@ -57,7 +67,9 @@ def test_stream_rows_and_layout_errors(shards):
     folder = os.path.dirname(shards[0])
     with pytest.raises(ValueError, match="No shard matches"):
         ShardStream(os.path.join(folder, "nothing-*.tar"))
-    assert ShardStream(os.path.join(folder, "shard-{00002..00004}.tar")).files == shards[2:5]  # img2dataset style
+    assert (
+        ShardStream(os.path.join(folder, "shard-{00002..00004}.tar")).files == shards[2:5]
+    )  # img2dataset style
     with pytest.raises(ValueError, match=r"1 of 9 shard\(s\) do not exist, e.g. '.*shard-00008.tar'"):
         ShardStream(os.path.join(folder, "shard-{00000..00008}.tar"))
 
@@ -85,17 +97,36 @@ class RecordingRL(Recording, ClipRLTrainer):
 
 def make(kind: str, shards: list[str], output_dir: str):
     model, processor = build_clip("tiny", seed=0)
-    common = dict(output_dir=output_dir, report_to="none", max_steps=12, per_device_train_batch_size=4,
-                  gradient_accumulation_steps=1, learning_rate=1e-3, save_steps=5, dataloader_num_workers=2,
-                  seed=0, disable_tqdm=True, use_cpu=True)
+    common = dict(
+        output_dir=output_dir,
+        report_to="none",
+        max_steps=12,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        learning_rate=1e-3,
+        save_steps=5,
+        dataloader_num_workers=2,
+        seed=0,
+        disable_tqdm=True,
+        use_cpu=True,
+    )
     stream = ShardStream(shards, shuffle_buffer=4)
     if kind == "contrastive":
-        trainer = RecordingContrastive(model=model, args=ClipContrastiveConfig(**common), processing_class=processor,
-                                       train_dataset=stream)
+        trainer = RecordingContrastive(
+            model=model,
+            args=ClipContrastiveConfig(**common),
+            processing_class=processor,
+            train_dataset=stream,
+        )
     else:
         args = ClipRLConfig(**common, advantage="exact", beta=0.0)
-        trainer = RecordingRL(model=model, args=args, processing_class=processor, train_dataset=stream,
-                              reward_funcs="correctness")
+        trainer = RecordingRL(
+            model=model,
+            args=args,
+            processing_class=processor,
+            train_dataset=stream,
+            reward_funcs="correctness",
+        )
     trainer.seen = []
     return trainer
 
@@ -132,8 +163,17 @@ def free_port() -> int:
 def torchrun(*options: str, out: Path, shards: list[str]) -> subprocess.Popen:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "torch.distributed.run", *options, str(SCRIPT), "--out", str(out),
-               "--shards", *shards]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *options,
+        str(SCRIPT),
+        "--out",
+        str(out),
+        "--shards",
+        *shards,
+    ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
@@ -148,9 +188,22 @@ def test_two_processes_and_two_nodes_read_each_row_once_and_train_alike(shards, 
     port = free_port()
     one_node = torchrun("--standalone", "--nproc_per_node", "2", out=tmp_path / "one_node", shards=shards)
     nodes = [
-        torchrun("--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint",
-                 f"127.0.0.1:{port}", "--rdzv_id", "clip-trl-test", "--local_addr", "127.0.0.1",
-                 out=tmp_path / "two_nodes", shards=shards)
+        torchrun(
+            "--nnodes",
+            "2",
+            "--nproc_per_node",
+            "1",
+            "--rdzv_backend",
+            "c10d",
+            "--rdzv_endpoint",
+            f"127.0.0.1:{port}",
+            "--rdzv_id",
+            "clip-trl-test",
+            "--local_addr",
+            "127.0.0.1",
+            out=tmp_path / "two_nodes",
+            shards=shards,
+        )
         for _ in range(2)
     ]
     finish(one_node, *nodes)
@@ -198,14 +251,18 @@ def test_scripts_train_on_shards_and_require_max_steps(shards):
     from clip_trl.scripts.data import train_dataset
 
     folder = os.path.dirname(shards[0])
-    script_args = ScriptArguments(train_shards=f"{folder}/shard-0000[0-3].tar, {folder}/shard-{{00004..00007}}.tar",
-                                  shuffle_buffer=7)
+    script_args = ScriptArguments(
+        train_shards=f"{folder}/shard-0000[0-3].tar, {folder}/shard-{{00004..00007}}.tar", shuffle_buffer=7
+    )
     stream = train_dataset(script_args, ClipContrastiveConfig(output_dir="unused", max_steps=10, seed=3), {})
     assert isinstance(stream, ShardStream) and stream.files == shards
     assert (stream.shuffle_buffer, stream.seed) == (7, 3)
     with pytest.raises(ValueError, match="`--train_shards` streams the data .*: set `--max_steps`"):
         train_dataset(script_args, ClipContrastiveConfig(output_dir="unused"), {})
-    assert train_dataset(ScriptArguments(), ClipContrastiveConfig(output_dir="unused"), {"train": "rows"}) == "rows"
+    assert (
+        train_dataset(ScriptArguments(), ClipContrastiveConfig(output_dir="unused"), {"train": "rows"})
+        == "rows"
+    )
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -221,10 +278,21 @@ def test_a_bad_row_in_a_shard_is_named_by_shard_file_and_key(tmp_path, workers):
             member.size = len(data)
             tar.addfile(member, io.BytesIO(data))
     model, processor = build_clip("tiny", seed=0)
-    args = ClipContrastiveConfig(output_dir=str(tmp_path / "out"), report_to="none", max_steps=4, seed=0,
-                                 per_device_train_batch_size=4, dataloader_num_workers=workers, use_cpu=True,
-                                 disable_tqdm=True, save_strategy="no")
-    trainer = ClipContrastiveTrainer(model=model, args=args, processing_class=processor,
-                                     train_dataset=ShardStream(paths, shuffle_buffer=0))
-    with pytest.raises(ValueError, match=r"Row 6 \(shard 'shard-00001\.tar', key '000000006'\), column 'image': "):
+    args = ClipContrastiveConfig(
+        output_dir=str(tmp_path / "out"),
+        report_to="none",
+        max_steps=4,
+        seed=0,
+        per_device_train_batch_size=4,
+        dataloader_num_workers=workers,
+        use_cpu=True,
+        disable_tqdm=True,
+        save_strategy="no",
+    )
+    trainer = ClipContrastiveTrainer(
+        model=model, args=args, processing_class=processor, train_dataset=ShardStream(paths, shuffle_buffer=0)
+    )
+    with pytest.raises(
+        ValueError, match=r"Row 6 \(shard 'shard-00001\.tar', key '000000006'\), column 'image': "
+    ):
         trainer.train()

@@ -33,17 +33,25 @@ def tiny_siglip():
     tokenizer = Tokenizer(models.WordLevel({word: i for i, word in enumerate(WORDS)}, unk_token="<unk>"))
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="</s>", eos_token="</s>",
-                                   unk_token="<unk>", model_max_length=16)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="</s>", eos_token="</s>", unk_token="<unk>", model_max_length=16
+    )
     tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
     config = SiglipConfig(
-        text_config=dict(vocab_size=len(WORDS), max_position_embeddings=16, pad_token_id=0, bos_token_id=0,
-                         eos_token_id=0, **tower),
+        text_config=dict(
+            vocab_size=len(WORDS),
+            max_position_embeddings=16,
+            pad_token_id=0,
+            bos_token_id=0,
+            eos_token_id=0,
+            **tower,
+        ),
         vision_config=dict(image_size=32, patch_size=8, **tower),
     )
     torch.manual_seed(0)
-    processor = SiglipProcessor(image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}),
-                                tokenizer=fast)
+    processor = SiglipProcessor(
+        image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}), tokenizer=fast
+    )
     return SiglipModel(config), processor
 
 
@@ -63,11 +71,19 @@ def pushed(tmp_path_factory, emoji):
         for arch in ("clip", "siglip"):
             for kind in ("full", "adapter"):
                 args = ClipContrastiveConfig(
-                    output_dir=str(root / f"{arch}-{kind}"), hub_model_id=f"org/{arch}-{kind}", max_steps=1,
-                    per_device_train_batch_size=4, report_to="none", save_strategy="no", use_cpu=True, seed=0,
+                    output_dir=str(root / f"{arch}-{kind}"),
+                    hub_model_id=f"org/{arch}-{kind}",
+                    max_steps=1,
+                    per_device_train_batch_size=4,
+                    report_to="none",
+                    save_strategy="no",
+                    use_cpu=True,
+                    seed=0,
                 )
                 trainer = ClipContrastiveTrainer(
-                    model=f"org/tiny-{arch}", args=args, train_dataset=emoji["train"].select(range(4)),
+                    model=f"org/tiny-{arch}",
+                    args=args,
+                    train_dataset=emoji["train"].select(range(4)),
                     peft_config=default_lora_config(r=2, dropout=0.0) if kind == "adapter" else None,
                 )
                 trainer.train()
@@ -103,8 +119,12 @@ def test_the_cards_python_blocks_run_as_written(pushed, arch, kind, tmp_path, mo
     # The snippet's model is the trained one: same probabilities as the trainer's model on the same inputs.
     trained = runs[arch, kind].model.eval()
     processor = namespace["processor"]
-    inputs = processor(text=labels, images=Image.open("photo.jpg").convert("RGB"), return_tensors="pt",
-                       padding="max_length" if arch == "siglip" else True)
+    inputs = processor(
+        text=labels,
+        images=Image.open("photo.jpg").convert("RGB"),
+        return_tensors="pt",
+        padding="max_length" if arch == "siglip" else True,
+    )
     with torch.no_grad():
         logits = trained(**inputs).logits_per_image[0]
     expected = torch.sigmoid(logits) if arch == "siglip" else logits.softmax(-1)
@@ -112,5 +132,6 @@ def test_the_cards_python_blocks_run_as_written(pushed, arch, kind, tmp_path, mo
 
     namespace = {}
     exec(compile(with_clip_trl, "card load_model", "exec"), namespace)
-    assert type(namespace["model"].get_base_model() if kind == "adapter" else namespace["model"]).__name__ == (
-        "SiglipModel" if arch == "siglip" else "CLIPModel")
+    assert type(
+        namespace["model"].get_base_model() if kind == "adapter" else namespace["model"]
+    ).__name__ == ("SiglipModel" if arch == "siglip" else "CLIPModel")

@@ -40,11 +40,23 @@ def hub(tmp_path_factory, emoji):
 
                 peft_config = default_lora_config(r=4, dropout=0.0)
             args = ClipContrastiveConfig(
-                output_dir=str(root / name), max_steps=2, per_device_train_batch_size=8, learning_rate=1e-2,
-                report_to="none", save_strategy="no", logging_steps=1, use_cpu=True, seed=0, hub_model_id=repo,
+                output_dir=str(root / name),
+                max_steps=2,
+                per_device_train_batch_size=8,
+                learning_rate=1e-2,
+                report_to="none",
+                save_strategy="no",
+                logging_steps=1,
+                use_cpu=True,
+                seed=0,
+                hub_model_id=repo,
             )
-            trainer = ClipContrastiveTrainer(model=BASE_REPO, args=args, train_dataset=emoji["train"].select(range(16)),
-                                             peft_config=peft_config)
+            trainer = ClipContrastiveTrainer(
+                model=BASE_REPO,
+                args=args,
+                train_dataset=emoji["train"].select(range(16)),
+                peft_config=peft_config,
+            )
             trainer.train()
             trainer.push_to_hub(dataset_name="clip-trl-test/emoji")
             runs[name] = {"trainer": trainer, "folder": args.output_dir, "upload": local.commits[-1]}
@@ -88,8 +100,13 @@ def test_push_uploads_weights_processor_card_and_curves(hub):
 
 def test_push_of_an_adapter_uploads_the_adapter_not_the_model(hub):
     files = set(hub["adapter"]["upload"].added)
-    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "training_curves.png",
-            "tokenizer.json"} <= files
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "README.md",
+        "training_curves.png",
+        "tokenizer.json",
+    } <= files
     assert "model.safetensors" not in files
     card = ModelCard.load(os.path.join(hub["adapter"]["folder"], "README.md"))
     assert card.data.library_name == "peft" and card.data.base_model == BASE_REPO
@@ -99,9 +116,16 @@ def test_push_of_an_adapter_uploads_the_adapter_not_the_model(hub):
 
 
 def test_save_model_with_push_to_hub_pushes_once_with_the_card(hub, emoji):
-    args = ClipContrastiveConfig(output_dir=str(hub["root"] / "auto-push"), push_to_hub=True,
-                                 hub_model_id="clip-trl-test/auto-push", report_to="none", use_cpu=True)
-    trainer = ClipContrastiveTrainer(model=BASE_REPO, args=args, train_dataset=emoji["train"].select(range(16)))
+    args = ClipContrastiveConfig(
+        output_dir=str(hub["root"] / "auto-push"),
+        push_to_hub=True,
+        hub_model_id="clip-trl-test/auto-push",
+        report_to="none",
+        use_cpu=True,
+    )
+    trainer = ClipContrastiveTrainer(
+        model=BASE_REPO, args=args, train_dataset=emoji["train"].select(range(16))
+    )
     before = len(hub["uploads"])
     trainer.save_model()
     assert len(hub["uploads"]) == before + 1
@@ -124,7 +148,9 @@ def test_load_model_adapter_gives_identical_logits(hub, images, merge):
     trained = hub["adapter"]["trainer"].model.eval()
     expected = logits(trained, hub["processor"], images)
     with trained.disable_adapter():
-        assert not torch.allclose(logits(trained, hub["processor"], images), expected), "the adapter did nothing"
+        assert not torch.allclose(logits(trained, hub["processor"], images), expected), (
+            "the adapter did nothing"
+        )
     model, processor = load_model(hub["adapter"]["folder"], merge=merge)
     if merge:
         assert type(model) is CLIPModel
@@ -140,7 +166,9 @@ def test_load_model_takes_the_processor_from_the_base_when_the_adapter_has_none(
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         shutil.copy(os.path.join(hub["adapter"]["folder"], name), folder / name)
     model, processor = load_model(folder)
-    assert processor.tokenizer("red heart")["input_ids"] == hub["processor"].tokenizer("red heart")["input_ids"]
+    assert (
+        processor.tokenizer("red heart")["input_ids"] == hub["processor"].tokenizer("red heart")["input_ids"]
+    )
     expected = logits(hub["adapter"]["trainer"].model.eval(), hub["processor"], images)
     torch.testing.assert_close(logits(model, processor, images), expected, rtol=0, atol=0)
 
@@ -176,8 +204,9 @@ def test_pull_adapter_and_its_base_from_the_hub_cache_offline(hub, images):
     torch.testing.assert_close(logits(model, processor, images), expected, rtol=0, atol=0)
     # What the card's quick start does, by hand.
     manual = PeftModel.from_pretrained(CLIPModel.from_pretrained(BASE_REPO), ADAPTER_REPO).eval()
-    torch.testing.assert_close(logits(manual, AutoProcessor.from_pretrained(BASE_REPO), images), expected,
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        logits(manual, AutoProcessor.from_pretrained(BASE_REPO), images), expected, rtol=0, atol=0
+    )
     merged, processor = load_model(ADAPTER_REPO, merge=True)
     torch.testing.assert_close(logits(merged, processor, images), expected, rtol=0, atol=1e-5)
 
@@ -208,7 +237,9 @@ def test_docs_rehearsal_of_push_and_pull_runs_as_written(tmp_path, monkeypatch, 
     exec(compile(code, "docs/sharing.md", "exec"), namespace)
     assert "'adapter_config.json'" in capsys.readouterr().out
     hub = namespace["hub"]
-    assert [commit.repo_id for commit in hub.commits] == ["your-name/tiny-clip"] * 2 + ["your-name/clip-emoji-lora"]
+    assert [commit.repo_id for commit in hub.commits] == ["your-name/tiny-clip"] * 2 + [
+        "your-name/clip-emoji-lora"
+    ]
     assert os.path.isfile(os.path.join(hub.repo_dir("your-name/clip-emoji-lora"), "refs", "main"))
     assert type(namespace["model"].get_base_model()).__name__ == "CLIPModel"
     # Outside the block the Hub is the real one again: nothing resolves from the local folder.

@@ -16,8 +16,9 @@ from clip_trl.reporting.curves import TrainingCurvesCallback, plot_training_curv
 from clip_trl.rewards import correctness
 
 BASE = "clip-trl-test/tiny-base"  # a Hub-style id that is not a local folder: it becomes `base_model`
-COMMON = dict(per_device_train_batch_size=8, learning_rate=1e-2, report_to="none", logging_steps=1, seed=0,
-              use_cpu=True)
+COMMON = dict(
+    per_device_train_batch_size=8, learning_rate=1e-2, report_to="none", logging_steps=1, seed=0, use_cpu=True
+)
 
 
 def tiny_from_hub_id():
@@ -30,10 +31,20 @@ def tiny_from_hub_id():
 def trained(tmp_path_factory, emoji):
     """A full-model contrastive run: trained with a checkpoint, evaluated at the end, then saved."""
     model, processor = tiny_from_hub_id()
-    args = ClipContrastiveConfig(output_dir=str(tmp_path_factory.mktemp("card") / "clip-emoji"), max_steps=2,
-                                 save_strategy="steps", save_steps=2, **COMMON)
-    trainer = ClipContrastiveTrainer(model=model, args=args, train_dataset=emoji["train"].select(range(16)),
-                                     eval_dataset=emoji["test"].select(range(16)), processing_class=processor)
+    args = ClipContrastiveConfig(
+        output_dir=str(tmp_path_factory.mktemp("card") / "clip-emoji"),
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        **COMMON,
+    )
+    trainer = ClipContrastiveTrainer(
+        model=model,
+        args=args,
+        train_dataset=emoji["train"].select(range(16)),
+        eval_dataset=emoji["test"].select(range(16)),
+        processing_class=processor,
+    )
     trainer.train()
     metrics = trainer.evaluate()
     trainer.save_model()
@@ -53,8 +64,11 @@ def test_card_front_matter(trained):
 
 def test_model_index_holds_exactly_the_final_evaluation(trained):
     trainer, metrics, card = trained
-    expected = {key.removeprefix("eval_"): value for key, value in metrics.items()
-                if key not in ("eval_runtime", "eval_samples", "epoch")}
+    expected = {
+        key.removeprefix("eval_"): value
+        for key, value in metrics.items()
+        if key not in ("eval_runtime", "eval_samples", "epoch")
+    }
     assert expected and "image_to_text_recall@1" in expected
     reported = {result.metric_name: result.metric_value for result in card.data.eval_results}
     assert reported == expected
@@ -98,11 +112,23 @@ def weighted(completions, scale, **kwargs):
 
 def test_rl_adapter_card(tmp_path, emoji):
     model, processor = tiny_from_hub_id()
-    args = ClipRLConfig(output_dir=str(tmp_path / "rl"), num_samples=4, advantage="rloo", beta=0.2,
-                        policy_temperature=0.5, reward_weights=[1.0, 0.5], **COMMON)
-    trainer = ClipRLTrainer(model=model, reward_funcs=["correctness", functools.partial(weighted, scale=2.0)],
-                            args=args, train_dataset=emoji["train"].select(range(16)), processing_class=processor,
-                            peft_config=default_lora_config(r=8))
+    args = ClipRLConfig(
+        output_dir=str(tmp_path / "rl"),
+        num_samples=4,
+        advantage="rloo",
+        beta=0.2,
+        policy_temperature=0.5,
+        reward_weights=[1.0, 0.5],
+        **COMMON,
+    )
+    trainer = ClipRLTrainer(
+        model=model,
+        reward_funcs=["correctness", functools.partial(weighted, scale=2.0)],
+        args=args,
+        train_dataset=emoji["train"].select(range(16)),
+        processing_class=processor,
+        peft_config=default_lora_config(r=8),
+    )
     trainer.create_model_card(dataset_name="clip-trl-test/emoji", tags=["emoji"], license="mit")
     card = ModelCard.load(os.path.join(args.output_dir, "README.md"))
     data, text = card.data, card.text
@@ -114,8 +140,14 @@ def test_rl_adapter_card(tmp_path, emoji):
     assert f'base = CLIPModel.from_pretrained("{BASE}")' in text
     assert f'PeftModel.from_pretrained(base, "{args.output_dir}")' in text
     assert "| `correctness` | 1 |" in text and "| `weighted` | 0.5 |" in text
-    for row in ("| advantage | `rloo` |", "| beta | `0.2` |", "| num_samples | `4` |",
-                "| policy_temperature | `0.5` |", "| r | `8` |", "| target_modules | `q_proj, v_proj` |"):
+    for row in (
+        "| advantage | `rloo` |",
+        "| beta | `0.2` |",
+        "| num_samples | `4` |",
+        "| policy_temperature | `0.5` |",
+        "| r | `8` |",
+        "| target_modules | `q_proj, v_proj` |",
+    ):
         assert row in text, row
     assert "adapters disabled" in text
     assert "ahmadian2024rloo" in text and "hu2022lora" in text and "shao2024deepseekmath" not in text
@@ -125,10 +157,16 @@ def test_rl_adapter_card(tmp_path, emoji):
 def test_siglip_card_cites_siglip_and_accepts_trainer_style_arguments(tmp_path, emoji):
     model, processor = build_clip("tiny", seed=0)  # built in memory: no base model id to cite
     args = ClipContrastiveConfig(output_dir=str(tmp_path / "siglip"), loss_type="siglip", **COMMON)
-    trainer = ClipContrastiveTrainer(model=model, args=args, train_dataset=emoji["train"].select(range(16)),
-                                     processing_class=processor)
-    trainer.create_model_card(model_name="My SigLIP", language="en", finetuned_from="org/base",
-                              dataset="org/data", tasks="zero-shot-image-classification")
+    trainer = ClipContrastiveTrainer(
+        model=model, args=args, train_dataset=emoji["train"].select(range(16)), processing_class=processor
+    )
+    trainer.create_model_card(
+        model_name="My SigLIP",
+        language="en",
+        finetuned_from="org/base",
+        dataset="org/data",
+        tasks="zero-shot-image-classification",
+    )
     card = ModelCard.load(os.path.join(args.output_dir, "README.md"))
     assert card.data.base_model == "org/base" and card.data.language == "en"
     assert card.data.datasets == ["org/data"]
@@ -162,8 +200,9 @@ def test_a_new_method_describes_itself_without_touching_model_card(tmp_path, emo
 
     model, processor = build_clip("tiny", seed=0)
     args = ToyConfig(output_dir=str(tmp_path / "toy"), toy_strength=0.25, **COMMON)
-    trainer = ClipContrastiveTrainer(model=model, args=args, train_dataset=emoji["train"].select(range(16)),
-                                     processing_class=processor)
+    trainer = ClipContrastiveTrainer(
+        model=model, args=args, train_dataset=emoji["train"].select(range(16)), processing_class=processor
+    )
     trainer.create_model_card()
     text = ModelCard.load(os.path.join(args.output_dir, "README.md")).text
     assert "Toy objective of strength 0.25 (adapter: False)." in text
@@ -186,14 +225,24 @@ RL_HISTORY = [
 def test_plot_has_legible_titled_panels(tmp_path, monkeypatch):
     figures = []
     original = Figure.savefig
-    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (figures.append(self), original(self, *a, **k))[1])
+    monkeypatch.setattr(
+        Figure, "savefig", lambda self, *a, **k: (figures.append(self), original(self, *a, **k))[1]
+    )
     path = plot_training_curves(RL_HISTORY, tmp_path / "sub" / "curves.png")
     assert path == str(tmp_path / "sub" / "curves.png") and os.path.getsize(path) > 0
     axes = [ax for ax in figures[0].axes if ax.get_visible()]
-    assert [ax.get_title() for ax in axes] == ["Loss", "Reward", "KL to the reference policy", "Evaluation recall@1"]
+    assert [ax.get_title() for ax in axes] == [
+        "Loss",
+        "Reward",
+        "KL to the reference policy",
+        "Evaluation recall@1",
+    ]
     assert all(ax.get_xlabel() and ax.get_ylabel() for ax in axes)
-    texts = [t for ax in axes for t in (ax.title, ax.xaxis.label, ax.yaxis.label, *ax.get_xticklabels(),
-                                         *ax.get_yticklabels())]
+    texts = [
+        t
+        for ax in axes
+        for t in (ax.title, ax.xaxis.label, ax.yaxis.label, *ax.get_xticklabels(), *ax.get_yticklabels())
+    ]
     assert min(t.get_fontsize() for t in texts) >= 8
 
 
@@ -233,7 +282,9 @@ def test_docstring_examples_run(tmp_path, monkeypatch):
     assert doctest.testmod(citations).failed == 0
     assert doctest.testmod(plotting).failed == 0
     runner = doctest.DocTestRunner()
-    for test in doctest.DocTestFinder().find(ClipBaseTrainer.create_model_card, "create_model_card", globs={}):
+    for test in doctest.DocTestFinder().find(
+        ClipBaseTrainer.create_model_card, "create_model_card", globs={}
+    ):
         runner.run(test)
     for test in doctest.DocTestFinder().find(ClipBaseConfig.model_card_fields, "model_card_fields", globs={}):
         runner.run(test)

@@ -9,8 +9,14 @@ from clip_trl.inference.rerank import generate_candidates, rerank
 from clip_trl.offline import build_clip
 
 COLOURS = {
-    "red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (240, 220, 20),
-    "black": (10, 10, 10), "white": (250, 250, 250), "purple": (140, 40, 170), "orange": (250, 140, 20),
+    "red": (220, 30, 30),
+    "green": (30, 180, 40),
+    "blue": (30, 60, 220),
+    "yellow": (240, 220, 20),
+    "black": (10, 10, 10),
+    "white": (250, 250, 250),
+    "purple": (140, 40, 170),
+    "orange": (250, 140, 20),
 }
 
 
@@ -67,9 +73,17 @@ def test_reranking_finds_the_right_caption_more_often_after_fine_tuning(tmp_path
     model, processor = tiny
     data = colour_data()
     before = top1_accuracy(model, processor, data)
-    args = ClipContrastiveConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=len(data),
-                                 learning_rate=2e-3, max_steps=30, report_to="none", save_strategy="no",
-                                 logging_steps=100, seed=0, use_cpu=True)
+    args = ClipContrastiveConfig(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=len(data),
+        learning_rate=2e-3,
+        max_steps=30,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=100,
+        seed=0,
+        use_cpu=True,
+    )
     ClipContrastiveTrainer(model=model, args=args, train_dataset=data, processing_class=processor).train()
     after = top1_accuracy(model, processor, data)
     assert after >= 0.75, (before, after)
@@ -85,20 +99,59 @@ def tiny_blip(tmp_path):
     except ImportError:
         from transformers import BlipImageProcessor as image_processor_class
 
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "a", "photo", "of", "the", "red", "blue",
-             "green", "square", "circle", "cat", "dog", "on", "table", "small"]
+    words = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "[DEC]",
+        "a",
+        "photo",
+        "of",
+        "the",
+        "red",
+        "blue",
+        "green",
+        "square",
+        "circle",
+        "cat",
+        "dog",
+        "on",
+        "table",
+        "small",
+    ]
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(words) + "\n")
     tokenizer = BertTokenizer(str(vocab), bos_token="[DEC]")
-    processor = BlipProcessor(image_processor=image_processor_class(size={"height": 32, "width": 32}),
-                              tokenizer=tokenizer)
-    ids = {"bos_token_id": tokenizer.bos_token_id, "sep_token_id": tokenizer.sep_token_id,
-           "eos_token_id": tokenizer.sep_token_id, "pad_token_id": tokenizer.pad_token_id}
+    processor = BlipProcessor(
+        image_processor=image_processor_class(size={"height": 32, "width": 32}), tokenizer=tokenizer
+    )
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "sep_token_id": tokenizer.sep_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     config = BlipConfig(
-        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "encoder_hidden_size": 32, "max_position_embeddings": 40, **ids},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "encoder_hidden_size": 32,
+            "max_position_embeddings": 40,
+            **ids,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         projection_dim=32,
     )
     return BlipForConditionalGeneration(config), processor
@@ -108,16 +161,26 @@ def test_generate_candidates_returns_n_captions_per_image(tmp_path, tiny):
     from transformers import set_seed
 
     captioner, blip_processor = tiny_blip(tmp_path)
-    images = [Image.new("RGB", (40, 40), "red"), {"bytes": png_bytes((0, 0, 255, 90), "RGBA"), "path": None},
-              Image.new("L", (10, 10), 128)]
+    images = [
+        Image.new("RGB", (40, 40), "red"),
+        {"bytes": png_bytes((0, 0, 255, 90), "RGBA"), "path": None},
+        Image.new("L", (10, 10), 128),
+    ]
     set_seed(0)
-    candidates = generate_candidates(images, captioner, num_candidates=4, processor=blip_processor, batch_size=2,
-                                     max_new_tokens=6)
+    candidates = generate_candidates(
+        images, captioner, num_candidates=4, processor=blip_processor, batch_size=2, max_new_tokens=6
+    )
     assert len(candidates) == 3
     assert all(len(options) == 4 and all(isinstance(c, str) for c in options) for options in candidates)
     assert len({c for options in candidates for c in options}) > 1  # sampled, not one caption repeated
-    prompted = generate_candidates(images[:1], captioner, num_candidates=2, processor=blip_processor,
-                                   prompt="a photo of", max_new_tokens=4)
+    prompted = generate_candidates(
+        images[:1],
+        captioner,
+        num_candidates=2,
+        processor=blip_processor,
+        prompt="a photo of",
+        max_new_tokens=4,
+    )
     assert all(c.startswith("a photo of") for c in prompted[0])
     # The candidates go straight into rerank.
     model, processor = tiny
@@ -130,5 +193,7 @@ def test_generate_candidates_loads_a_saved_captioner(tmp_path):
     folder = os.fspath(tmp_path / "blip")
     captioner.save_pretrained(folder)
     blip_processor.save_pretrained(folder)
-    candidates = generate_candidates([Image.new("RGB", (32, 32), "blue")], folder, num_candidates=3, max_new_tokens=4)
+    candidates = generate_candidates(
+        [Image.new("RGB", (32, 32), "blue")], folder, num_candidates=3, max_new_tokens=4
+    )
     assert len(candidates) == 1 and len(candidates[0]) == 3

@@ -68,13 +68,28 @@ def run_all(output_dir: str, per_device_batch: int) -> dict[str, Any]:
     for loss_type in ("clip", "siglip"):
         model, processor = build_clip("tiny", seed=0)
         args = ClipContrastiveConfig(
-            output_dir=os.path.join(output_dir, loss_type), per_device_train_batch_size=per_device_batch,
-            max_steps=1, learning_rate=0.5, optim="sgd", max_grad_norm=0.0, report_to="none", save_strategy="no",
-            logging_steps=1, seed=0, use_cpu=True, disable_tqdm=True, lr_scheduler_type="constant",
-            train_sampling_strategy="sequential", loss_type=loss_type, negative_column="negatives",
-            per_device_eval_batch_size=4, eval_in_batch_size=3,
+            output_dir=os.path.join(output_dir, loss_type),
+            per_device_train_batch_size=per_device_batch,
+            max_steps=1,
+            learning_rate=0.5,
+            optim="sgd",
+            max_grad_norm=0.0,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=1,
+            seed=0,
+            use_cpu=True,
+            disable_tqdm=True,
+            lr_scheduler_type="constant",
+            train_sampling_strategy="sequential",
+            loss_type=loss_type,
+            negative_column="negatives",
+            per_device_eval_batch_size=4,
+            eval_in_batch_size=3,
         )
-        trainer = ClipContrastiveTrainer(model=model, args=args, train_dataset=train_rows(), processing_class=processor)
+        trainer = ClipContrastiveTrainer(
+            model=model, args=args, train_dataset=train_rows(), processing_class=processor
+        )
         trainer.train()
         results[loss_type] = {
             "world_size": trainer.args.world_size,

@@ -26,10 +26,23 @@ from clip_trl.offline import load_emoji_dataset  # noqa: E402
 
 
 def _common(output_dir: str, per_device_batch: int) -> dict[str, Any]:
-    return dict(output_dir=output_dir, per_device_train_batch_size=per_device_batch, max_steps=2, learning_rate=1e-3,
-                optim="sgd", max_grad_norm=1.0, report_to="none", save_strategy="no", logging_steps=1, seed=0,
-                use_cpu=True, disable_tqdm=True, lr_scheduler_type="constant", train_sampling_strategy="sequential",
-                dataloader_num_workers=0)
+    return dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=per_device_batch,
+        max_steps=2,
+        learning_rate=1e-3,
+        optim="sgd",
+        max_grad_norm=1.0,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        use_cpu=True,
+        disable_tqdm=True,
+        lr_scheduler_type="constant",
+        train_sampling_strategy="sequential",
+        dataloader_num_workers=0,
+    )
 
 
 def run_all(output_dir: str, per_device_batch: int) -> dict[str, Any]:
@@ -42,12 +55,21 @@ def run_all(output_dir: str, per_device_batch: int) -> dict[str, Any]:
         model, processor = entry.build_model(), entry.build_processor()
         common = _common(os.path.join(output_dir, method), per_device_batch)
         if method == "contrastive":
-            trainer = ClipContrastiveTrainer(model=model, args=ClipContrastiveConfig(**common), train_dataset=data,
-                                             processing_class=processor)
+            trainer = ClipContrastiveTrainer(
+                model=model,
+                args=ClipContrastiveConfig(**common),
+                train_dataset=data,
+                processing_class=processor,
+            )
         else:
             args = ClipRLConfig(**common, advantage="exact", beta=0.0, gather_candidates=True)
-            trainer = ClipRLTrainer(model=model, reward_funcs="correctness", args=args, train_dataset=data,
-                                    processing_class=processor)
+            trainer = ClipRLTrainer(
+                model=model,
+                reward_funcs="correctness",
+                args=args,
+                train_dataset=data,
+                processing_class=processor,
+            )
         trainer.train()
         results[method] = {
             "grad_norms": [entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry],

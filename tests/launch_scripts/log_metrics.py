@@ -14,8 +14,12 @@ options = parser.parse_args()
 
 model, processor = build_clip("tiny", seed=0)
 args = ClipContrastiveConfig(output_dir=tempfile.mkdtemp(), report_to="none", use_cpu=True)
-trainer = ClipContrastiveTrainer(model=model, args=args, processing_class=processor,
-                                 train_dataset=load_emoji_dataset(max_examples=16)["train"])
+trainer = ClipContrastiveTrainer(
+    model=model,
+    args=args,
+    processing_class=processor,
+    train_dataset=load_emoji_dataset(max_examples=16)["train"],
+)
 rank = args.process_index
 if rank == 0:
     trainer._record(a=1.0, b=2.0)

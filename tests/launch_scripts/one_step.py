@@ -19,17 +19,33 @@ def main() -> None:
     parser.add_argument("--per_device_batch", type=int, required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--chunk_size", type=int, default=None, help="contrastive_chunk_size (GradCache); default off")
+    parser.add_argument(
+        "--chunk_size", type=int, default=None, help="contrastive_chunk_size (GradCache); default off"
+    )
     args = parser.parse_args()
     torch.use_deterministic_algorithms(True)
     data = load_emoji_dataset()["train"].select(range(32))
     model, processor = build_clip("tiny", seed=0)
-    common = dict(output_dir=args.output_dir, per_device_train_batch_size=args.per_device_batch, max_steps=1,
-                  learning_rate=0.5, optim="sgd", max_grad_norm=0.0, report_to="none", save_strategy="no",
-                  logging_steps=1, seed=0, use_cpu=True, disable_tqdm=True, lr_scheduler_type="constant")
+    common = dict(
+        output_dir=args.output_dir,
+        per_device_train_batch_size=args.per_device_batch,
+        max_steps=1,
+        learning_rate=0.5,
+        optim="sgd",
+        max_grad_norm=0.0,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        use_cpu=True,
+        disable_tqdm=True,
+        lr_scheduler_type="constant",
+    )
     if args.trainer == "contrastive":
         config = ClipContrastiveConfig(**common, contrastive_chunk_size=args.chunk_size)
-        trainer = ClipContrastiveTrainer(model=model, args=config, train_dataset=data, processing_class=processor)
+        trainer = ClipContrastiveTrainer(
+            model=model, args=config, train_dataset=data, processing_class=processor
+        )
         trainer.chunked_steps = 0
         chunked_step = trainer._chunked_training_step
 
@@ -39,14 +55,25 @@ def main() -> None:
 
         trainer._chunked_training_step = counting
     else:
-        trainer = ClipRLTrainer(model=model, reward_funcs="correctness", train_dataset=data, processing_class=processor,
-                                args=ClipRLConfig(**common, advantage="exact", beta=0.0))
+        trainer = ClipRLTrainer(
+            model=model,
+            reward_funcs="correctness",
+            train_dataset=data,
+            processing_class=processor,
+            args=ClipRLConfig(**common, advantage="exact", beta=0.0),
+        )
     trainer.train()
     if trainer.args.process_index == 0:
         loss = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
-        torch.save({"loss": loss, "world_size": trainer.args.world_size,
-                    "chunked_steps": getattr(trainer, "chunked_steps", 0),
-                    "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}}, args.out)
+        torch.save(
+            {
+                "loss": loss,
+                "world_size": trainer.args.world_size,
+                "chunked_steps": getattr(trainer, "chunked_steps", 0),
+                "weights": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            },
+            args.out,
+        )
 
 
 if __name__ == "__main__":

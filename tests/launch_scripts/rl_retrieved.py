@@ -33,13 +33,29 @@ def run(per_device_batch: int, output_dir: str) -> dict:
     data = load_emoji_dataset()["train"].select(range(32))
     model, processor = build_clip("tiny", seed=0)
     recorder = SetRecorder()
-    config = ClipRLConfig(output_dir=output_dir, per_device_train_batch_size=per_device_batch, max_steps=2,
-                          learning_rate=0.5, optim="sgd", max_grad_norm=0.0, report_to="none", save_strategy="no",
-                          logging_steps=1, seed=0, use_cpu=True, disable_tqdm=True, lr_scheduler_type="constant",
-                          advantage="exact", beta=0.0, candidates="retrieved", num_candidates=4,
-                          candidate_refresh_steps=1)
-    trainer = ClipRLTrainer(model=model, reward_funcs=recorder, train_dataset=data, processing_class=processor,
-                            args=config)
+    config = ClipRLConfig(
+        output_dir=output_dir,
+        per_device_train_batch_size=per_device_batch,
+        max_steps=2,
+        learning_rate=0.5,
+        optim="sgd",
+        max_grad_norm=0.0,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        use_cpu=True,
+        disable_tqdm=True,
+        lr_scheduler_type="constant",
+        advantage="exact",
+        beta=0.0,
+        candidates="retrieved",
+        num_candidates=4,
+        candidate_refresh_steps=1,
+    )
+    trainer = ClipRLTrainer(
+        model=model, reward_funcs=recorder, train_dataset=data, processing_class=processor, args=config
+    )
     trainer.train()
     sets = recorder.sets
     if dist.is_initialized():
@@ -49,8 +65,12 @@ def run(per_device_batch: int, output_dir: str) -> dict:
     if trainer.args.process_index != 0:
         return None
     loss = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
-    return {"sets": sets, "index": trainer.retrieved_candidates.embeds, "loss": loss,
-            "world_size": trainer.args.world_size}
+    return {
+        "sets": sets,
+        "index": trainer.retrieved_candidates.embeds,
+        "loss": loss,
+        "world_size": trainer.args.world_size,
+    }
 
 
 def main() -> None:

@@ -51,7 +51,9 @@ class RecordingTrainer(ClipRLTrainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._metrics:
-            self.local_metrics.append({k: float(torch.stack(v).mean()) for k, v in self._metrics.items() if v})
+            self.local_metrics.append(
+                {k: float(torch.stack(v).mean()) for k, v in self._metrics.items() if v}
+            )
         super().log(logs, start_time)
 
 
@@ -64,14 +66,18 @@ class RecordingReward:
         self.calls: list[dict[str, Any]] = []
 
     def __call__(self, completions: list[str], **kwargs: Any) -> list[float]:
-        self.calls.append({
-            "step": kwargs["trainer_state"].global_step,
-            "chosen": list(kwargs["chosen"]),
-            "completions": list(completions),
-            "candidates": list(kwargs["candidates"][0]),
-            "ground_truth": list(kwargs["ground_truth"]),
-            "images": [image_key(image) for image in kwargs["images"]],  # content hashes of the images seen
-        })
+        self.calls.append(
+            {
+                "step": kwargs["trainer_state"].global_step,
+                "chosen": list(kwargs["chosen"]),
+                "completions": list(completions),
+                "candidates": list(kwargs["candidates"][0]),
+                "ground_truth": list(kwargs["ground_truth"]),
+                "images": [
+                    image_key(image) for image in kwargs["images"]
+                ],  # content hashes of the images seen
+            }
+        )
         return [1.0 if c == g else 0.0 for c, g in zip(completions, kwargs["ground_truth"])]
 
 
@@ -79,8 +85,24 @@ class RecordingReward:
 # 2 processes × 4 rows, rows 0-3 go to rank 0 and 4-7 to rank 1 in step 1, rows 8-11 and 12-15 in step 2. They
 # repeat rows within a rank (0/3, 6/7, 8/11) and across ranks (1/4, 9/12, 10/15), and give one caption to two
 # different images on different ranks (0/5, 8/13): what the global de-duplication must get right.
-DUPLICATED_ROWS = [(0, 0), (1, 1), (2, 2), (0, 0), (1, 1), (3, 0), (4, 4), (4, 4),
-                   (5, 5), (2, 2), (3, 3), (5, 5), (2, 2), (1, 5), (0, 0), (3, 3)]
+DUPLICATED_ROWS = [
+    (0, 0),
+    (1, 1),
+    (2, 2),
+    (0, 0),
+    (1, 1),
+    (3, 0),
+    (4, 4),
+    (4, 4),
+    (5, 5),
+    (2, 2),
+    (3, 3),
+    (5, 5),
+    (2, 2),
+    (1, 5),
+    (0, 0),
+    (3, 3),
+]
 
 
 def duplicated_rows() -> datasets.Dataset:
@@ -91,9 +113,24 @@ def duplicated_rows() -> datasets.Dataset:
 
 
 def common_args(output_dir: str, per_device_batch: int, **overrides: Any) -> dict[str, Any]:
-    return dict(output_dir=output_dir, per_device_train_batch_size=per_device_batch, learning_rate=0.5, optim="sgd",
-                max_grad_norm=0.0, report_to="none", save_strategy="no", logging_steps=1, seed=0, use_cpu=True,
-                disable_tqdm=True, lr_scheduler_type="constant", dataloader_num_workers=0) | overrides
+    return (
+        dict(
+            output_dir=output_dir,
+            per_device_train_batch_size=per_device_batch,
+            learning_rate=0.5,
+            optim="sgd",
+            max_grad_norm=0.0,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=1,
+            seed=0,
+            use_cpu=True,
+            disable_tqdm=True,
+            lr_scheduler_type="constant",
+            dataloader_num_workers=0,
+        )
+        | overrides
+    )
 
 
 def run_gather(output_dir: str, per_device_batch: int, gather_options: tuple[bool, ...]) -> dict[str, Any]:
@@ -103,12 +140,20 @@ def run_gather(output_dir: str, per_device_batch: int, gather_options: tuple[boo
         for gather in gather_options:
             model, processor = build_clip("tiny", seed=0)
             reward = RecordingReward()
-            args = ClipRLConfig(**common_args(os.path.join(output_dir, f"{name}-{gather}"), per_device_batch,
-                                              max_steps=2, advantage="exact", gather_candidates=gather,
-                                              train_sampling_strategy="sequential"),
-                                **overrides)
-            trainer = RecordingTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
-                                       processing_class=processor)
+            args = ClipRLConfig(
+                **common_args(
+                    os.path.join(output_dir, f"{name}-{gather}"),
+                    per_device_batch,
+                    max_steps=2,
+                    advantage="exact",
+                    gather_candidates=gather,
+                    train_sampling_strategy="sequential",
+                ),
+                **overrides,
+            )
+            trainer = RecordingTrainer(
+                model=model, reward_funcs=reward, args=args, train_dataset=data, processing_class=processor
+            )
             trainer.train()
             results[f"{name}/gather={gather}"] = {
                 "log_history": trainer.state.log_history,
@@ -124,11 +169,25 @@ def run_resume(output_dir: str, per_device_batch: int, resume_from: str | None) 
     model, processor = build_clip("tiny", seed=0)
     reward = RecordingReward()
     # GRPO samples actions, so the per-(step, micro-step, rank) generator is exercised, with accumulation.
-    args = ClipRLConfig(**common_args(output_dir, per_device_batch, max_steps=4, save_strategy="steps", save_steps=2,
-                                      gradient_accumulation_steps=2, learning_rate=0.05),
-                        advantage="grpo", num_samples=4, beta=0.1, log_rollouts=True, num_rollouts_to_log=6)
-    trainer = RecordingTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
-                               processing_class=processor)
+    args = ClipRLConfig(
+        **common_args(
+            output_dir,
+            per_device_batch,
+            max_steps=4,
+            save_strategy="steps",
+            save_steps=2,
+            gradient_accumulation_steps=2,
+            learning_rate=0.05,
+        ),
+        advantage="grpo",
+        num_samples=4,
+        beta=0.1,
+        log_rollouts=True,
+        num_rollouts_to_log=6,
+    )
+    trainer = RecordingTrainer(
+        model=model, reward_funcs=reward, args=args, train_dataset=data, processing_class=processor
+    )
     trainer.train(resume_from_checkpoint=resume_from)
     return {
         "log_history": trainer.state.log_history,
@@ -151,10 +210,13 @@ def main() -> None:
     # One launch can do both kinds of run: starting processes costs more than these tiny runs.
     result: dict[str, Any] = {"world_size": int(os.environ.get("WORLD_SIZE", "1"))}
     if "gather" in args.modes:
-        result["gather"] = run_gather(os.path.join(args.output_dir, "gather"), args.per_device_batch, (True, False))
+        result["gather"] = run_gather(
+            os.path.join(args.output_dir, "gather"), args.per_device_batch, (True, False)
+        )
     if "resume" in args.modes:
-        result["resume"] = run_resume(os.path.join(args.output_dir, "resume"), args.per_device_batch,
-                                      args.resume_from)
+        result["resume"] = run_resume(
+            os.path.join(args.output_dir, "resume"), args.per_device_batch, args.resume_from
+        )
     os.makedirs(args.out, exist_ok=True)
     torch.save(result, os.path.join(args.out, f"rank{os.environ.get('RANK', '0')}.pt"))
 

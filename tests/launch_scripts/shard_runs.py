@@ -32,17 +32,31 @@ def main() -> None:
     seen = [key for batch in loader for key in batch]
 
     model, processor = build_clip("tiny", seed=0)
-    args = ClipContrastiveConfig(output_dir=os.path.join(parsed.out, "run"), report_to="none", max_steps=3,
-                                 per_device_train_batch_size=4, learning_rate=1e-3, save_strategy="no",
-                                 use_cpu=True, seed=0, disable_tqdm=True)
-    trainer = ClipContrastiveTrainer(model=model, args=args, processing_class=processor,
-                                     train_dataset=ShardStream(parsed.shards, shuffle_buffer=4))
+    args = ClipContrastiveConfig(
+        output_dir=os.path.join(parsed.out, "run"),
+        report_to="none",
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    trainer = ClipContrastiveTrainer(
+        model=model,
+        args=args,
+        processing_class=processor,
+        train_dataset=ShardStream(parsed.shards, shuffle_buffer=4),
+    )
     trainer.train()
     with open(os.path.join(parsed.out, f"seen-{rank}.json"), "w") as f:
         json.dump({"rank": rank, "world_size": world, "seen": seen}, f)
     if rank == 0:
-        torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
-                   os.path.join(parsed.out, "weights.pt"))
+        torch.save(
+            {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
+            os.path.join(parsed.out, "weights.pt"),
+        )
 
 
 if __name__ == "__main__":

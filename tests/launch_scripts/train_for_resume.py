@@ -61,17 +61,38 @@ def build_trainer(name: str, output_dir: str, callbacks: list[TrainerCallback] |
     data = load_emoji_dataset()["train"].select(range(ROWS))
     model, processor = build_clip("tiny", seed=0)
     common: dict[str, Any] = dict(
-        output_dir=output_dir, per_device_train_batch_size=8, max_steps=MAX_STEPS, learning_rate=1e-3,
-        save_strategy="steps", save_steps=SAVE_STEPS, logging_steps=1, seed=0, data_seed=0, use_cpu=True,
-        report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=output_dir,
+        per_device_train_batch_size=8,
+        max_steps=MAX_STEPS,
+        learning_rate=1e-3,
+        save_strategy="steps",
+        save_steps=SAVE_STEPS,
+        logging_steps=1,
+        seed=0,
+        data_seed=0,
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
     )
     if name == "contrastive":
-        return ClipContrastiveTrainer(model=model, args=ClipContrastiveConfig(**common), train_dataset=data,
-                                      processing_class=processor, callbacks=callbacks)
+        return ClipContrastiveTrainer(
+            model=model,
+            args=ClipContrastiveConfig(**common),
+            train_dataset=data,
+            processing_class=processor,
+            callbacks=callbacks,
+        )
     # beta > 0: the reference model takes part; grpo samples actions, so the sampling RNG matters too.
     args = ClipRLConfig(**common, beta=0.1, advantage="grpo", num_samples=4)
-    return ClipRLTrainer(model=model, reward_funcs="correctness", args=args, train_dataset=data,
-                         processing_class=processor, callbacks=callbacks)
+    return ClipRLTrainer(
+        model=model,
+        reward_funcs="correctness",
+        args=args,
+        train_dataset=data,
+        processing_class=processor,
+        callbacks=callbacks,
+    )
 
 
 def summary(trainer: Trainer) -> dict[str, Any]:
@@ -93,7 +114,9 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="train(resume_from_checkpoint=True)")
     parser.add_argument("--kill_at_step", type=int, default=None)
     parser.add_argument("--kill_in_save", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (match the reference run)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (match the reference run)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

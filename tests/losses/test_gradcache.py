@@ -17,27 +17,51 @@ from clip_trl.offline import build_clip
 SCRIPT = Path(__file__).resolve().parents[1] / "launch_scripts" / "one_step.py"
 # Ten rows with duplicates: captions 0/2/6 ("red square") and 1/7 are shared, and rows 4 and 9 show the same
 # image, so the positives are not just the diagonal.
-CAPTIONS = ["red square", "blue square", "red square", "green square", "a cat", "a dog", "red square",
-            "blue square", "a fish", "a bird"]
+CAPTIONS = [
+    "red square",
+    "blue square",
+    "red square",
+    "green square",
+    "a cat",
+    "a dog",
+    "red square",
+    "blue square",
+    "a fish",
+    "a bird",
+]
 TOLERANCE = dict(atol=1e-5, rtol=1e-4)
 
 
 def ten_rows(negatives: bool = False):
-    images = [{"bytes": png_bytes(((37 * i) % 256, (91 * i) % 256, (53 * i) % 256)), "path": None} for i in range(10)]
+    images = [
+        {"bytes": png_bytes(((37 * i) % 256, (91 * i) % 256, (53 * i) % 256)), "path": None}
+        for i in range(10)
+    ]
     images[9] = images[4]
     data = colour_dataset(CAPTIONS, images)
     if negatives:
-        data = data.add_column("negatives", [["a cat"], ["a tree", "a car"], [], ["a boat"], ["red square"]] * 2)
+        data = data.add_column(
+            "negatives", [["a cat"], ["a tree", "a car"], [], ["a boat"], ["red square"]] * 2
+        )
     return data
 
 
 def make_trainer(tmp_path, data, chunk_size=None, **overrides):
     model, processor = build_clip("tiny", seed=0)
-    defaults = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=10, report_to="none",
-                    save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True)
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=10,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
     args = ClipContrastiveConfig(**{**defaults, **overrides}, contrastive_chunk_size=chunk_size)
     trainer = ClipContrastiveTrainer(model=model, args=args, train_dataset=data, processing_class=processor)
-    trainer.current_gradient_accumulation_steps = 1  # set by `train()`; these tests call `training_step` directly
+    trainer.current_gradient_accumulation_steps = (
+        1  # set by `train()`; these tests call `training_step` directly
+    )
     # Count the chunked steps, so that a "chunked" case that silently took the ordinary step fails.
     trainer.chunked_steps = 0
     chunked_step = trainer._chunked_training_step
@@ -68,8 +92,12 @@ def collate(trainer, rows=range(10)):
 
 
 def test_split_into_chunks_keeps_every_row_in_order():
-    batch = {"pixel_values": torch.arange(10).view(10, 1), "input_ids": torch.arange(13).view(13, 1),
-             "attention_mask": torch.ones(13, 1), "caption_keys": torch.arange(10)}
+    batch = {
+        "pixel_values": torch.arange(10).view(10, 1),
+        "input_ids": torch.arange(13).view(13, 1),
+        "attention_mask": torch.ones(13, 1),
+        "caption_keys": torch.arange(10),
+    }
     chunks = split_into_chunks(batch, 3)
     assert [c["pixel_values"].shape[0] for c in chunks] == [3, 3, 3, 1]
     assert [c["input_ids"].shape[0] for c in chunks] == [4, 3, 3, 3]  # captions + negatives, near-equal parts
@@ -87,7 +115,9 @@ def test_chunk_size_must_be_a_positive_integer(tmp_path, value):
 
 
 @pytest.mark.parametrize(
-    ("loss_type", "negatives"), [("clip", False), ("clip", True), ("siglip", False)], ids=["clip", "hard-neg", "siglip"]
+    ("loss_type", "negatives"),
+    [("clip", False), ("clip", True), ("siglip", False)],
+    ids=["clip", "hard-neg", "siglip"],
 )
 def test_chunked_step_equals_unchunked(tmp_path, loss_type, negatives):
     data = ten_rows(negatives)
@@ -104,7 +134,9 @@ def test_chunked_step_equals_unchunked(tmp_path, loss_type, negatives):
         trainer.args.contrastive_chunk_size = chunk_size
         before = trainer.chunked_steps
         loss, grads = step(trainer, batch)
-        assert trainer.chunked_steps == before + (chunk_size < 10), chunk_size  # 10: one chunk, the ordinary step
+        assert trainer.chunked_steps == before + (chunk_size < 10), (
+            chunk_size
+        )  # 10: one chunk, the ordinary step
         assert loss == pytest.approx(expected_loss, abs=1e-5), chunk_size
         assert_same_gradients(grads, expected)
 
@@ -125,10 +157,13 @@ def test_dropout_is_replayed_in_the_re_forward(tmp_path):
     torch.manual_seed(1234)
     model.zero_grad(set_to_none=True)
     inputs = {k: v for k, v in batch.items() if k not in ("row_index", "num_skipped_rows")}
-    parts = [encode_pair(model, c["pixel_values"], c["input_ids"], c["attention_mask"])
-             for c in split_into_chunks(inputs, 4)]
-    reference = trainer._loss_from_embeddings(model, inputs, torch.cat([p[0] for p in parts]),
-                                              torch.cat([p[1] for p in parts]))
+    parts = [
+        encode_pair(model, c["pixel_values"], c["input_ids"], c["attention_mask"])
+        for c in split_into_chunks(inputs, 4)
+    ]
+    reference = trainer._loss_from_embeddings(
+        model, inputs, torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    )
     reference.backward()
     assert loss == pytest.approx(reference.item(), abs=1e-5)
     assert_same_gradients(grads, {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
@@ -169,8 +204,14 @@ def test_cached_backward_single_chunk_and_parameters_of_the_loss():
 
 
 def train_one_step(tmp_path, name, chunk_size, **overrides) -> tuple[float, dict[str, torch.Tensor]]:
-    settings = dict(max_steps=1, learning_rate=0.5, optim="sgd", max_grad_norm=0.0, logging_steps=1,
-                    lr_scheduler_type="constant")
+    settings = dict(
+        max_steps=1,
+        learning_rate=0.5,
+        optim="sgd",
+        max_grad_norm=0.0,
+        logging_steps=1,
+        lr_scheduler_type="constant",
+    )
     trainer = make_trainer(tmp_path / name, ten_rows(), chunk_size, **{**settings, **overrides})
     trainer.train()
     # Every micro-batch of a chunked run took the chunked step (each is larger than its chunk size).
@@ -208,8 +249,15 @@ def launch(tmp_path: Path, name: str, processes: int, per_device_batch: int, chu
     command = [sys.executable]
     if processes > 1:
         command += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    command += [str(SCRIPT), "--per_device_batch", str(per_device_batch), "--out", str(out),
-                "--output_dir", str(tmp_path / name)]
+    command += [
+        str(SCRIPT),
+        "--per_device_batch",
+        str(per_device_batch),
+        "--out",
+        str(out),
+        "--output_dir",
+        str(tmp_path / name),
+    ]
     if chunk_size is not None:
         command += ["--chunk_size", str(chunk_size)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -17,7 +17,9 @@ from clip_trl.losses.contrastive import (
 
 def _embeddings(n: int, d: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return F.normalize(torch.randn(n, d, generator=g), dim=-1), F.normalize(torch.randn(n, d, generator=g), dim=-1)
+    return F.normalize(torch.randn(n, d, generator=g), dim=-1), F.normalize(
+        torch.randn(n, d, generator=g), dim=-1
+    )
 
 
 def _hand_clip_loss(images, texts, scale, positives):
@@ -82,7 +84,9 @@ def test_duplicate_rows_can_reach_zero_loss():
     keys = torch.tensor([1, 1, 2])
     loss = contrastive_loss(v, v, torch.tensor(math.log(100.0)), image_keys=keys, caption_keys=keys)
     assert loss.item() < 1e-6
-    assert clip_loss(v, v, torch.tensor(math.log(100.0))).item() == pytest.approx(2 * math.log(2) / 3, abs=1e-4)
+    assert clip_loss(v, v, torch.tensor(math.log(100.0))).item() == pytest.approx(
+        2 * math.log(2) / 3, abs=1e-4
+    )
 
 
 def test_multi_positive_cross_entropy_gradient_matches_autograd_of_hand_formula():
@@ -117,7 +121,9 @@ def test_hard_negatives_are_extra_image_to_text_columns():
     logits_t = scale.exp() * texts @ images.T
     targets = torch.arange(3)
     expected = (F.cross_entropy(logits_i, targets) + F.cross_entropy(logits_t, targets)) / 2
-    torch.testing.assert_close(contrastive_loss(images, texts, scale, negative_text_embeds=negatives), expected)
+    torch.testing.assert_close(
+        contrastive_loss(images, texts, scale, negative_text_embeds=negatives), expected
+    )
 
 
 def test_unknown_loss_type_is_an_error():
@@ -144,7 +150,9 @@ def test_permuting_the_batch_leaves_the_loss_unchanged(n, seed, loss_type, dupli
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     kwargs = dict(loss_type=loss_type, logit_bias=torch.tensor(-1.0))
     original = contrastive_loss(images, texts, torch.tensor(2.0), caption_keys=keys, **kwargs)
-    permuted = contrastive_loss(images[perm], texts[perm], torch.tensor(2.0), caption_keys=keys[perm], **kwargs)
+    permuted = contrastive_loss(
+        images[perm], texts[perm], torch.tensor(2.0), caption_keys=keys[perm], **kwargs
+    )
     torch.testing.assert_close(permuted, original, atol=1e-5, rtol=1e-5)
 
 
@@ -162,13 +170,30 @@ def test_siglip_hard_negatives_are_extra_negative_pairs_by_hand():
 
     keys = texts.tolist() + negatives.tolist()
     key_caption = [10, 11, 20, 21, 11]
-    expected = sum(
-        term(images[i].tolist(), keys[j], 1 if (j == i or (j >= 2 and key_caption[j] == caption_keys[i])) else -1)
-        for i in range(2) for j in range(5)
-    ) / 2
-    loss = contrastive_loss(images, texts, log_scale, caption_keys=caption_keys, loss_type="siglip",
-                            logit_bias=torch.tensor(bias), negative_text_embeds=negatives, negative_keys=negative_keys)
+    expected = (
+        sum(
+            term(
+                images[i].tolist(),
+                keys[j],
+                1 if (j == i or (j >= 2 and key_caption[j] == caption_keys[i])) else -1,
+            )
+            for i in range(2)
+            for j in range(5)
+        )
+        / 2
+    )
+    loss = contrastive_loss(
+        images,
+        texts,
+        log_scale,
+        caption_keys=caption_keys,
+        loss_type="siglip",
+        logit_bias=torch.tensor(bias),
+        negative_text_embeds=negatives,
+        negative_keys=negative_keys,
+    )
     assert loss.item() == pytest.approx(expected, abs=1e-6)
-    without = contrastive_loss(images, texts, log_scale, caption_keys=caption_keys, loss_type="siglip",
-                               logit_bias=torch.tensor(bias))
+    without = contrastive_loss(
+        images, texts, log_scale, caption_keys=caption_keys, loss_type="siglip", logit_bias=torch.tensor(bias)
+    )
     assert loss.item() > without.item() + 1e-3  # the negatives were not dropped

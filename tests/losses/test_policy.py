@@ -34,7 +34,9 @@ def test_grpo_advantages_by_hand():
 
 def test_grpo_without_scaling_is_mean_centred():
     rewards = torch.tensor([[3.0, 1.0, nan]])
-    torch.testing.assert_close(group_advantages(rewards, "grpo", scale_rewards=False), torch.tensor([[1.0, -1.0, 0.0]]))
+    torch.testing.assert_close(
+        group_advantages(rewards, "grpo", scale_rewards=False), torch.tensor([[1.0, -1.0, 0.0]])
+    )
 
 
 def test_rloo_advantages_by_hand():
@@ -91,7 +93,9 @@ def test_masked_candidates_do_not_count_in_entropy_or_kl():
     mask = torch.tensor([[True, True, False]])
     log_probs = policy_log_probs(torch.zeros(1, 3), mask, 1.0)
     assert entropy(log_probs).item() == pytest.approx(math.log(2))
-    assert kl_divergence(log_probs, policy_log_probs(torch.tensor([[0.0, 0.0, 5.0]]), mask, 1.0)).item() == 0.0
+    assert (
+        kl_divergence(log_probs, policy_log_probs(torch.tensor([[0.0, 0.0, 5.0]]), mask, 1.0)).item() == 0.0
+    )
 
 
 def test_sampled_loss_by_hand_and_sampling_respects_the_mask():
@@ -112,7 +116,15 @@ def test_rl_loss_adds_kl_and_entropy_terms():
     log_probs = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
     ref = torch.log(torch.tensor([[0.25, 0.5, 0.25]]))
     rewards = torch.tensor([[1.0, 0.0, 0.0]])
-    out = rl_loss(log_probs, actions=None, advantages=None, rewards=rewards, ref_log_probs=ref, beta=0.1, entropy_coef=0.01)
+    out = rl_loss(
+        log_probs,
+        actions=None,
+        advantages=None,
+        rewards=rewards,
+        ref_log_probs=ref,
+        beta=0.1,
+        entropy_coef=0.01,
+    )
     h = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
     kl = 0.5 * math.log(2) + 0.25 * math.log(0.5)
     assert out.loss.item() == pytest.approx(0.0 + 0.1 * kl - 0.01 * h, abs=1e-6)
@@ -127,7 +139,9 @@ rewards_strategy = st.lists(st.floats(-5, 5, allow_nan=False), min_size=3, max_s
 @given(rewards=rewards_strategy, shift=st.floats(-10, 10), mode=st.sampled_from(["grpo", "rloo"]))
 def test_advantages_are_invariant_to_a_constant_shift(rewards, shift, mode):
     r = torch.tensor([rewards], dtype=torch.float64)
-    torch.testing.assert_close(group_advantages(r + shift, mode), group_advantages(r, mode), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        group_advantages(r + shift, mode), group_advantages(r, mode), atol=1e-6, rtol=1e-6
+    )
 
 
 @settings(max_examples=50, deadline=None)

@@ -46,7 +46,9 @@ def test_lora_scaling_equals_interpolating_the_merged_model():
         scaled = wise_ft(None, peft_model, alpha)
         assert type(scaled).__name__.startswith("Peft")  # still an adapter
         assert states_close(_merged_copy(scaled), wise_ft(base, merged_tuned, alpha), atol=1e-5), alpha
-    assert states_close(_merged_copy(wise_ft(base, peft_model, 0.5)), wise_ft(base, merged_tuned, 0.5), atol=1e-5)
+    assert states_close(
+        _merged_copy(wise_ft(base, peft_model, 0.5)), wise_ft(base, merged_tuned, 0.5), atol=1e-5
+    )
     other, _ = build_clip("tiny", seed=3)
     with pytest.raises(ValueError, match="`base` is not the model the adapter was trained on: weight"):
         wise_ft(other, peft_model, 0.5)
@@ -61,7 +63,9 @@ def _merged_copy(peft_model):
 def test_mismatched_models_are_refused():
     base, _ = build_clip("tiny", seed=0)
     other_resolution, _ = build_clip("tiny", seed=0, image_size=16)
-    with pytest.raises(ValueError, match="weight 'vision_model.embeddings.position_embedding.weight' has shape"):
+    with pytest.raises(
+        ValueError, match="weight 'vision_model.embeddings.position_embedding.weight' has shape"
+    ):
         wise_ft(base, other_resolution, 0.5)
     extra, _ = build_clip("tiny", seed=0)
     extra.register_parameter("logit_bias", torch.nn.Parameter(torch.zeros(())))
@@ -77,18 +81,38 @@ def test_interpolate_command_and_sweep_plot(tmp_path, emoji, capsys):
     base_dir, tuned_dir, out = tmp_path / "base", tmp_path / "tuned", tmp_path / "mixed"
     base, processor = build_clip("tiny", seed=0, output_dir=base_dir)
     tuned, _ = build_clip("tiny", seed=1, output_dir=tuned_dir)
-    assert main(["interpolate", "--base", str(base_dir), "--tuned", str(tuned_dir), "--alpha", "0.25",
-                 "--output_dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "interpolate",
+                "--base",
+                str(base_dir),
+                "--tuned",
+                str(tuned_dir),
+                "--alpha",
+                "0.25",
+                "--output_dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "Wrote (1 - 0.25)·base + 0.25·tuned" in capsys.readouterr().out
     written, written_processor = load_model(out)
     assert states_close(written, wise_ft(base, tuned, 0.25)) and written_processor is not None
 
-    rows = wise_ft_sweep(base, tuned, processor, {"in_domain": emoji["train"].select(range(8)),
-                                                  "retention": emoji["test"].select(range(8))}, alphas=[0, 0.5, 1])
+    rows = wise_ft_sweep(
+        base,
+        tuned,
+        processor,
+        {"in_domain": emoji["train"].select(range(8)), "retention": emoji["test"].select(range(8))},
+        alphas=[0, 0.5, 1],
+    )
     assert [row["alpha"] for row in rows] == [0.0, 0.5, 1.0]
     for row in rows:
         assert row["mean"] == pytest.approx(
-            (row["in_domain/image_to_text_recall@1"] + row["retention/image_to_text_recall@1"]) / 2)
+            (row["in_domain/image_to_text_recall@1"] + row["retention/image_to_text_recall@1"]) / 2
+        )
     assert best_alpha(rows) == max(rows, key=lambda r: r["mean"])["alpha"]
     picture = plot_wise_ft_sweep(rows, tmp_path / "sweep.png")
     assert (tmp_path / "sweep.png").stat().st_size > 5000 and picture.endswith("sweep.png")
@@ -97,19 +121,41 @@ def test_interpolate_command_and_sweep_plot(tmp_path, emoji, capsys):
 def test_named_eval_sets_are_reported_per_name_during_training(tmp_path, emoji):
     model, processor = build_clip("tiny", seed=0)
     sets = {"in_domain": emoji["train"].select(range(16)), "retention": emoji["test"].select(range(16))}
-    args = ClipContrastiveConfig(output_dir=str(tmp_path), max_steps=2, eval_strategy="steps", eval_steps=1,
-                                 per_device_train_batch_size=8, report_to="none", save_strategy="no", use_cpu=True,
-                                 disable_tqdm=True, learning_rate=1e-3)
-    trainer = ClipContrastiveTrainer(model=model, args=args, train_dataset=emoji["train"].select(range(16)),
-                                     eval_dataset=sets, processing_class=processor)
+    args = ClipContrastiveConfig(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        eval_strategy="steps",
+        eval_steps=1,
+        per_device_train_batch_size=8,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        learning_rate=1e-3,
+    )
+    trainer = ClipContrastiveTrainer(
+        model=model,
+        args=args,
+        train_dataset=emoji["train"].select(range(16)),
+        eval_dataset=sets,
+        processing_class=processor,
+    )
     trainer.train()
     for name in sets:
-        steps = [entry["step"] for entry in trainer.state.log_history if f"eval_{name}_image_to_text_recall@1" in entry]
+        steps = [
+            entry["step"]
+            for entry in trainer.state.log_history
+            if f"eval_{name}_image_to_text_recall@1" in entry
+        ]
         assert steps == [1, 2], name  # each named set, at every evaluation
     one = trainer.evaluate("retention")
     assert set(one) >= {"eval_image_to_text_recall@1", "eval_loss"}
-    assert one["eval_image_to_text_recall@1"] == trainer.evaluate(sets)["eval_retention_image_to_text_recall@1"]
-    with pytest.raises(KeyError, match=r"No eval set named 'nope': its eval sets are \['in_domain', 'retention'\]"):
+    assert (
+        one["eval_image_to_text_recall@1"] == trainer.evaluate(sets)["eval_retention_image_to_text_recall@1"]
+    )
+    with pytest.raises(
+        KeyError, match=r"No eval set named 'nope': its eval sets are \['in_domain', 'retention'\]"
+    ):
         trainer.evaluate("nope")
 
 
@@ -138,8 +184,21 @@ def test_interpolate_command_scales_a_saved_adapter(tmp_path):
     processor.save_pretrained(adapter_dir)
     assert main(["interpolate", "--tuned", str(adapter_dir), "--alpha", "0.5", "--output_dir", str(out)]) == 0
     assert (out / "adapter_config.json").is_file()  # still an adapter
-    assert main(["interpolate", "--tuned", str(adapter_dir), "--alpha", "0.5", "--merge",
-                 "--output_dir", str(merged_out)]) == 0
+    assert (
+        main(
+            [
+                "interpolate",
+                "--tuned",
+                str(adapter_dir),
+                "--alpha",
+                "0.5",
+                "--merge",
+                "--output_dir",
+                str(merged_out),
+            ]
+        )
+        == 0
+    )
     expected = wise_ft(None, peft_model, 0.5).merge_and_unload()
     assert states_close(load_model(out, merge=True)[0], expected, atol=1e-5)
     assert states_close(load_model(merged_out)[0], expected, atol=1e-5)

@@ -11,14 +11,23 @@ from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer, ClipRLConfig
 from clip_trl.hub import default_lora_config
 from clip_trl.models.modeling import encode_pair, logit_scale
 
-COMMON = dict(per_device_train_batch_size=8, learning_rate=1e-2, max_steps=2, report_to="none",
-              save_strategy="no", logging_steps=1, seed=0, use_cpu=True)
+COMMON = dict(
+    per_device_train_batch_size=8,
+    learning_rate=1e-2,
+    max_steps=2,
+    report_to="none",
+    save_strategy="no",
+    logging_steps=1,
+    seed=0,
+    use_cpu=True,
+)
 
 
 def contrastive(tmp_path, model, processor, train, peft_config=None, **overrides):
     args = ClipContrastiveConfig(output_dir=str(tmp_path / "contrastive"), **{**COMMON, **overrides})
-    return ClipContrastiveTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
-                                  peft_config=peft_config)
+    return ClipContrastiveTrainer(
+        model=model, args=args, train_dataset=train, processing_class=processor, peft_config=peft_config
+    )
 
 
 def base_weights(peft_model):
@@ -71,8 +80,14 @@ def test_rl_lora_trains_only_the_adapters_and_its_reference_is_the_base_policy(t
     reference = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     args = ClipRLConfig(output_dir=str(tmp_path / "rl"), num_samples=4, beta=0.1, **COMMON)
     train = emoji["train"].select(range(16))
-    trainer = ClipRLTrainer(model=model, reward_funcs="correctness", args=args, train_dataset=train,
-                            processing_class=processor, peft_config=default_lora_config(dropout=0.0))
+    trainer = ClipRLTrainer(
+        model=model,
+        reward_funcs="correctness",
+        args=args,
+        train_dataset=train,
+        processing_class=processor,
+        peft_config=default_lora_config(dropout=0.0),
+    )
     assert trainer.ref_model is None  # the adapters are switched off instead of keeping a second copy
     before_lora = lora_weights(trainer.model)
     trainer.train()
@@ -100,8 +115,14 @@ def test_rl_lora_trains_only_the_adapters_and_its_reference_is_the_base_policy(t
 
 def test_freezing_a_tower_freezes_its_adapters_too(tmp_path, tiny, emoji):
     model, processor = tiny
-    trainer = contrastive(tmp_path, model, processor, emoji["train"].select(range(16)), default_lora_config(),
-                          freeze_vision=True)
+    trainer = contrastive(
+        tmp_path,
+        model,
+        processor,
+        emoji["train"].select(range(16)),
+        default_lora_config(),
+        freeze_vision=True,
+    )
     trainable = [name for name, p in trainer.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name for name in trainable)
     assert all("text_model" in name for name in trainable)
@@ -121,7 +142,10 @@ def test_saved_adapter_is_a_small_fraction_of_the_full_model(tmp_path, emoji):
     adapter = contrastive(tmp_path / "lora", lora_model, processor, train, default_lora_config())
     full.save_model()
     adapter.save_model()
-    full_files, adapter_files = set(os.listdir(full.args.output_dir)), set(os.listdir(adapter.args.output_dir))
+    full_files, adapter_files = (
+        set(os.listdir(full.args.output_dir)),
+        set(os.listdir(adapter.args.output_dir)),
+    )
     assert {"config.json", "model.safetensors", "README.md"} <= full_files
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= adapter_files
     assert "model.safetensors" not in adapter_files

@@ -47,16 +47,19 @@ def _colour(i: int) -> Image.Image:
 @pytest.fixture(scope="module")
 def rows() -> datasets.Dataset:
     captions = [SHORT, LONG, "a cat", "two dogs", "a blue circle", "a green triangle", "an apple", "a tree"]
-    return datasets.Dataset.from_dict({"image": [_colour(i) for i in range(8)], "caption": captions},
-                                      features=datasets.Features({"image": datasets.Image(),
-                                                                  "caption": datasets.Value("string")}))
+    return datasets.Dataset.from_dict(
+        {"image": [_colour(i) for i in range(8)], "caption": captions},
+        features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")}),
+    )
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5) -> bool:
     return torch.allclose(a.float().cpu(), b.float().cpu(), atol=atol)
 
 
-def _embeds(model: torch.nn.Module, processor, images: list, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _embeds(
+    model: torch.nn.Module, processor, images: list, texts: list[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
     return encoding.embed_images(model, processor, images), encoding.embed_texts(model, processor, texts)
 
 
@@ -71,12 +74,16 @@ def test_caption_embedding_does_not_depend_on_its_batch(name, rows):
     image = _colour(0)
 
     # Training: the collator the trainers build, then the training forward.
-    collator = ClipDataCollator(processor, text_padding=encoding.text_padding(model),
-                                max_length=encoding.text_max_length(model, processor.tokenizer))
+    collator = ClipDataCollator(
+        processor,
+        text_padding=encoding.text_padding(model),
+        max_length=encoding.text_max_length(model, processor.tokenizer),
+    )
     with torch.no_grad():
         alone = modeling.encode_batch(model, collator([{"image": image, "caption": SHORT}]))[1][0]
-        paired = modeling.encode_batch(model, collator([{"image": image, "caption": SHORT},
-                                                        {"image": _colour(1), "caption": LONG}]))[1][0]
+        paired = modeling.encode_batch(
+            model, collator([{"image": image, "caption": SHORT}, {"image": _colour(1), "caption": LONG}])
+        )[1][0]
     # Evaluation (one unique caption vs two).
     evaluated_alone = compute_embeddings(model, processor, rows.select([0])).text_embeds[0]
     evaluated = compute_embeddings(model, processor, rows.select([0, 1])).text_embeds[0]
@@ -96,13 +103,20 @@ def test_caption_embedding_does_not_depend_on_its_batch(name, rows):
     # Reranking: the caption's score for the image, alone or among candidates.
     reranked_alone = torch.tensor(rerank([image], [[SHORT]], model, processor)[0][0][1])
     reranked = torch.tensor(dict(rerank([image], [[SHORT, LONG]], model, processor)[0])[SHORT])
-    assert _close(reranked_alone, reranked, 1e-4), f"{name}: reranking scores {SHORT!r} differently beside a long caption"
+    assert _close(reranked_alone, reranked, 1e-4), (
+        f"{name}: reranking scores {SHORT!r} differently beside a long caption"
+    )
 
-    for label, one, two in [("collator", alone, paired), ("evaluation", evaluated_alone, evaluated),
-                            ("reward", rewarded_alone, rewarded), ("model card", carded_alone, carded)]:
+    for label, one, two in [
+        ("collator", alone, paired),
+        ("evaluation", evaluated_alone, evaluated),
+        ("reward", rewarded_alone, rewarded),
+        ("model card", carded_alone, carded),
+    ]:
         cosine = float(torch.nn.functional.cosine_similarity(one.float().cpu(), two.float().cpu(), dim=0))
-        assert _close(one, two), f"{name}: the {label} path embeds {SHORT!r} differently beside a long caption " \
-                                 f"(cos {cosine:.4f})"
+        assert _close(one, two), (
+            f"{name}: the {label} path embeds {SHORT!r} differently beside a long caption (cos {cosine:.4f})"
+        )
     # ... and every path gives the caption the same embedding.
     for label, other in [("evaluation", evaluated), ("reward", rewarded), ("model card", carded)]:
         assert _close(alone, other), f"{name}: training and {label} disagree on {SHORT!r}"
@@ -129,9 +143,18 @@ def _no_training_curves():
 
 
 def _config(config_class, tmp_path, sub: str, **kwargs):
-    settings = {"max_steps": 2, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 8,
-                "learning_rate": 1e-3, "report_to": "none", "save_strategy": "no", "logging_steps": 1,
-                "dataloader_num_workers": 0, "use_cpu": True, "seed": 0}
+    settings = {
+        "max_steps": 2,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 8,
+        "learning_rate": 1e-3,
+        "report_to": "none",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "dataloader_num_workers": 0,
+        "use_cpu": True,
+        "seed": 0,
+    }
     return config_class(output_dir=str(tmp_path / sub), **(settings | kwargs))
 
 
@@ -150,9 +173,13 @@ def test_train_evaluate_save_and_reload(name, rows, tmp_path):
     model = entry.build_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     scale_before = float(modeling.logit_scale(model))
-    trainer = ClipContrastiveTrainer(model=model, args=_config(ClipContrastiveConfig, tmp_path, "siglip",
-                                                                loss_type="siglip"),
-                                     train_dataset=rows, eval_dataset=rows, processing_class=processor)
+    trainer = ClipContrastiveTrainer(
+        model=model,
+        args=_config(ClipContrastiveConfig, tmp_path, "siglip", loss_type="siglip"),
+        train_dataset=rows,
+        eval_dataset=rows,
+        processing_class=processor,
+    )
     assert float(modeling.logit_scale(trainer.model)) == scale_before  # not altered at construction
     trainer.train()
     assert _changed(before, model), f"{name}: training changed no weight"
@@ -163,16 +190,24 @@ def test_train_evaluate_save_and_reload(name, rows, tmp_path):
     assert type(reloaded) is type(model)
     assert modeling.logit_bias(reloaded) is not None
     assert float(modeling.logit_bias(reloaded)) == float(modeling.logit_bias(model))
-    assert float(modeling.logit_scale(reloaded)) == pytest.approx(float(modeling.logit_scale(model)), abs=1e-7)
-    for ours, theirs in zip(_embeds(model, processor, images, texts), _embeds(reloaded, processor, images, texts)):
+    assert float(modeling.logit_scale(reloaded)) == pytest.approx(
+        float(modeling.logit_scale(model)), abs=1e-7
+    )
+    for ours, theirs in zip(
+        _embeds(model, processor, images, texts), _embeds(reloaded, processor, images, texts)
+    ):
         assert _close(ours, theirs, 1e-6), f"{name}: the reloaded model embeds differently"
 
     # Contrastive, InfoNCE, under LoRA: adapters in both towers; the saved adapter reproduces the model.
     model = entry.build_model()
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer = ClipContrastiveTrainer(model=model, args=_config(ClipContrastiveConfig, tmp_path, "lora"),
-                                     train_dataset=rows, processing_class=processor,
-                                     peft_config=_lora_config())
+    trainer = ClipContrastiveTrainer(
+        model=model,
+        args=_config(ClipContrastiveConfig, tmp_path, "lora"),
+        train_dataset=rows,
+        processing_class=processor,
+        peft_config=_lora_config(),
+    )
     assert warn_on_missed_towers(trainer.model) == [], f"{name}: a tower has no LoRA adapter"
     trainer.train()
     trainer.save_model()
@@ -182,20 +217,31 @@ def test_train_evaluate_save_and_reload(name, rows, tmp_path):
     assert all(torch.equal(base_state[k], v) for k, v in fresh.state_dict().items())
     adapted = PeftModel.from_pretrained(fresh, str(tmp_path / "lora")).eval()
     trained = trainer.accelerator.unwrap_model(trainer.model).eval()
-    for ours, theirs in zip(_embeds(trained, processor, images, texts), _embeds(adapted, processor, images, texts)):
+    for ours, theirs in zip(
+        _embeds(trained, processor, images, texts), _embeds(adapted, processor, images, texts)
+    ):
         assert _close(ours, theirs, 1e-6), f"{name}: the reloaded LoRA adapter embeds differently"
     # The adapters of both towers trained (lora_B starts at zero), and the base weights did not (BatchNorm
     # statistics included: the fresh base above reproduces the trained model).
     for tower in ("vision", "text"):
-        moved = [float(p.abs().max()) for module in modeling.tower_modules(trained, tower)
-                 for n, p in module.named_parameters() if "lora_B" in n]
+        moved = [
+            float(p.abs().max())
+            for module in modeling.tower_modules(trained, tower)
+            for n, p in module.named_parameters()
+            if "lora_B" in n
+        ]
         assert moved and max(moved) > 0, f"{name}: the {tower} tower's adapters did not train"
 
     # RL: two steps of the policy over in-batch captions.
     model = entry.build_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer = ClipRLTrainer(model=model, args=_config(ClipRLConfig, tmp_path, "rl", num_samples=2),
-                            train_dataset=rows, processing_class=processor, reward_funcs="correctness")
+    trainer = ClipRLTrainer(
+        model=model,
+        args=_config(ClipRLConfig, tmp_path, "rl", num_samples=2),
+        train_dataset=rows,
+        processing_class=processor,
+        reward_funcs="correctness",
+    )
     trainer.train()
     assert _changed(before, model), f"{name}: RL training changed no weight"
 
@@ -214,8 +260,12 @@ def test_model_card_snippet_runs_and_scores_like_the_library(name, rows, tmp_pat
 
     entry = ZOO_BY_NAME[name]
     model, processor = entry.build_model().eval(), entry.build_processor()
-    trainer = ClipContrastiveTrainer(model=model, args=_config(ClipContrastiveConfig, tmp_path, "card"),
-                                     train_dataset=rows, processing_class=processor)
+    trainer = ClipContrastiveTrainer(
+        model=model,
+        args=_config(ClipContrastiveConfig, tmp_path, "card"),
+        train_dataset=rows,
+        processing_class=processor,
+    )
     trainer.save_model()
     card = (tmp_path / "card" / "README.md").read_text(encoding="utf-8")
     snippet = re.findall(r"```python\n(.*?)```", card, flags=re.DOTALL)[0]
@@ -231,7 +281,9 @@ def test_model_card_snippet_runs_and_scores_like_the_library(name, rows, tmp_pat
 
     reloaded = type(model).from_pretrained(str(tmp_path / "card")).eval()
     with torch.no_grad():
-        image_embeds, text_embeds = _embeds(reloaded, processor, [Image.open("photo.jpg").convert("RGB")], labels)
+        image_embeds, text_embeds = _embeds(
+            reloaded, processor, [Image.open("photo.jpg").convert("RGB")], labels
+        )
         logits = modeling.logit_scale(reloaded).exp() * image_embeds @ text_embeds.T
         family = adapter_for_class(name)
         if family.logit_bias:
@@ -292,27 +344,41 @@ def test_logit_scale_is_clamped_in_training_only_and_by_family(rows, tmp_path):
         model = entry.build_model()
         with torch.no_grad():
             modeling.logit_scale(model).fill_(math.log(112.0))  # where real SigLIP checkpoints sit
-        trainer = ClipContrastiveTrainer(model=model, args=_config(ClipContrastiveConfig, tmp_path, entry.name,
-                                                                    learning_rate=0.0),
-                                         train_dataset=rows, processing_class=entry.build_processor())
-        assert float(modeling.logit_scale(model)) == pytest.approx(math.log(112.0))  # untouched at construction
+        trainer = ClipContrastiveTrainer(
+            model=model,
+            args=_config(ClipContrastiveConfig, tmp_path, entry.name, learning_rate=0.0),
+            train_dataset=rows,
+            processing_class=entry.build_processor(),
+        )
+        assert float(modeling.logit_scale(model)) == pytest.approx(
+            math.log(112.0)
+        )  # untouched at construction
         trainer.train()
         after = float(modeling.logit_scale(model))
-        assert after == pytest.approx(expected_bound if expected_bound is not None else math.log(112.0), abs=1e-6)
+        assert after == pytest.approx(
+            expected_bound if expected_bound is not None else math.log(112.0), abs=1e-6
+        )
     # Under LoRA the temperature is frozen base-model state: never clamped.
     model = clip.build_model()
     with torch.no_grad():
         modeling.logit_scale(model).fill_(math.log(112.0))
-    trainer = ClipContrastiveTrainer(model=model, args=_config(ClipContrastiveConfig, tmp_path, "frozen"),
-                                     train_dataset=rows, processing_class=clip.build_processor(),
-                                     peft_config=_lora_config())
+    trainer = ClipContrastiveTrainer(
+        model=model,
+        args=_config(ClipContrastiveConfig, tmp_path, "frozen"),
+        train_dataset=rows,
+        processing_class=clip.build_processor(),
+        peft_config=_lora_config(),
+    )
     trainer.train()
     assert float(modeling.logit_scale(model)) == pytest.approx(math.log(112.0))
     # A bound the user sets applies to every family.
     model = siglip.build_model()
-    trainer = ClipContrastiveTrainer(model=model, args=_config(ClipContrastiveConfig, tmp_path, "bound",
-                                                                max_logit_scale=5.0),
-                                     train_dataset=rows, processing_class=siglip.build_processor())
+    trainer = ClipContrastiveTrainer(
+        model=model,
+        args=_config(ClipContrastiveConfig, tmp_path, "bound", max_logit_scale=5.0),
+        train_dataset=rows,
+        processing_class=siglip.build_processor(),
+    )
     trainer.train()
     assert float(modeling.logit_scale(model)) <= math.log(5.0) + 1e-6
 
@@ -356,11 +422,13 @@ def test_added_logit_bias_survives_an_adapter_reload(rows, tmp_path):
     entry = ZOO_BY_NAME["CLIPModel"]
     base_folder = str(tmp_path / "base")
     entry.build_model().save_pretrained(base_folder)
-    trainer = ClipContrastiveTrainer(model=entry.build_model(),
-                                     args=_config(ClipContrastiveConfig, tmp_path, "adapter", loss_type="siglip",
-                                                  siglip_bias_init=-7.0),
-                                     train_dataset=rows, processing_class=entry.build_processor(),
-                                     peft_config=_lora_config())
+    trainer = ClipContrastiveTrainer(
+        model=entry.build_model(),
+        args=_config(ClipContrastiveConfig, tmp_path, "adapter", loss_type="siglip", siglip_bias_init=-7.0),
+        train_dataset=rows,
+        processing_class=entry.build_processor(),
+        peft_config=_lora_config(),
+    )
     trainer.train()
     trainer.save_model()
     for merge in (False, True):
@@ -368,8 +436,15 @@ def test_added_logit_bias_survives_an_adapter_reload(rows, tmp_path):
         assert modeling.logit_bias(reloaded).item() == -7.0
 
 
-@pytest.mark.parametrize("module", ["clip_trl.models.families", "clip_trl.models.encoding", "clip_trl.models.lora",
-                                    "clip_trl.models.modeling"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "clip_trl.models.families",
+        "clip_trl.models.encoding",
+        "clip_trl.models.lora",
+        "clip_trl.models.modeling",
+    ],
+)
 def test_docstring_examples_run(module):
     import doctest
     import importlib

@@ -39,13 +39,32 @@ def sometimes(completions, **kwargs):
 def train(tmp_path, data=None, reward_funcs=(shaped, sometimes), **overrides):
     data = data if data is not None else load_emoji_dataset(max_examples=48)["train"]
     model, processor = build_clip("tiny", seed=0)
-    args = ClipRLConfig(**{
-        "output_dir": str(tmp_path / "run"), "max_steps": 2, "per_device_train_batch_size": 6,
-        "num_samples": NUM_SAMPLES, "logging_steps": 1, "report_to": "none", "save_strategy": "no",
-        "log_rollouts": True, "num_rollouts_to_log": 3, "reward_weights": [1.0, 2.0], "seed": 0,
-        "learning_rate": 1e-3, "disable_tqdm": True, "dataloader_num_workers": 0, **overrides})
-    trainer = ClipRLTrainer(model=model, reward_funcs=list(reward_funcs), args=args, train_dataset=data,
-                            processing_class=processor)
+    args = ClipRLConfig(
+        **{
+            "output_dir": str(tmp_path / "run"),
+            "max_steps": 2,
+            "per_device_train_batch_size": 6,
+            "num_samples": NUM_SAMPLES,
+            "logging_steps": 1,
+            "report_to": "none",
+            "save_strategy": "no",
+            "log_rollouts": True,
+            "num_rollouts_to_log": 3,
+            "reward_weights": [1.0, 2.0],
+            "seed": 0,
+            "learning_rate": 1e-3,
+            "disable_tqdm": True,
+            "dataloader_num_workers": 0,
+            **overrides,
+        }
+    )
+    trainer = ClipRLTrainer(
+        model=model,
+        reward_funcs=list(reward_funcs),
+        args=args,
+        train_dataset=data,
+        processing_class=processor,
+    )
     trainer.train()
     return trainer
 
@@ -77,7 +96,9 @@ def test_each_logging_step_writes_the_first_queries_with_their_rewards_and_advan
                     assert math.isnan(row["reward/sometimes"])
                 else:
                     assert row["reward/sometimes"] == pytest.approx(expected_sometimes)
-                assert row["reward"] == pytest.approx(row["reward/shaped"] + 2.0 * (expected_sometimes or 0.0))
+                assert row["reward"] == pytest.approx(
+                    row["reward/shaped"] + 2.0 * (expected_sometimes or 0.0)
+                )
             # GRPO's advantage by hand from the group's rewards: (r - mean) / (unbiased std + 1e-4).
             group = [r for r, n in zip(query["reward"], query["count"]) for _ in range(n)]
             mean = sum(group) / len(group)
@@ -97,8 +118,14 @@ def test_each_logging_step_writes_the_first_queries_with_their_rewards_and_advan
 
 
 def test_exact_advantage_tables_every_candidate_with_its_advantage_under_pi(tmp_path):
-    trainer = train(tmp_path, advantage="exact", max_steps=1, num_rollouts_to_log=2, reward_funcs=(shaped,),
-                    reward_weights=None)
+    trainer = train(
+        tmp_path,
+        advantage="exact",
+        max_steps=1,
+        num_rollouts_to_log=2,
+        reward_funcs=(shaped,),
+        reward_weights=None,
+    )
     frame = step_frame(trainer, 1)
     for _, query in frame.groupby("query_index"):
         assert (query["count"] == 1).all() and len(query) == 6  # each of the batch's 6 captions, once
@@ -108,7 +135,9 @@ def test_exact_advantage_tables_every_candidate_with_its_advantage_under_pi(tmp_
 
 
 def test_text_to_image_tables_the_caption_as_the_query(tmp_path):
-    trainer = train(tmp_path, direction="text_to_image", max_steps=1, reward_funcs=(shaped,), reward_weights=None)
+    trainer = train(
+        tmp_path, direction="text_to_image", max_steps=1, reward_funcs=(shaped,), reward_weights=None
+    )
     frame = step_frame(trainer, 1)
     batch_captions = set(frame["ground_truth"])
     for _, query in frame.groupby("query_index"):
@@ -131,7 +160,9 @@ def test_model_card_shows_the_last_steps_rollouts_with_thumbnails_that_resolve(t
         assert len(images) == 3
         assert all(os.path.isfile(os.path.join(folder, link)) for link in images), images
     shown = latest_rollouts(output_dir)
-    assert [r.ground_truth for r in shown] == list(step_frame(trainer, 2).drop_duplicates("query_index")["ground_truth"])
+    assert [r.ground_truth for r in shown] == list(
+        step_frame(trainer, 2).drop_duplicates("query_index")["ground_truth"]
+    )
 
 
 def test_resuming_drops_the_rollouts_logged_after_the_checkpoint(tmp_path):
@@ -139,10 +170,15 @@ def test_resuming_drops_the_rollouts_logged_after_the_checkpoint(tmp_path):
     folder = os.path.join(first.args.output_dir, "rollouts")
     assert len(glob.glob(os.path.join(folder, "rollouts_*.parquet"))) == 4
     # The continuation stops at step 3: step 4's files belonged to the abandoned future and must go.
-    resumed = ClipRLTrainer(model=build_clip("tiny", seed=0)[0], reward_funcs=[shaped, sometimes],
-                            args=first.args, train_dataset=first.train_dataset.dataset
-                            if hasattr(first.train_dataset, "dataset") else first.train_dataset,
-                            processing_class=first.processing_class)
+    resumed = ClipRLTrainer(
+        model=build_clip("tiny", seed=0)[0],
+        reward_funcs=[shaped, sometimes],
+        args=first.args,
+        train_dataset=first.train_dataset.dataset
+        if hasattr(first.train_dataset, "dataset")
+        else first.train_dataset,
+        processing_class=first.processing_class,
+    )
     resumed.args.max_steps = 3
     resumed.train(resume_from_checkpoint=os.path.join(first.args.output_dir, "checkpoint-2"))
     steps = sorted(int(path[-13:-8]) for path in glob.glob(os.path.join(folder, "rollouts_*.parquet")))
@@ -162,7 +198,10 @@ def test_tensorboard_receives_the_table_as_text(tmp_path, monkeypatch):
     events = EventAccumulator(str(logging_dir), size_guidance={"tensors": 0})
     events.Reload()
     assert "rollouts/text_summary" in events.Tags()["tensors"]
-    texts = {event.step: event.tensor_proto.string_val[0].decode() for event in events.Tensors("rollouts/text_summary")}
+    texts = {
+        event.step: event.tensor_proto.string_val[0].decode()
+        for event in events.Tensors("rollouts/text_summary")
+    }
     assert sorted(texts) == [1, 2]
     for step, text in texts.items():
         for truth in step_frame(trainer, step).drop_duplicates("query_index")["ground_truth"]:
@@ -200,7 +239,15 @@ def test_wandb_and_trackio_get_a_table_with_an_image_column(grpo_run, monkeypatc
     grpo_run.rollout_logging.publish(rollouts, step=7)
     (values,) = module.logged
     frame = values["rollouts"].dataframe
-    assert {"image", "ground_truth", "choice", "prob", "reward/shaped", "reward/sometimes", "advantage"} <= set(frame)
+    assert {
+        "image",
+        "ground_truth",
+        "choice",
+        "prob",
+        "reward/shaped",
+        "reward/sometimes",
+        "advantage",
+    } <= set(frame)
     assert all(isinstance(cell, module.Image) and cell.image.size == (8, 8) for cell in frame["image"])
     assert set(frame["step"]) == {7}
 
@@ -235,17 +282,29 @@ def test_rollouts_are_off_by_default(tmp_path):
 
 # ------------------------------------------------------------------------------------------- the browser
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 COLOURS = [(255, 0, 255), (0, 255, 255), (255, 128, 0), (0, 128, 255), (128, 255, 0), (255, 0, 128)]
 
 
 def _chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
-        if os.environ.get("CLIP_TRL_REQUIRE_BROWSER") == "1":  # CI installs it: a missing browser is a failure
+        if (
+            os.environ.get("CLIP_TRL_REQUIRE_BROWSER") == "1"
+        ):  # CI installs it: a missing browser is a failure
             pytest.fail("CLIP_TRL_REQUIRE_BROWSER=1 but no chromium on PATH (scripts/install.sh installs it)")
-        pytest.skip("Chromium is not installed (Debian package `chromium`; scripts/install.sh installs it as root)")
+        pytest.skip(
+            "Chromium is not installed (Debian package `chromium`; scripts/install.sh installs it as root)"
+        )
     return found
 
 
@@ -259,23 +318,36 @@ def _solid_colour_rows():
 
     names = ["magenta square", "cyan square", "orange square", "azure square", "lime square", "rose square"]
     features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
-    return datasets.Dataset.from_dict({"image": [png(c) for c in COLOURS], "caption": names}, features=features)
+    return datasets.Dataset.from_dict(
+        {"image": [png(c) for c in COLOURS], "caption": names}, features=features
+    )
 
 
 def test_html_page_renders_in_headless_chromium_with_its_images(tmp_path):
     browser = _chromium()
-    trainer = train(tmp_path, data=_solid_colour_rows(), max_steps=1, num_rollouts_to_log=4,
-                    train_sampling_strategy="sequential")
+    trainer = train(
+        tmp_path,
+        data=_solid_colour_rows(),
+        max_steps=1,
+        num_rollouts_to_log=4,
+        train_sampling_strategy="sequential",
+    )
     page = os.path.join(trainer.args.output_dir, "rollouts", "index.html")
     profile = str(tmp_path / "profile")
     common = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
-    dom = subprocess.run([*common, "--dump-dom", f"file://{page}"], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run(
+        [*common, "--dump-dom", f"file://{page}"], capture_output=True, text=True, timeout=120
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
     for name in ("Step 1", "magenta square", "cyan square", "orange square", "azure square", "advantage"):
         assert name in dom.stdout
     screenshot = tmp_path / "page.png"
-    shot = subprocess.run([*common, "--window-size=900,2400", f"--screenshot={screenshot}", f"file://{page}"],
-                          capture_output=True, text=True, timeout=120)
+    shot = subprocess.run(
+        [*common, "--window-size=900,2400", f"--screenshot={screenshot}", f"file://{page}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shot.returncode == 0 and screenshot.is_file(), shot.stderr[-2000:]
     # Each logged query's image is drawn: a block of its exact colour at the page's thumbnail size (96 px).
     pixels = Image.open(screenshot).convert("RGB")

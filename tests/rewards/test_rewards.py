@@ -153,8 +153,9 @@ def test_registry_holds_the_built_ins():
     }
     assert built_ins == REWARD_FUNCTIONS
     assert isinstance(REWARD_FUNCTIONS["graded_group"], GradedReward)
-    assert REWARD_FUNCTIONS["graded_group"]([" a", "b"], ground_truth=[" a", "c"], group=["x", "x"],
-                                            chosen_row=[None, {"group": "x"}]) == [1.0, 0.5]
+    assert REWARD_FUNCTIONS["graded_group"](
+        [" a", "b"], ground_truth=[" a", "c"], group=["x", "x"], chosen_row=[None, {"group": "x"}]
+    ) == [1.0, 0.5]
     for name, func in REWARD_FUNCTIONS.items():
         assert get_reward_function(name) is func
         assert reward_name(func) == name

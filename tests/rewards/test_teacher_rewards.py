@@ -93,8 +93,12 @@ def test_teacher_probability_errors_and_none(teacher):
         reward(["red"], images=[colour_image("red")], candidate_texts=[LABELS], chosen=[0], queries=["red"])
     with pytest.raises(ValueError, match="`chosen` index 3 is outside its 3 candidates"):
         reward(["red"], images=[colour_image("red")], candidate_texts=[LABELS], chosen=[3])
-    assert reward(["red", "red"], images=[None, colour_image("red")], candidate_texts=[prompts()] * 2,
-                  chosen=[0, 0])[0] is None
+    assert (
+        reward(
+            ["red", "red"], images=[None, colour_image("red")], candidate_texts=[prompts()] * 2, chosen=[0, 0]
+        )[0]
+        is None
+    )
 
 
 def test_clip_score_scores_the_chosen_text_when_given(teacher):
@@ -119,11 +123,24 @@ def test_teacher_rewards_in_training_judge_the_prompts(tmp_path, tiny, teacher, 
         return [None] * len(completions)
 
     reward = reward_class(*teacher)
-    args = ClipRLConfig(output_dir=str(tmp_path), candidate_labels=LABELS, advantage="exact", max_steps=1,
-                        per_device_train_batch_size=6, report_to="none", save_strategy="no", use_cpu=True,
-                        logging_steps=1)
-    trainer = ClipRLTrainer(model=model, reward_funcs=[reward, recorder], args=args, train_dataset=rows,
-                            processing_class=processor)
+    args = ClipRLConfig(
+        output_dir=str(tmp_path),
+        candidate_labels=LABELS,
+        advantage="exact",
+        max_steps=1,
+        per_device_train_batch_size=6,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        logging_steps=1,
+    )
+    trainer = ClipRLTrainer(
+        model=model,
+        reward_funcs=[reward, recorder],
+        args=args,
+        train_dataset=rows,
+        processing_class=processor,
+    )
     scores = {}
     original = reward.__call__
 
@@ -149,9 +166,14 @@ def test_reward_set_combines_with_weights_and_none():
     assert scores.total.tolist()[0] == pytest.approx(1.0 + 1.0 + 2.0)
     assert math.isnan(scores.total.tolist()[1])  # every function said None
     metrics = {k: float(v) for k, v in scores.metrics().items()}
-    assert metrics == {"rewards/correctness/mean": 1.0, "rewards/correctness/std": 0.0,
-                       "rewards/half/mean": 0.5, "rewards/half/std": 0.0,
-                       "rewards/half_2/mean": 0.5, "rewards/half_2/std": 0.0}
+    assert metrics == {
+        "rewards/correctness/mean": 1.0,
+        "rewards/correctness/std": 0.0,
+        "rewards/half/mean": 0.5,
+        "rewards/half/std": 0.0,
+        "rewards/half_2/mean": 0.5,
+        "rewards/half_2/std": 0.0,
+    }
     assert score_rewards("correctness", ["x"], ground_truth=["x"]).total.tolist() == [1.0]
     with pytest.raises(ValueError, match="`reward_weights` has 1 entries but there are 3 reward functions"):
         RewardSet(["correctness", half, half], weights=[1.0])

@@ -16,9 +16,14 @@ from clip_trl.scripts.pipeline import STAGES
 from clip_trl.scripts.pipeline_results import greedy_rewards, results_table
 
 METRICS = [
-    "image_to_text_recall@1", "image_to_text_recall@5", "image_to_text_recall@10",
-    "text_to_image_recall@1", "text_to_image_recall@5", "text_to_image_recall@10",
-    "in_batch_accuracy", "mean_reward",
+    "image_to_text_recall@1",
+    "image_to_text_recall@5",
+    "image_to_text_recall@10",
+    "text_to_image_recall@1",
+    "text_to_image_recall@5",
+    "text_to_image_recall@10",
+    "in_batch_accuracy",
+    "mean_reward",
 ]
 
 
@@ -26,7 +31,13 @@ def check_outputs(out, results):
     for name in ("results.json", "results.md", "retrieval_examples.png"):
         assert (out / name).is_file(), name
     for folder in ("clip_finetuned", "clip_rl_finetuned"):
-        for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "README.md"):
+        for name in (
+            "config.json",
+            "model.safetensors",
+            "processor_config.json",
+            "tokenizer.json",
+            "README.md",
+        ):
             assert (out / folder / name).is_file(), f"{folder}/{name}"
     assert list(results["stages"]) == list(STAGES)
     for stage in STAGES:
@@ -66,8 +77,26 @@ def test_pipeline_takes_a_model_folder_and_a_dataset_folder(tmp_path):
     colours = [f"colour number {i}" for i in range(40)]
     colour_dataset(colours).save_to_disk(str(data_dir))  # a single split: the pipeline cuts 80/10/10
     out = tmp_path / "run"
-    assert main(["pipeline", "--quick", "--model", str(model_dir), "--dataset", str(data_dir), "--output_dir",
-                 str(out), "--seed", "3", "--reward_funcs", "correctness", "confidence_correctness"]) == 0
+    assert (
+        main(
+            [
+                "pipeline",
+                "--quick",
+                "--model",
+                str(model_dir),
+                "--dataset",
+                str(data_dir),
+                "--output_dir",
+                str(out),
+                "--seed",
+                "3",
+                "--reward_funcs",
+                "correctness",
+                "confidence_correctness",
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     check_outputs(out, results)
     assert not (out / "base_model").exists()
@@ -88,12 +117,16 @@ def test_load_data_splits_a_train_only_dataset_80_10_10_with_a_seed(tmp_path):
 
 
 def test_load_data_keeps_existing_splits_and_subsamples(tmp_path):
-    data = datasets.DatasetDict({
-        "train": colour_dataset([f"t{i}" for i in range(30)]),
-        "test": colour_dataset([f"x{i}" for i in range(10)]),
-    })
+    data = datasets.DatasetDict(
+        {
+            "train": colour_dataset([f"t{i}" for i in range(30)]),
+            "test": colour_dataset([f"x{i}" for i in range(10)]),
+        }
+    )
     data.save_to_disk(str(tmp_path / "d"))
-    loaded = load_data(ScriptArguments(dataset_name=str(tmp_path / "d"), max_train_samples=20, max_eval_samples=4))
+    loaded = load_data(
+        ScriptArguments(dataset_name=str(tmp_path / "d"), max_train_samples=20, max_eval_samples=4)
+    )
     assert set(loaded["test"]["caption"]) <= {f"x{i}" for i in range(10)} and len(loaded["test"]) == 4
     assert len(loaded["train"]) == 20 and len(loaded["validation"]) == 3  # carved from train (10% of 30)
     assert not set(loaded["train"]["caption"]) & set(loaded["validation"]["caption"])
@@ -107,11 +140,18 @@ def test_graded_reward_metric_and_reward_by_hand():
     captions, positives, first = index_captions(["a cat", "a dog", "a car", "a bus"])
     images = torch.eye(4)[[1, 1, 3, 0]]  # cat→dog (same group), dog→dog, car→bus (same), bus→cat (other)
     embeddings = EmbeddingSet(images, torch.eye(4), captions, positives, first)
-    assert greedy_graded_reward(embeddings, ["animal", "animal", "vehicle", "vehicle"]) == (0.5 + 1 + 0.5 + 0) / 4
+    assert (
+        greedy_graded_reward(embeddings, ["animal", "animal", "vehicle", "vehicle"])
+        == (0.5 + 1 + 0.5 + 0) / 4
+    )
     reward = GradedReward(column="group")
     rows = [{"group": "animal"}, {"group": "vehicle"}]
-    assert reward(["a cat", "a dog", "a bus"], ground_truth=["a cat", "a cat", "a cat"],
-                  chosen_row=[rows[0], rows[0], rows[1]], group=["animal"] * 3) == [1.0, 0.5, 0.0]
+    assert reward(
+        ["a cat", "a dog", "a bus"],
+        ground_truth=["a cat", "a cat", "a cat"],
+        chosen_row=[rows[0], rows[0], rows[1]],
+        group=["animal"] * 3,
+    ) == [1.0, 0.5, 0.0]
     with pytest.raises(ValueError, match="needs the `group` column"):
         reward(["a dog"], ground_truth=["a cat"])
 
@@ -123,8 +163,14 @@ def test_greedy_correctness_is_in_batch_accuracy():
     texts = torch.nn.functional.normalize(images + 0.8 * torch.randn(40, 8, generator=generator), dim=-1)
     embeddings = EmbeddingSet(images, texts, captions, positives, first)
     rows = datasets.Dataset.from_dict({"caption": captions})
-    rewards = greedy_rewards(embeddings, rows, ["correctness", "confidence_correctness"], logit_scale=10.0,
-                             batch_size=16, image_column=None)
+    rewards = greedy_rewards(
+        embeddings,
+        rows,
+        ["correctness", "confidence_correctness"],
+        logit_scale=10.0,
+        batch_size=16,
+        image_column=None,
+    )
     accuracy = in_batch_accuracy_from_embeddings(embeddings, batch_size=16)
     assert 0 < accuracy < 1
     assert rewards["rewards/correctness/mean"] == pytest.approx(accuracy)

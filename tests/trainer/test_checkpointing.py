@@ -26,19 +26,36 @@ from clip_trl.trainer import checkpointing
 
 def make_trainer(tmp_path, emoji, name="out", **overrides):
     model, processor = build_clip("tiny", seed=0)
-    defaults = dict(output_dir=str(tmp_path / name), per_device_train_batch_size=8, learning_rate=1e-3, max_steps=4,
-                    save_strategy="steps", save_steps=2, logging_steps=1, seed=0, use_cpu=True, report_to="none",
-                    disable_tqdm=True)
+    defaults = dict(
+        output_dir=str(tmp_path / name),
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        max_steps=4,
+        save_strategy="steps",
+        save_steps=2,
+        logging_steps=1,
+        seed=0,
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+    )
     args = ClipContrastiveConfig(**{**defaults, **overrides})
-    return ClipContrastiveTrainer(model=model, args=args, train_dataset=emoji["train"].select(range(32)),
-                                  eval_dataset=emoji["test"].select(range(16)), processing_class=processor)
+    return ClipContrastiveTrainer(
+        model=model,
+        args=args,
+        train_dataset=emoji["train"].select(range(32)),
+        eval_dataset=emoji["test"].select(range(16)),
+        processing_class=processor,
+    )
 
 
 def folders(path) -> list[str]:
     return sorted(n for n in os.listdir(path) if os.path.isdir(os.path.join(path, n)))
 
 
-def test_a_save_that_fails_midway_leaves_no_checkpoint_and_resume_uses_the_previous_one(tmp_path, emoji, caplog):
+def test_a_save_that_fails_midway_leaves_no_checkpoint_and_resume_uses_the_previous_one(
+    tmp_path, emoji, caplog
+):
     trainer = make_trainer(tmp_path, emoji)
     save_rng_state = trainer._save_rng_state
 
@@ -52,14 +69,17 @@ def test_a_save_that_fails_midway_leaves_no_checkpoint_and_resume_uses_the_previ
         trainer.train()
     out = tmp_path / "out"
     assert folders(out) == ["_incomplete-checkpoint-4", "checkpoint-2"]
-    assert (out / "_incomplete-checkpoint-4" / "checkpoint-4" / "model.safetensors").is_file()  # the save had begun
+    assert (
+        out / "_incomplete-checkpoint-4" / "checkpoint-4" / "model.safetensors"
+    ).is_file()  # the save had begun
     assert get_last_checkpoint(str(out)) == str(out / "checkpoint-2")
 
     resumed = make_trainer(tmp_path, emoji)
     with caplog.at_level(logging.WARNING, logger="clip_trl.trainer.checkpointing"):
         resumed.train(resume_from_checkpoint=True)
-    assert "Removed 1 incomplete checkpoint folder(s) left by an interrupted save: ['_incomplete-checkpoint-4']" in (
-        caplog.text
+    assert (
+        "Removed 1 incomplete checkpoint folder(s) left by an interrupted save: ['_incomplete-checkpoint-4']"
+        in (caplog.text)
     )
     assert folders(out) == ["checkpoint-2", "checkpoint-4"]
     reference = make_trainer(tmp_path, emoji, name="reference", save_strategy="no")
@@ -85,8 +105,16 @@ def test_publishing_over_an_existing_checkpoint_replaces_it_whole(tmp_path):
 
 
 def test_rotation_and_the_best_checkpoint_use_the_final_folders(tmp_path, emoji):
-    trainer = make_trainer(tmp_path, emoji, max_steps=6, eval_strategy="steps", eval_steps=2, save_total_limit=1,
-                           load_best_model_at_end=True, metric_for_best_model="eval_loss")
+    trainer = make_trainer(
+        tmp_path,
+        emoji,
+        max_steps=6,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+    )
     out = tmp_path / "out"
     seen = []
 
@@ -113,13 +141,21 @@ def test_hub_strategy_checkpoint_pushes_the_published_folder(tmp_path, emoji, mo
     def create_repo(self, repo_id, **kwargs):
         return RepoUrl(f"https://huggingface.co/{repo_id}")
 
-    def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, path_in_repo=None, run_as_future=False,
-                      **kwargs):
+    def upload_folder(
+        self, *, repo_id, folder_path, ignore_patterns=None, path_in_repo=None, run_as_future=False, **kwargs
+    ):
         # Lists the files at call time; the real upload runs in the background and lists them later, so the folder
         # it is given must stay where it is.
-        files = [os.path.relpath(os.path.join(d, f), folder_path) for d, _, fs in os.walk(folder_path) for f in fs]
-        uploads.append({"folder": folder_path, "path_in_repo": path_in_repo,
-                        "files": sorted(filter_repo_objects(files, ignore_patterns=ignore_patterns))})
+        files = [
+            os.path.relpath(os.path.join(d, f), folder_path) for d, _, fs in os.walk(folder_path) for f in fs
+        ]
+        uploads.append(
+            {
+                "folder": folder_path,
+                "path_in_repo": path_in_repo,
+                "files": sorted(filter_repo_objects(files, ignore_patterns=ignore_patterns)),
+            }
+        )
         url = f"https://huggingface.co/{repo_id}/commit/0"
         if not run_as_future:
             return url
@@ -129,8 +165,14 @@ def test_hub_strategy_checkpoint_pushes_the_published_folder(tmp_path, emoji, mo
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-    trainer = make_trainer(tmp_path, emoji, max_steps=2, push_to_hub=True, hub_model_id="clip-trl-test/ckpt",
-                           hub_strategy="checkpoint")
+    trainer = make_trainer(
+        tmp_path,
+        emoji,
+        max_steps=2,
+        push_to_hub=True,
+        hub_model_id="clip-trl-test/ckpt",
+        hub_strategy="checkpoint",
+    )
     trainer.train()
     out = tmp_path / "out"
     checkpoint_pushes = [u for u in uploads if u["path_in_repo"] == "last-checkpoint"]

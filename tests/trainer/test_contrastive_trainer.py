@@ -40,7 +40,9 @@ def test_training_lowers_the_loss_and_changes_every_parameter(tmp_path, tiny, em
     train = emoji["train"]
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     loss_before = batch_loss(model, processor, train.select(range(32)))
-    trainer = ClipContrastiveTrainer(model=model, args=make_args(tmp_path), train_dataset=train, processing_class=processor)
+    trainer = ClipContrastiveTrainer(
+        model=model, args=make_args(tmp_path), train_dataset=train, processing_class=processor
+    )
     trainer.train()
     loss_after = batch_loss(model, processor, train.select(range(32)))
     assert loss_after < loss_before - 0.5, (loss_before, loss_after)
@@ -55,7 +57,9 @@ def test_logit_scale_never_exceeds_100(tmp_path, tiny, emoji):
     with torch.no_grad():
         model.logit_scale.fill_(math.log(100.0) - 1e-3)
     args = make_args(tmp_path, max_steps=5, logit_scale_learning_rate=1.0)
-    trainer = ClipContrastiveTrainer(model=model, args=args, train_dataset=emoji["train"], processing_class=processor)
+    trainer = ClipContrastiveTrainer(
+        model=model, args=args, train_dataset=emoji["train"], processing_class=processor
+    )
     scales = []
 
     from transformers import TrainerCallback
@@ -77,7 +81,9 @@ def test_zero_logit_scale_learning_rate_keeps_the_temperature_fixed(tmp_path, ti
     scale_before = model.logit_scale.detach().clone()
     projection_before = model.text_projection.weight.detach().clone()
     args = make_args(tmp_path, max_steps=3, logit_scale_learning_rate=0.0)
-    ClipContrastiveTrainer(model=model, args=args, train_dataset=emoji["train"], processing_class=processor).train()
+    ClipContrastiveTrainer(
+        model=model, args=args, train_dataset=emoji["train"], processing_class=processor
+    ).train()
     assert torch.equal(model.logit_scale, scale_before)  # 0.0 is a learning rate, not "unset"
     assert not torch.equal(model.text_projection.weight, projection_before)
 
@@ -87,8 +93,12 @@ def test_frozen_tower_is_bitwise_unchanged(tmp_path, tiny, emoji, frozen):
     model, processor = tiny
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     args = make_args(tmp_path, max_steps=5, **{f"freeze_{frozen}": True})
-    ClipContrastiveTrainer(model=model, args=args, train_dataset=emoji["train"], processing_class=processor).train()
-    prefixes = ("vision_model", "visual_projection") if frozen == "vision" else ("text_model", "text_projection")
+    ClipContrastiveTrainer(
+        model=model, args=args, train_dataset=emoji["train"], processing_class=processor
+    ).train()
+    prefixes = (
+        ("vision_model", "visual_projection") if frozen == "vision" else ("text_model", "text_projection")
+    )
     other = ("text_model",) if frozen == "vision" else ("vision_model",)
     for name, param in model.named_parameters():
         if name.startswith(prefixes):
@@ -99,7 +109,9 @@ def test_frozen_tower_is_bitwise_unchanged(tmp_path, tiny, emoji, frozen):
 def test_siglip_trains_its_bias(tmp_path, tiny, emoji):
     model, processor = tiny
     args = make_args(tmp_path, loss_type="siglip", max_steps=5)
-    trainer = ClipContrastiveTrainer(model=model, args=args, train_dataset=emoji["train"], processing_class=processor)
+    trainer = ClipContrastiveTrainer(
+        model=model, args=args, train_dataset=emoji["train"], processing_class=processor
+    )
     assert model.logit_bias.item() == -10.0
     trainer.train()
     assert model.logit_bias.item() != -10.0
@@ -118,7 +130,9 @@ def test_model_and_processor_load_from_a_path(tmp_path, tiny, emoji):
 
 def test_list_captions_and_hard_negatives(tmp_path, tiny):
     model, processor = tiny
-    data = colour_dataset([["red square", "a red block"], ["blue square"], ["green square", "a green tile"]] * 4)
+    data = colour_dataset(
+        [["red square", "a red block"], ["blue square"], ["green square", "a green tile"]] * 4
+    )
     data = data.add_column("negatives", [["a cat"], ["a dog", "a bird"], []] * 4)
     args = make_args(tmp_path, max_steps=3, per_device_train_batch_size=6, negative_column="negatives")
     trainer = ClipContrastiveTrainer(model=model, args=args, train_dataset=data, processing_class=processor)
@@ -151,8 +165,12 @@ def test_duplicate_captions_in_a_batch_are_marked_positive(tmp_path, tiny):
 def test_missing_column_lists_the_columns_present(tmp_path, tiny, emoji):
     model, processor = tiny
     with pytest.raises(ValueError) as info:
-        ClipContrastiveTrainer(model=model, args=make_args(tmp_path, caption_column="text"),
-                               train_dataset=emoji["train"], processing_class=processor)
+        ClipContrastiveTrainer(
+            model=model,
+            args=make_args(tmp_path, caption_column="text"),
+            train_dataset=emoji["train"],
+            processing_class=processor,
+        )
     assert str(info.value) == (
         "`train_dataset` has no column 'text' (set by `caption_column`). Columns present: "
         "['caption', 'codepoints', 'group', 'image']. Set `caption_column` to one of them or rename the column."
@@ -161,9 +179,15 @@ def test_missing_column_lists_the_columns_present(tmp_path, tiny, emoji):
 
 def test_not_clip_like_model_is_a_clear_error(tmp_path, tiny, emoji):
     _, processor = tiny
-    with pytest.raises(TypeError, match="Linear is not a CLIP-like dual encoder: it has no get_image_features"):
-        ClipContrastiveTrainer(model=torch.nn.Linear(2, 2), args=make_args(tmp_path),
-                               train_dataset=emoji["train"], processing_class=processor)
+    with pytest.raises(
+        TypeError, match="Linear is not a CLIP-like dual encoder: it has no get_image_features"
+    ):
+        ClipContrastiveTrainer(
+            model=torch.nn.Linear(2, 2),
+            args=make_args(tmp_path),
+            train_dataset=emoji["train"],
+            processing_class=processor,
+        )
 
 
 @pytest.mark.parametrize(
@@ -182,8 +206,12 @@ def test_bad_rows_name_the_row_and_column(tmp_path, tiny, image, caption, messag
     images = [good, good, good if image == "ok" else image, good]
     captions = ["a", "b", caption, "d"]
     data = colour_dataset(captions, images)
-    trainer = ClipContrastiveTrainer(model=model, args=make_args(tmp_path, per_device_train_batch_size=4, max_steps=1),
-                                     train_dataset=data, processing_class=processor)
+    trainer = ClipContrastiveTrainer(
+        model=model,
+        args=make_args(tmp_path, per_device_train_batch_size=4, max_steps=1),
+        train_dataset=data,
+        processing_class=processor,
+    )
     with pytest.raises(ValueError) as info:
         trainer.train()
     assert str(info.value).startswith(message)
@@ -195,7 +223,9 @@ def test_skip_bad_rows_counts_and_logs(tmp_path, tiny):
     good = {"bytes": png_bytes((1, 2, 3)), "path": None}
     bad = {"bytes": b"broken", "path": None}
     data = colour_dataset(["a", "b", "c", "d"], [good, bad, good, good])
-    args = make_args(tmp_path, per_device_train_batch_size=4, max_steps=2, logging_steps=1, skip_bad_rows=True)
+    args = make_args(
+        tmp_path, per_device_train_batch_size=4, max_steps=2, logging_steps=1, skip_bad_rows=True
+    )
     trainer = ClipContrastiveTrainer(model=model, args=args, train_dataset=data, processing_class=processor)
     trainer.train()
     logged = [entry["skipped_rows"] for entry in trainer.state.log_history if "skipped_rows" in entry]
@@ -204,22 +234,35 @@ def test_skip_bad_rows_counts_and_logs(tmp_path, tiny):
 
 def test_evaluate_reports_retrieval_metrics(tmp_path, tiny, emoji):
     model, processor = tiny
-    trainer = ClipContrastiveTrainer(model=model, args=make_args(tmp_path, max_steps=1), train_dataset=emoji["train"],
-                                     eval_dataset=emoji["test"], processing_class=processor)
+    trainer = ClipContrastiveTrainer(
+        model=model,
+        args=make_args(tmp_path, max_steps=1),
+        train_dataset=emoji["train"],
+        eval_dataset=emoji["test"],
+        processing_class=processor,
+    )
     metrics = trainer.evaluate()
     # The same numbers as the trainer-free functions on the same model and rows.
     expected = evaluation.retrieval_metrics(model, processor, emoji["test"])
     expected |= evaluation.in_batch_accuracy(model, processor, emoji["test"], batch_size=32)
-    assert sorted(expected) == ["image_to_text_recall@1", "image_to_text_recall@10", "image_to_text_recall@5",
-                                "in_batch_accuracy", "text_to_image_recall@1", "text_to_image_recall@10",
-                                "text_to_image_recall@5"]
+    assert sorted(expected) == [
+        "image_to_text_recall@1",
+        "image_to_text_recall@10",
+        "image_to_text_recall@5",
+        "in_batch_accuracy",
+        "text_to_image_recall@1",
+        "text_to_image_recall@10",
+        "text_to_image_recall@5",
+    ]
     for name, value in expected.items():
         assert metrics[f"eval_{name}"] == pytest.approx(value, abs=1e-6), name
     # The loss: the training loss over consecutive eval batches (8 rows, 32 unique captions), weighted by rows.
     embeddings = evaluation.compute_embeddings(model, processor, emoji["test"])
     scale = model.logit_scale.detach()
-    batches = [clip_loss(embeddings.image_embeds[i : i + 8], embeddings.text_embeds[i : i + 8], scale).item()
-               for i in range(0, 32, 8)]
+    batches = [
+        clip_loss(embeddings.image_embeds[i : i + 8], embeddings.text_embeds[i : i + 8], scale).item()
+        for i in range(0, 32, 8)
+    ]
     assert metrics["eval_loss"] == pytest.approx(sum(batches) / 4, abs=1e-5)
     assert metrics["eval_samples"] == 32
 
@@ -245,9 +288,15 @@ def test_non_finite_steps_are_skipped_and_then_stop_training(tmp_path, tiny, emo
 
     model2, _ = build_clip("tiny", seed=0)  # a fresh model: `tiny` returned the one trained above
     Poisoned.poison_steps = set(range(100))
-    trainer = Poisoned(model=model2, args=make_args(tmp_path, max_steps=10, max_nonfinite_steps=3),
-                       train_dataset=emoji["train"], processing_class=processor)
-    with pytest.raises(FloatingPointError, match="3 optimizer steps in a row had a non-finite loss or gradient"):
+    trainer = Poisoned(
+        model=model2,
+        args=make_args(tmp_path, max_steps=10, max_nonfinite_steps=3),
+        train_dataset=emoji["train"],
+        processing_class=processor,
+    )
+    with pytest.raises(
+        FloatingPointError, match="3 optimizer steps in a row had a non-finite loss or gradient"
+    ):
         trainer.train()
 
 
@@ -265,8 +314,9 @@ def test_streaming_dataset_trains(tmp_path, tiny, emoji):
     model, processor = tiny
     before = model.text_projection.weight.detach().clone()
     stream = emoji["train"].to_iterable_dataset()
-    trainer = ClipContrastiveTrainer(model=model, args=make_args(tmp_path, max_steps=3), train_dataset=stream,
-                                     processing_class=processor)
+    trainer = ClipContrastiveTrainer(
+        model=model, args=make_args(tmp_path, max_steps=3), train_dataset=stream, processing_class=processor
+    )
     trainer.train()
     assert trainer.state.global_step == 3
     assert not torch.equal(model.text_projection.weight, before)

@@ -21,15 +21,35 @@ CUDA = torch.cuda.is_available()
 def train(tmp_path, name: str, trainer: str = "contrastive", **options) -> tuple[list[float], dict]:
     model, processor = build_clip("tiny", seed=0)
     rows = colour_dataset([f"colour number {i}" for i in range(16)])
-    common = dict(output_dir=str(tmp_path / name), report_to="none", max_steps=2, per_device_train_batch_size=8,
-                  learning_rate=1e-3, logging_steps=1, save_strategy="no", seed=0, disable_tqdm=True,
-                  use_cpu=not CUDA, bf16=False, optim="adamw_torch") | options
+    common = (
+        dict(
+            output_dir=str(tmp_path / name),
+            report_to="none",
+            max_steps=2,
+            per_device_train_batch_size=8,
+            learning_rate=1e-3,
+            logging_steps=1,
+            save_strategy="no",
+            seed=0,
+            disable_tqdm=True,
+            use_cpu=not CUDA,
+            bf16=False,
+            optim="adamw_torch",
+        )
+        | options
+    )
     if trainer == "contrastive":
-        t = ClipContrastiveTrainer(model=model, args=ClipContrastiveConfig(**common), processing_class=processor,
-                                   train_dataset=rows)
+        t = ClipContrastiveTrainer(
+            model=model, args=ClipContrastiveConfig(**common), processing_class=processor, train_dataset=rows
+        )
     else:
-        t = ClipRLTrainer(model=model, args=ClipRLConfig(**common, advantage="exact"), processing_class=processor,
-                          train_dataset=rows, reward_funcs="correctness")
+        t = ClipRLTrainer(
+            model=model,
+            args=ClipRLConfig(**common, advantage="exact"),
+            processing_class=processor,
+            train_dataset=rows,
+            reward_funcs="correctness",
+        )
     t.train()
     losses = [entry["loss"] for entry in t.state.log_history if "loss" in entry]
     return losses, {k: v.detach().float().cpu() for k, v in t.model.state_dict().items()}
@@ -76,11 +96,23 @@ def test_jpeg_shards_with_draft_decoding_feed_the_device(tmp_path):
     rows = colour_dataset([f"colour number {i}" for i in range(16)])
     shards = write_shards(rows, str(tmp_path / "shards"), num_shards=4, image_format="jpg")
     model, processor = build_clip("tiny", seed=0)
-    args = ClipContrastiveConfig(output_dir=str(tmp_path / "run"), report_to="none", max_steps=2,
-                                 per_device_train_batch_size=4, save_strategy="no", use_cpu=not CUDA,
-                                 image_processing="draft", dataloader_num_workers=2, disable_tqdm=True)
-    trainer = ClipContrastiveTrainer(model=model, args=args, processing_class=processor,
-                                     train_dataset=ShardStream(shards, shuffle_buffer=4))
+    args = ClipContrastiveConfig(
+        output_dir=str(tmp_path / "run"),
+        report_to="none",
+        max_steps=2,
+        per_device_train_batch_size=4,
+        save_strategy="no",
+        use_cpu=not CUDA,
+        image_processing="draft",
+        dataloader_num_workers=2,
+        disable_tqdm=True,
+    )
+    trainer = ClipContrastiveTrainer(
+        model=model,
+        args=args,
+        processing_class=processor,
+        train_dataset=ShardStream(shards, shuffle_buffer=4),
+    )
     trainer.train()
     assert trainer.state.global_step == 2
     assert next(trainer.model.parameters()).device.type == ("cuda" if CUDA else "cpu")

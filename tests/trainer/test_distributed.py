@@ -18,15 +18,29 @@ def run_script(script: Path, *arguments: str, processes: int = 2) -> subprocess.
     if processes > 1:
         command += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run([*command, str(script), *arguments], capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        [*command, str(script), *arguments], capture_output=True, text=True, env=env, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
-def launch(tmp_path: Path, name: str, processes: int, per_device_batch: int, trainer: str = "contrastive") -> dict:
+def launch(
+    tmp_path: Path, name: str, processes: int, per_device_batch: int, trainer: str = "contrastive"
+) -> dict:
     out = tmp_path / f"{name}.pt"
-    run_script(SCRIPT, "--trainer", trainer, "--per_device_batch", str(per_device_batch), "--out", str(out),
-               "--output_dir", str(tmp_path / name), processes=processes)
+    run_script(
+        SCRIPT,
+        "--trainer",
+        trainer,
+        "--per_device_batch",
+        str(per_device_batch),
+        "--out",
+        str(out),
+        "--output_dir",
+        str(tmp_path / name),
+        processes=processes,
+    )
     return torch.load(out)
 
 
@@ -69,8 +83,17 @@ def _rl_runs_module():
 
 def launch_rl(out: Path, *arguments: str, processes: int = 2) -> list[dict]:
     """Run `rl_runs.py` under `torch.distributed.run` with 4 rows per rank; returns each rank's record."""
-    run_script(RL_RUNS, *arguments, "--per_device_batch", "4", "--out", str(out), "--output_dir", str(out / "output"),
-               processes=processes)
+    run_script(
+        RL_RUNS,
+        *arguments,
+        "--per_device_batch",
+        "4",
+        "--out",
+        str(out),
+        "--output_dir",
+        str(out / "output"),
+        processes=processes,
+    )
     records = [torch.load(out / f"rank{rank}.pt") for rank in range(processes)]
     assert all(record["world_size"] == processes for record in records)
     return records
@@ -112,13 +135,17 @@ def test_gather_candidates_changes_nothing_with_one_process(rl_one_process):
     for name, _ in _rl_runs_module().GATHER_VARIANTS:
         on, off = rl_one_process[f"{name}/gather=True"], rl_one_process[f"{name}/gather=False"]
         assert on["reward_calls"] == off["reward_calls"], name
-        assert [e["loss"] for e in train_logs(on)] == pytest.approx([e["loss"] for e in train_logs(off)], abs=1e-7)
+        assert [e["loss"] for e in train_logs(on)] == pytest.approx(
+            [e["loss"] for e in train_logs(off)], abs=1e-7
+        )
         for key, weight in off["weights"].items():
             torch.testing.assert_close(on["weights"][key], weight, atol=1e-7, rtol=0, msg=f"{name}: {key}")
 
 
 @pytest.mark.slow
-def test_rl_global_candidates_two_processes_equal_one_process_on_the_global_batch(rl_one_process, rl_two_processes):
+def test_rl_global_candidates_two_processes_equal_one_process_on_the_global_batch(
+    rl_one_process, rl_two_processes
+):
     # Exact policy gradient (no sampling), 2 steps, lr 0.5: with `gather_candidates=True`, 2 ranks × 4 rows
     # must train like 1 rank × 8 rows — image→text with and without the KL term, and text→image.
     for name, _ in _rl_runs_module().GATHER_VARIANTS:
@@ -128,7 +155,9 @@ def test_rl_global_candidates_two_processes_equal_one_process_on_the_global_batc
             for metric in ("loss", "reward", "accuracy", "entropy", "kl", "rewards/correctness/mean"):
                 assert logged[metric] == pytest.approx(single[metric], abs=1e-5), (name, step, metric)
         for key, weight in one["weights"].items():
-            torch.testing.assert_close(ranks[0]["weights"][key], weight, atol=1e-5, rtol=0, msg=f"{name}: {key}")
+            torch.testing.assert_close(
+                ranks[0]["weights"][key], weight, atol=1e-5, rtol=0, msg=f"{name}: {key}"
+            )
         # The rewards saw the global candidate list, and rank r's queries with their ground-truth positions
         # (and completions) are the 1-process run's, in order: rank 0's rows, then rank 1's.
         for step, call in enumerate(one["reward_calls"]):
@@ -138,7 +167,9 @@ def test_rl_global_candidates_two_processes_equal_one_process_on_the_global_batc
                 assert calls[0][field] + calls[1][field] == call[field], (name, step, field)
         # The data has duplicates across ranks (see DUPLICATED_ROWS), so the global set is smaller than the
         # sum of the ranks' own sets: the de-duplication was exercised.
-        local = [record[f"{name}/gather=False"]["reward_calls"][0]["candidates"] for record in rl_two_processes]
+        local = [
+            record[f"{name}/gather=False"]["reward_calls"][0]["candidates"] for record in rl_two_processes
+        ]
         assert len(one["reward_calls"][0]["candidates"]) < len(local[0]) + len(local[1]), name
         # Without the option each rank only sees its own batch, and the runs differ: the test can fail.
         off = rl_two_processes[0][f"{name}/gather=False"]
@@ -162,7 +193,9 @@ def assert_logged_metrics_are_rank_means(ranks: list[dict]) -> None:
 def test_rl_logged_metrics_are_means_over_processes(rl_two_processes):
     for name, _ in _rl_runs_module().GATHER_VARIANTS:
         for gather in (True, False):
-            assert_logged_metrics_are_rank_means([record[f"{name}/gather={gather}"] for record in rl_two_processes])
+            assert_logged_metrics_are_rank_means(
+                [record[f"{name}/gather={gather}"] for record in rl_two_processes]
+            )
 
 
 @pytest.mark.slow
@@ -175,8 +208,9 @@ def test_rl_resume_under_two_processes_matches_an_uninterrupted_run(rl_launch, t
     assert (checkpoint / "rng_state_0.pth").is_file() and (checkpoint / "rng_state_1.pth").is_file()
     resumed = [record["resume"] for record in launch_rl(tmp_path, "resume", "--resume_from", str(checkpoint))]
     assert [e["step"] for e in train_logs(resumed[0])] == [1, 2, 3, 4]
-    assert [e["loss"] for e in train_logs(resumed[0])] == pytest.approx([e["loss"] for e in train_logs(full[0])],
-                                                                         abs=1e-6)
+    assert [e["loss"] for e in train_logs(resumed[0])] == pytest.approx(
+        [e["loss"] for e in train_logs(full[0])], abs=1e-6
+    )
     for key, weight in full[0]["weights"].items():
         torch.testing.assert_close(resumed[0]["weights"][key], weight, atol=1e-6, rtol=0, msg=key)
     for rank in range(2):
@@ -185,9 +219,13 @@ def test_rl_resume_under_two_processes_matches_an_uninterrupted_run(rl_launch, t
         seeds = full[rank]["sampling_seeds"]
         assert [(step, micro) for step, micro, _ in seeds] == [(s, m) for s in range(4) for m in range(2)]
         assert resumed[rank]["sampling_seeds"] == seeds[4:]
-        assert [c["chosen"] for c in resumed[rank]["reward_calls"]] == [c["chosen"] for c in full[rank]["reward_calls"][4:]]
+        assert [c["chosen"] for c in resumed[rank]["reward_calls"]] == [
+            c["chosen"] for c in full[rank]["reward_calls"][4:]
+        ]
     # ... and the ranks draw from different streams.
-    assert not {seed for *_, seed in full[0]["sampling_seeds"]} & {seed for *_, seed in full[1]["sampling_seeds"]}
+    assert not {seed for *_, seed in full[0]["sampling_seeds"]} & {
+        seed for *_, seed in full[1]["sampling_seeds"]
+    }
     assert_logged_metrics_are_rank_means(full)
 
 
@@ -204,9 +242,13 @@ def test_rl_rollout_table_holds_the_first_queries_of_every_process_in_rank_order
         last = record["resume"]["reward_calls"][-1]
         assert last["step"] == 3
         for b in range(4):
-            expected.append((last["ground_truth"][4 * b], collections.Counter(last["completions"][4 * b: 4 * b + 4])))
-    tabled = [(query["ground_truth"].iloc[0], collections.Counter(dict(zip(query["choice"], query["count"]))))
-              for _, query in frame.groupby("query_index")]
+            expected.append(
+                (last["ground_truth"][4 * b], collections.Counter(last["completions"][4 * b : 4 * b + 4]))
+            )
+    tabled = [
+        (query["ground_truth"].iloc[0], collections.Counter(dict(zip(query["choice"], query["count"]))))
+        for _, query in frame.groupby("query_index")
+    ]
     assert tabled == expected[:6]
 
 
@@ -249,10 +291,14 @@ def test_hard_negatives_and_evaluation_two_processes_equal_one_process(tmp_path)
         assert (one[loss_type]["world_size"], two[loss_type]["world_size"]) == (1, 2)
         assert two[loss_type]["loss"] == pytest.approx(one[loss_type]["loss"], abs=1e-5), loss_type
         for name, weight in one[loss_type]["weights"].items():
-            torch.testing.assert_close(two[loss_type]["weights"][name], weight, atol=1e-5, rtol=0,
-                                       msg=f"{loss_type}: {name}")
+            torch.testing.assert_close(
+                two[loss_type]["weights"][name], weight, atol=1e-5, rtol=0, msg=f"{loss_type}: {name}"
+            )
     assert one["eval"]["eval_samples"] == two["eval"]["eval_samples"] == 9
-    assert (one["eval_rows_embedded"], two["eval_rows_embedded"]) == ([9], [4])  # rank 0 embedded its block only
+    assert (one["eval_rows_embedded"], two["eval_rows_embedded"]) == (
+        [9],
+        [4],
+    )  # rank 0 embedded its block only
     assert sorted(two["eval"]) == sorted(one["eval"])
     for name, value in one["eval"].items():
         assert two["eval"][name] == pytest.approx(value, abs=1e-5), name
@@ -301,7 +347,17 @@ def test_flava_two_processes_equal_one_process(tmp_path):
         # The clipped norm is the global gradient's (reduced before clipping), as with one process.
         assert ranks[0][method]["grad_norms"] == pytest.approx(one[method]["grad_norms"], rel=1e-4), method
         for key, weight in one[method]["weights"].items():
-            torch.testing.assert_close(ranks[0][method]["weights"][key], ranks[1][method]["weights"][key],
-                                       atol=0, rtol=0, msg=f"{method}: the ranks disagree on {key}")
-            torch.testing.assert_close(ranks[0][method]["weights"][key], weight, atol=1e-5, rtol=1e-4,
-                                       msg=f"{method}: 2 processes differ from 1 on {key}")
+            torch.testing.assert_close(
+                ranks[0][method]["weights"][key],
+                ranks[1][method]["weights"][key],
+                atol=0,
+                rtol=0,
+                msg=f"{method}: the ranks disagree on {key}",
+            )
+            torch.testing.assert_close(
+                ranks[0][method]["weights"][key],
+                weight,
+                atol=1e-5,
+                rtol=1e-4,
+                msg=f"{method}: 2 processes differ from 1 on {key}",
+            )

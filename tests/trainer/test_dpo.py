@@ -16,8 +16,15 @@ from clip_trl.hub import default_lora_config
 from clip_trl.losses.preference import preference_loss
 from clip_trl.offline import build_clip
 
-COMMON = dict(per_device_train_batch_size=8, report_to="none", save_strategy="no", use_cpu=True, seed=0,
-              logging_steps=1, disable_tqdm=True)
+COMMON = dict(
+    per_device_train_batch_size=8,
+    report_to="none",
+    save_strategy="no",
+    use_cpu=True,
+    seed=0,
+    logging_steps=1,
+    disable_tqdm=True,
+)
 
 
 def colour_pairs(n: int = 16, rejected_as_list: bool = False) -> datasets.Dataset:
@@ -51,7 +58,9 @@ def test_sigmoid_loss_with_label_smoothing_matches_a_hand_computation():
     assert out.chosen_rewards.item() == pytest.approx(beta * ((-0.2 + 0.7) + (-1.0 + 0.7)) / 2, abs=1e-6)
     assert out.rejected_rewards.item() == pytest.approx(beta * ((-1.5 + 0.9) + (-0.4 + 0.9)) / 2, abs=1e-6)
     assert out.accuracies.item() == pytest.approx(sum(accuracies) / 2)
-    assert out.margins.item() == pytest.approx(out.chosen_rewards.item() - out.rejected_rewards.item(), abs=1e-6)
+    assert out.margins.item() == pytest.approx(
+        out.chosen_rewards.item() - out.rejected_rewards.item(), abs=1e-6
+    )
 
 
 def test_ipo_loss_and_several_rejected_captions_per_row():
@@ -96,32 +105,48 @@ def test_beta_to_zero_flattens_the_sigmoid_loss_and_beta_zero_is_refused():
 def test_reference_equals_policy_at_the_start(tmp_path, lora):
     model, processor = build_clip("tiny", seed=0)
     args = ClipDPOConfig(output_dir=str(tmp_path), beta=0.5, loss_type="ipo", **COMMON)
-    trainer = ClipDPOTrainer(model=model, args=args, train_dataset=colour_pairs(8), processing_class=processor,
-                             peft_config=default_lora_config(r=4) if lora else None)
+    trainer = ClipDPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=colour_pairs(8),
+        processing_class=processor,
+        peft_config=default_lora_config(r=4) if lora else None,
+    )
     assert (trainer.ref_model is None) == lora  # LoRA: the adapters are switched off, no second copy
     metrics = trainer.evaluate(colour_pairs(8, rejected_as_list=True))
     assert metrics["eval_loss"] == pytest.approx((1 / (2 * 0.5)) ** 2, abs=1e-6)  # h = 0: IPO's (0 - 1/(2β))²
     for name in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
         assert metrics[f"eval_{name}"] == 0.0, name
     assert metrics["eval_logps/chosen"] < 0 and metrics["eval_logps/rejected"] < 0
-    assert "eval_image_to_text_recall@1" in metrics  # the shared retrieval metrics, chosen captions as positives
+    assert (
+        "eval_image_to_text_recall@1" in metrics
+    )  # the shared retrieval metrics, chosen captions as positives
 
 
 def test_reward_accuracy_rises_with_a_clear_preference_and_the_card_says_dpo(tmp_path):
     model, processor = build_clip("tiny", seed=0)
     base = {k: v.clone() for k, v in model.state_dict().items()}
     data = colour_pairs(16)
-    args = ClipDPOConfig(output_dir=str(tmp_path), max_steps=12, learning_rate=3e-3, beta=0.5,
-                         label_smoothing=0.05, **COMMON)
-    trainer = ClipDPOTrainer(model=model, args=args, train_dataset=data, eval_dataset=data, processing_class=processor)
+    args = ClipDPOConfig(
+        output_dir=str(tmp_path), max_steps=12, learning_rate=3e-3, beta=0.5, label_smoothing=0.05, **COMMON
+    )
+    trainer = ClipDPOTrainer(
+        model=model, args=args, train_dataset=data, eval_dataset=data, processing_class=processor
+    )
     before = trainer.evaluate()
     trainer.train()
     after = trainer.evaluate()
     assert before["eval_rewards/accuracies"] == 0.0 and after["eval_rewards/accuracies"] >= 0.9
     assert after["eval_rewards/margins"] > 0 and after["eval_loss"] < before["eval_loss"]
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
-    for name in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-                 "logps/chosen", "logps/rejected"):
+    for name in (
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+    ):
         assert name in logged[-1], name
     # The reference stayed the starting model.
     assert all(torch.equal(base[k], v) for k, v in trainer.ref_model.state_dict().items())
@@ -148,22 +173,40 @@ def test_list_of_rejected_captions_trains(tmp_path):
 def test_bad_rows_get_clear_errors(tmp_path):
     model, processor = build_clip("tiny", seed=0)
     args = ClipDPOConfig(output_dir=str(tmp_path), **COMMON)
-    with pytest.raises(ValueError, match=r"`train_dataset` has no column 'rejected' \(set by `rejected_column`\)"):
-        ClipDPOTrainer(model=model, args=args, train_dataset=colour_pairs(4).remove_columns("rejected"),
-                       processing_class=processor)
-    trainer = ClipDPOTrainer(model=model, args=args, train_dataset=colour_pairs(4), processing_class=processor)
+    with pytest.raises(
+        ValueError, match=r"`train_dataset` has no column 'rejected' \(set by `rejected_column`\)"
+    ):
+        ClipDPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=colour_pairs(4).remove_columns("rejected"),
+            processing_class=processor,
+        )
+    trainer = ClipDPOTrainer(
+        model=model, args=args, train_dataset=colour_pairs(4), processing_class=processor
+    )
     image = {"bytes": png_bytes((1, 2, 3)), "path": None}
-    rows = [{"image": image, "chosen": "a red square", "rejected": "a blue square", "__row_index__": 0},
-            {"image": image, "chosen": "a red square", "rejected": "a red square", "__row_index__": 1}]
-    with pytest.raises(BadRowError, match=r"Row 1, column 'rejected': the rejected caption equals the chosen one"):
+    rows = [
+        {"image": image, "chosen": "a red square", "rejected": "a blue square", "__row_index__": 0},
+        {"image": image, "chosen": "a red square", "rejected": "a red square", "__row_index__": 1},
+    ]
+    with pytest.raises(
+        BadRowError, match=r"Row 1, column 'rejected': the rejected caption equals the chosen one"
+    ):
         trainer.data_collator(rows)
     rows[1]["rejected"] = ["a blue square", "a red square"]
-    with pytest.raises(BadRowError, match=r"Row 1, column 'rejected\[1\]': the rejected caption equals the chosen"):
+    with pytest.raises(
+        BadRowError, match=r"Row 1, column 'rejected\[1\]': the rejected caption equals the chosen"
+    ):
         trainer.data_collator(rows)
     rows[1]["rejected"] = []
-    with pytest.raises(BadRowError, match=r"Row 1, column 'rejected': the list of rejected captions is empty"):
+    with pytest.raises(
+        BadRowError, match=r"Row 1, column 'rejected': the list of rejected captions is empty"
+    ):
         trainer.data_collator(rows)
-    with pytest.raises(ValueError, match="`caption_column='text'` has no meaning for DPO; set `chosen_column`"):
+    with pytest.raises(
+        ValueError, match="`caption_column='text'` has no meaning for DPO; set `chosen_column`"
+    ):
         ClipDPOConfig(output_dir="out", caption_column="text")
 
 
@@ -189,11 +232,21 @@ def test_dpo_command_and_example_config(tmp_path, capsys):
 
     repo = pathlib.Path(__file__).resolve().parents[2]
     script_args, training_args, model_args = parse_dataclasses(
-        make_parser("dpo"), ["--config", str(repo / "examples" / "configs" / "dpo.yaml")])
+        make_parser("dpo"), ["--config", str(repo / "examples" / "configs" / "dpo.yaml")]
+    )
     assert model_args.model_name_or_path == "clip_finetuned" and training_args.beta == 0.1
     assert script_args.group_column == "group"
 
-    common = ["--max_train_samples", "32", "--max_eval_samples", "16", "--report_to", "none", "--save_strategy", "no"]
+    common = [
+        "--max_train_samples",
+        "32",
+        "--max_eval_samples",
+        "16",
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+    ]
     with pytest.raises(SystemExit):
         main(["dpo", *common, "--output_dir", str(tmp_path / "x")])
     assert "--model_name_or_path is required" in capsys.readouterr().err
@@ -201,8 +254,24 @@ def test_dpo_command_and_example_config(tmp_path, capsys):
     base = tmp_path / "base"
     build_clip("tiny", seed=0, output_dir=base)
     out = tmp_path / "dpo"
-    status = main(["dpo", *common, "--model_name_or_path", str(base), "--output_dir", str(out), "--max_steps", "2",
-                   "--per_device_train_batch_size", "8", "--loss_type", "ipo", "--beta", "0.5"])
+    status = main(
+        [
+            "dpo",
+            *common,
+            "--model_name_or_path",
+            str(base),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "8",
+            "--loss_type",
+            "ipo",
+            "--beta",
+            "0.5",
+        ]
+    )
     assert status == 0 and (out / "model.safetensors").is_file()
     results = json.loads((out / "test_results.json").read_text())
     assert {"test_rewards/accuracies", "test_rewards/margins", "test_image_to_text_recall@1"} <= set(results)
@@ -212,8 +281,14 @@ def test_dpo_command_and_example_config(tmp_path, capsys):
 def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path):
     data = colour_pairs(16)
     # A constant learning rate: the interrupted run stops at max_steps=2, which would reshape a decaying schedule.
-    settings = {**COMMON, "save_strategy": "steps", "save_steps": 2, "max_steps": 4, "learning_rate": 1e-3,
-                "lr_scheduler_type": "constant"}
+    settings = {
+        **COMMON,
+        "save_strategy": "steps",
+        "save_steps": 2,
+        "max_steps": 4,
+        "learning_rate": 1e-3,
+        "lr_scheduler_type": "constant",
+    }
 
     def trainer_in(folder):
         model, processor = build_clip("tiny", seed=0)

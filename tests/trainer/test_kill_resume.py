@@ -31,22 +31,35 @@ import train_for_resume as driver  # noqa: E402
 def command(trainer: str, output_dir: Path, *extra: str) -> list[str]:
     # Same thread count as this process: the uninterrupted reference run happens here, and CPU kernels may sum in
     # a different order with another number of threads.
-    return [sys.executable, str(SCRIPTS / "train_for_resume.py"), "--trainer", trainer, "--output_dir",
-            str(output_dir), "--threads", str(torch.get_num_threads()), *extra]
+    return [
+        sys.executable,
+        str(SCRIPTS / "train_for_resume.py"),
+        "--trainer",
+        trainer,
+        "--output_dir",
+        str(output_dir),
+        "--threads",
+        str(torch.get_num_threads()),
+        *extra,
+    ]
 
 
 def env() -> dict[str, str]:
     return {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.mark.parametrize(("trainer", "kill", "lost_checkpoint"), [
-    ("contrastive", "--kill_at_step=5", None),
-    ("rl", "--kill_in_save=6", "checkpoint-6"),
-])
+@pytest.mark.parametrize(
+    ("trainer", "kill", "lost_checkpoint"),
+    [
+        ("contrastive", "--kill_at_step=5", None),
+        ("rl", "--kill_in_save=6", "checkpoint-6"),
+    ],
+)
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path, trainer, kill, lost_checkpoint):
     part = tmp_path / "part"
-    killed = subprocess.Popen(command(trainer, part, kill), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, env=env())
+    killed = subprocess.Popen(
+        command(trainer, part, kill), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env()
+    )
     try:
         # The uninterrupted run, in this process, while the other one trains to its death.
         reference = driver.build_trainer(trainer, str(tmp_path / "full"))
@@ -62,14 +75,21 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path, trainer, 
     visible = sorted(n for n in os.listdir(part) if n.startswith("checkpoint-"))
     assert visible == ["checkpoint-2", "checkpoint-4"], os.listdir(part)
     assert get_last_checkpoint(str(part)) == str(part / "checkpoint-4")
-    if lost_checkpoint:  # the save did start: its files are in the staging folder, not under the checkpoint's name
+    if (
+        lost_checkpoint
+    ):  # the save did start: its files are in the staging folder, not under the checkpoint's name
         staged = part / f"_incomplete-{lost_checkpoint}" / lost_checkpoint
         assert (staged / "model.safetensors").is_file() and (staged / "optimizer.pt").is_file()
         assert not (staged / "trainer_state.json").exists()
 
     out = tmp_path / "resumed.pt"
-    resumed = subprocess.run(command(trainer, part, "--resume", "--out", str(out)), capture_output=True, text=True,
-                             env=env(), timeout=300)
+    resumed = subprocess.run(
+        command(trainer, part, "--resume", "--out", str(out)),
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     result = torch.load(out)
 

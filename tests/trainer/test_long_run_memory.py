@@ -28,8 +28,12 @@ OBJECTS_BOUND = 300
 
 def test_memory_is_flat_after_warm_up():
     children = {
-        name: subprocess.Popen(bench.child_command(name, steps=STEPS, every=EVERY, threads=1), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+        name: subprocess.Popen(
+            bench.child_command(name, steps=STEPS, every=EVERY, threads=1),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for name in bench.TRAINERS
     }
     report = {}
@@ -46,7 +50,9 @@ def test_memory_is_flat_after_warm_up():
 
 def test_growth_reads_a_leak_from_the_samples():
     # 10 KB and 12 objects per step after a warm-up jump: the numbers the test above bounds.
-    samples = [(0, 500_000_000, 1000)] + [(s, 540_000_000 + 10_000 * s, 2000 + 12 * s) for s in range(100, 1001, 100)]
+    samples = [(0, 500_000_000, 1000)] + [
+        (s, 540_000_000 + 10_000 * s, 2000 + 12 * s) for s in range(100, 1001, 100)
+    ]
     g = bench.growth(samples, WARMUP)
     assert (g["start_step"], g["end_step"]) == (200, 1000)
     # Endpoints are medians of 3 samples: steps 200-400 (300) and 800-1000 (900), 600 steps apart.

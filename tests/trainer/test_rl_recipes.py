@@ -20,8 +20,18 @@ from clip_trl.trainer.rl_candidates import RepeatBatchSampler, resolve_candidate
 
 
 def make_args(tmp_path, **overrides):
-    defaults = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, learning_rate=1e-3, max_steps=3,
-                    num_samples=4, report_to="none", save_strategy="no", logging_steps=1, seed=0, use_cpu=True)
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        max_steps=3,
+        num_samples=4,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        use_cpu=True,
+    )
     return ClipRLConfig(**{**defaults, **overrides})
 
 
@@ -34,9 +44,15 @@ class Recorder:
         self.calls = []
 
     def __call__(self, completions, **kwargs):
-        self.calls.append({"step": kwargs["trainer_state"].global_step, "candidates": kwargs["candidates"],
-                           "ground_truth": kwargs["ground_truth"], "images": kwargs["images"],
-                           "chosen": kwargs["chosen"]})
+        self.calls.append(
+            {
+                "step": kwargs["trainer_state"].global_step,
+                "candidates": kwargs["candidates"],
+                "ground_truth": kwargs["ground_truth"],
+                "images": kwargs["images"],
+                "chosen": kwargs["chosen"],
+            }
+        )
         return [1.0 if c == g else 0.0 for c, g in zip(completions, kwargs["ground_truth"])]
 
 
@@ -49,8 +65,9 @@ def test_clipped_surrogate_matches_a_hand_computation():
     actions = torch.tensor([[0, 1, 2, 0]])
     advantages = torch.tensor([[1.0, -1.0, 0.5, -2.0]])
     rewards = torch.tensor([[1.0, 0.0, 0.5, 0.0]])
-    loss, clipped = clipped_policy_loss(new, old, actions=actions, advantages=advantages, rewards=rewards,
-                                        epsilon_low=0.2, epsilon_high=0.3)
+    loss, clipped = clipped_policy_loss(
+        new, old, actions=actions, advantages=advantages, rewards=rewards, epsilon_low=0.2, epsilon_high=0.3
+    )
     # a=0, A=1: min(1.4, 1.3) = 1.3 | a=1, A=-1: min(-2/3, -0.8) = -0.8 | a=2, A=.5: min(.25, .4) = .25
     # a=0, A=-2: min(-2.8, -2.6) = -2.8
     expected = -(1.3 - 0.8 + 0.25 - 2.8) / 4
@@ -73,8 +90,9 @@ def test_clipped_surrogate_has_the_policy_gradient_at_the_rollout_policy(exact):
         advantages = rewards - rewards.mean(dim=1, keepdim=True)
     plain = rl_loss(log_probs, actions=actions, advantages=advantages, rewards=rewards).loss
     (expected,) = torch.autograd.grad(plain, logits, retain_graph=True)
-    surrogate = rl_loss(log_probs, actions=actions, advantages=advantages, rewards=rewards,
-                        old_log_probs=log_probs.detach()).loss
+    surrogate = rl_loss(
+        log_probs, actions=actions, advantages=advantages, rewards=rewards, old_log_probs=log_probs.detach()
+    ).loss
     (got,) = torch.autograd.grad(surrogate, logits)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
 
@@ -86,8 +104,13 @@ def test_num_iterations_reuses_each_rollout_and_calls_rewards_once_per_batch(tmp
     model, processor = tiny
     recorder = Recorder()
     args = make_args(tmp_path, max_steps=6, num_iterations=3, epsilon=0.1)
-    trainer = ClipRLTrainer(model=model, reward_funcs=recorder, args=args, train_dataset=emoji["train"],
-                            processing_class=processor)
+    trainer = ClipRLTrainer(
+        model=model,
+        reward_funcs=recorder,
+        args=args,
+        train_dataset=emoji["train"],
+        processing_class=processor,
+    )
     trainer.train()
     assert [call["step"] for call in recorder.calls] == [0, 3]  # 6 updates, 2 rollouts
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
@@ -107,10 +130,18 @@ def test_num_iterations_one_equals_the_plain_update_and_two_starts_with_it(tmp_p
     def first_step_weights(num_iterations):
         model, processor = build_clip("tiny", seed=0)
         # SGD: Adam would turn float noise in gradients that are zero in exact arithmetic into ±lr steps.
-        args = make_args(tmp_path, max_steps=1, advantage="exact", num_iterations=num_iterations, beta=0.1,
-                         optim="sgd", learning_rate=0.5)
-        trainer = ClipRLTrainer(model=model, reward_funcs="correctness", args=args, train_dataset=data,
-                                processing_class=processor)
+        args = make_args(
+            tmp_path,
+            max_steps=1,
+            advantage="exact",
+            num_iterations=num_iterations,
+            beta=0.1,
+            optim="sgd",
+            learning_rate=0.5,
+        )
+        trainer = ClipRLTrainer(
+            model=model, reward_funcs="correctness", args=args, train_dataset=data, processing_class=processor
+        )
         trainer.train()
         return trainer.state.log_history[0]["loss"], dict(trainer.model.named_parameters())
 
@@ -131,10 +162,23 @@ def test_num_iterations_resume_matches_an_uninterrupted_run(tmp_path, emoji):
 
     def run(output_dir, resume=None, callbacks=None):
         model, processor = build_clip("tiny", seed=0)
-        args = make_args(tmp_path, output_dir=str(output_dir), max_steps=4, save_strategy="steps", save_steps=2,
-                         num_iterations=2, beta=0.0)
-        trainer = ClipRLTrainer(model=model, reward_funcs="correctness", args=args, train_dataset=train,
-                                processing_class=processor, callbacks=callbacks)
+        args = make_args(
+            tmp_path,
+            output_dir=str(output_dir),
+            max_steps=4,
+            save_strategy="steps",
+            save_steps=2,
+            num_iterations=2,
+            beta=0.0,
+        )
+        trainer = ClipRLTrainer(
+            model=model,
+            reward_funcs="correctness",
+            args=args,
+            train_dataset=train,
+            processing_class=processor,
+            callbacks=callbacks,
+        )
         trainer.train(resume_from_checkpoint=resume)
         return trainer
 
@@ -165,8 +209,13 @@ def test_retrieved_candidates_are_the_models_top_k_with_the_ground_truth_kept(tm
     model, processor = tiny
     recorder = Recorder()
     args = make_args(tmp_path, max_steps=1, candidates="retrieved", num_candidates=4, learning_rate=0.0)
-    trainer = ClipRLTrainer(model=model, reward_funcs=recorder, args=args, train_dataset=emoji["train"],
-                            processing_class=processor)
+    trainer = ClipRLTrainer(
+        model=model,
+        reward_funcs=recorder,
+        args=args,
+        train_dataset=emoji["train"],
+        processing_class=processor,
+    )
     pool = list(dict.fromkeys(emoji["train"]["caption"]))
     assert trainer.retrieved_candidates.pool == pool
     trainer.train()
@@ -190,10 +239,21 @@ def test_retrieved_without_ground_truth_and_from_a_given_pool(tmp_path, tiny, em
     model, processor = tiny
     recorder = Recorder()
     pool = list(dict.fromkeys(emoji["train"]["caption"]))[:20]
-    args = make_args(tmp_path, max_steps=1, candidates="retrieved", num_candidates=3, candidate_pool=pool,
-                     include_ground_truth=False)
-    ClipRLTrainer(model=model, reward_funcs=recorder, args=args, train_dataset=emoji["train"],
-                  processing_class=processor).train()
+    args = make_args(
+        tmp_path,
+        max_steps=1,
+        candidates="retrieved",
+        num_candidates=3,
+        candidate_pool=pool,
+        include_ground_truth=False,
+    )
+    ClipRLTrainer(
+        model=model,
+        reward_funcs=recorder,
+        args=args,
+        train_dataset=emoji["train"],
+        processing_class=processor,
+    ).train()
     sets = recorder.calls[0]["candidates"]
     assert all(len(s) == 3 and set(s) <= set(pool) for s in sets)
     truths = recorder.calls[0]["ground_truth"]
@@ -204,10 +264,22 @@ def test_retrieved_pool_refreshes_at_the_right_steps_and_changes(tmp_path, tiny,
     model, processor = tiny
     recorder = Recorder()
     refreshes = []
-    args = make_args(tmp_path, max_steps=5, candidates="retrieved", num_candidates=4, candidate_refresh_steps=2,
-                     learning_rate=5e-3, advantage="exact")
-    trainer = ClipRLTrainer(model=model, reward_funcs=recorder, args=args, train_dataset=emoji["train"],
-                            processing_class=processor)
+    args = make_args(
+        tmp_path,
+        max_steps=5,
+        candidates="retrieved",
+        num_candidates=4,
+        candidate_refresh_steps=2,
+        learning_rate=5e-3,
+        advantage="exact",
+    )
+    trainer = ClipRLTrainer(
+        model=model,
+        reward_funcs=recorder,
+        args=args,
+        train_dataset=emoji["train"],
+        processing_class=processor,
+    )
     pool = trainer.retrieved_candidates
     original_refresh = pool.refresh
 
@@ -248,8 +320,21 @@ def test_retrieved_candidate_sets_under_two_processes_equal_one_process(tmp_path
     spec.loader.exec_module(module)
     one = module.run(8, str(tmp_path / "one"))  # the 1-process reference, in this process
     out = tmp_path / "two.pt"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(RUNS),
-               "--per_device_batch", "4", "--out", str(out), "--output_dir", str(tmp_path / "two")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(RUNS),
+        "--per_device_batch",
+        "4",
+        "--out",
+        str(out),
+        "--output_dir",
+        str(tmp_path / "two"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

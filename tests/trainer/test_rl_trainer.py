@@ -48,13 +48,27 @@ def test_reward_receives_every_documented_kwarg_aligned(tmp_path, tiny, emoji):
     model, processor = tiny
     recorder = Recorder()
     train = with_extra_column(emoji["train"].select(range(16)))
-    trainer = ClipRLTrainer(model=model, reward_funcs=recorder, args=make_args(tmp_path, max_steps=1),
-                            train_dataset=train, processing_class=processor)
+    trainer = ClipRLTrainer(
+        model=model,
+        reward_funcs=recorder,
+        args=make_args(tmp_path, max_steps=1),
+        train_dataset=train,
+        processing_class=processor,
+    )
     trainer.train()
     completions, kwargs = recorder.calls[0]
     n = 8 * 4  # queries × samples
     assert len(completions) == n
-    for key in ["images", "candidates", "chosen", "probs", "ground_truth", "difficulty", "codepoints", "caption"]:
+    for key in [
+        "images",
+        "candidates",
+        "chosen",
+        "probs",
+        "ground_truth",
+        "difficulty",
+        "codepoints",
+        "caption",
+    ]:
         assert len(kwargs[key]) == n, key
     assert kwargs["trainer_state"] is trainer.state
     captions_in_batch = set(kwargs["ground_truth"])
@@ -73,20 +87,41 @@ def test_reward_receives_every_documented_kwarg_aligned(tmp_path, tiny, emoji):
 
 def test_logged_metrics_have_the_documented_names(tmp_path, tiny, emoji):
     model, processor = tiny
-    trainer = ClipRLTrainer(model=model, reward_funcs=["correctness", functools.partial(Recorder()), correctness],
-                            args=make_args(tmp_path, max_steps=2), train_dataset=emoji["train"],
-                            processing_class=processor)
+    trainer = ClipRLTrainer(
+        model=model,
+        reward_funcs=["correctness", functools.partial(Recorder()), correctness],
+        args=make_args(tmp_path, max_steps=2),
+        train_dataset=emoji["train"],
+        processing_class=processor,
+    )
     trainer.train()
     logged = trainer.state.log_history[0]
-    for name in ["loss", "reward", "reward_std", "rewards/correctness/mean", "rewards/correctness/std",
-                 "rewards/recorder/mean", "rewards/recorder/std", "rewards/correctness_2/mean", "kl", "entropy", "accuracy", "frac_reward_zero_std"]:
+    for name in [
+        "loss",
+        "reward",
+        "reward_std",
+        "rewards/correctness/mean",
+        "rewards/correctness/std",
+        "rewards/recorder/mean",
+        "rewards/recorder/std",
+        "rewards/correctness_2/mean",
+        "kl",
+        "entropy",
+        "accuracy",
+        "frac_reward_zero_std",
+    ]:
         assert name in logged, name
 
 
 def test_beta_zero_builds_no_reference_model(tmp_path, tiny, emoji):
     model, processor = tiny
-    trainer = ClipRLTrainer(model=model, reward_funcs="correctness", args=make_args(tmp_path, beta=0.0),
-                            train_dataset=emoji["train"], processing_class=processor)
+    trainer = ClipRLTrainer(
+        model=model,
+        reward_funcs="correctness",
+        args=make_args(tmp_path, beta=0.0),
+        train_dataset=emoji["train"],
+        processing_class=processor,
+    )
     assert trainer.ref_model is None
 
 
@@ -94,10 +129,13 @@ def expected_correctness(model, processor, dataset):
     """E_π[correct] over in-batch candidates of one fixed batch of 16 rows."""
     rows = [dataset[i] for i in range(16)]
     captions = [r["caption"] for r in rows]
-    inputs = processor(text=captions, images=[r["image"].convert("RGB") for r in rows], return_tensors="pt",
-                       padding=True)
+    inputs = processor(
+        text=captions, images=[r["image"].convert("RGB") for r in rows], return_tensors="pt", padding=True
+    )
     with torch.no_grad():
-        images, texts = encode_pair(model, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"])
+        images, texts = encode_pair(
+            model, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"]
+        )
         probs = (model.logit_scale.exp() * images @ texts.T).softmax(-1)
     return probs.diagonal().mean().item()
 
@@ -108,10 +146,19 @@ def test_correctness_reward_rises_and_every_parameter_changes(tmp_path, tiny, em
     train = emoji["train"].select(range(16))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     reward_before = expected_correctness(model, processor, train)
-    args = make_args(tmp_path, max_steps=40, per_device_train_batch_size=16, advantage=advantage, num_samples=8,
-                     beta=0.0, learning_rate=1e-3, logging_steps=10)
-    trainer = ClipRLTrainer(model=model, reward_funcs="correctness", args=args, train_dataset=train,
-                            processing_class=processor)
+    args = make_args(
+        tmp_path,
+        max_steps=40,
+        per_device_train_batch_size=16,
+        advantage=advantage,
+        num_samples=8,
+        beta=0.0,
+        learning_rate=1e-3,
+        logging_steps=10,
+    )
+    trainer = ClipRLTrainer(
+        model=model, reward_funcs="correctness", args=args, train_dataset=train, processing_class=processor
+    )
     trainer.train()
     reward_after = expected_correctness(model, processor, train)
     # From a random init, E[correct] starts near 1/16; measured 0.19-0.25 after 40 steps (seed 0).
@@ -131,10 +178,17 @@ def test_resume_continues_with_the_same_step_weights_and_reference(tmp_path, emo
 
     def run(output_dir, resume=None, callbacks=None):
         model, processor = build_clip("tiny", seed=0)
-        args = make_args(tmp_path, output_dir=str(output_dir), max_steps=4, save_strategy="steps",
-                         save_steps=2, beta=0.1)
-        trainer = ClipRLTrainer(model=model, reward_funcs="correctness", args=args, train_dataset=train,
-                                processing_class=processor, callbacks=callbacks)
+        args = make_args(
+            tmp_path, output_dir=str(output_dir), max_steps=4, save_strategy="steps", save_steps=2, beta=0.1
+        )
+        trainer = ClipRLTrainer(
+            model=model,
+            reward_funcs="correctness",
+            args=args,
+            train_dataset=train,
+            processing_class=processor,
+            callbacks=callbacks,
+        )
         trainer.train(resume_from_checkpoint=resume)
         return trainer
 
@@ -154,21 +208,35 @@ def test_resume_continues_with_the_same_step_weights_and_reference(tmp_path, emo
 def test_candidate_column_and_label_candidate_sets(tmp_path, tiny):
     model, processor = tiny
     data = colour_dataset(["red", "green", "blue", "black"] * 2)
-    data = data.add_column("options", [["red", "green", "pink"], ["green", "blue"], ["blue", "red"], ["black", "red"]] * 2)
+    data = data.add_column(
+        "options", [["red", "green", "pink"], ["green", "blue"], ["blue", "red"], ["black", "red"]] * 2
+    )
     recorder = Recorder()
-    trainer = ClipRLTrainer(model=model, reward_funcs=recorder, train_dataset=data, processing_class=processor,
-                            args=make_args(tmp_path, candidate_column="options", max_steps=1))
+    trainer = ClipRLTrainer(
+        model=model,
+        reward_funcs=recorder,
+        train_dataset=data,
+        processing_class=processor,
+        args=make_args(tmp_path, candidate_column="options", max_steps=1),
+    )
     assert trainer.args.candidates == "column"
     trainer.train()
     _, kwargs = recorder.calls[0]
-    assert all(c in (["red", "green", "pink"], ["green", "blue"], ["blue", "red"], ["black", "red"])
-               for c in kwargs["candidates"])
+    assert all(
+        c in (["red", "green", "pink"], ["green", "blue"], ["blue", "red"], ["black", "red"])
+        for c in kwargs["candidates"]
+    )
 
     labels = ["cat", "dog", "bird"]
     labelled = colour_dataset(["x"] * 6).add_column("label", [0, 1, 2, 2, 1, 0])
     recorder = Recorder()
-    trainer = ClipRLTrainer(model=model, reward_funcs=recorder, train_dataset=labelled, processing_class=processor,
-                            args=make_args(tmp_path, candidate_labels=labels, max_steps=1, per_device_train_batch_size=6))
+    trainer = ClipRLTrainer(
+        model=model,
+        reward_funcs=recorder,
+        train_dataset=labelled,
+        processing_class=processor,
+        args=make_args(tmp_path, candidate_labels=labels, max_steps=1, per_device_train_batch_size=6),
+    )
     trainer.train()
     completions, kwargs = recorder.calls[0]
     assert set(completions) <= set(labels)  # completions are label names, not templated prompts
@@ -191,8 +259,13 @@ def test_rewards_see_the_chosen_candidates_row(tmp_path, tiny):
         return [float(row["group"] == g) for row, g in zip(chosen_row, group, strict=True)]
 
     recorder = Recorder()
-    trainer = ClipRLTrainer(model=model, reward_funcs=[recorder, same_group], train_dataset=data,
-                            processing_class=processor, args=make_args(tmp_path, max_steps=1, per_device_train_batch_size=6))
+    trainer = ClipRLTrainer(
+        model=model,
+        reward_funcs=[recorder, same_group],
+        train_dataset=data,
+        processing_class=processor,
+        args=make_args(tmp_path, max_steps=1, per_device_train_batch_size=6),
+    )
     trainer.train()
     completions, kwargs = recorder.calls[0]
     group_of = dict(zip(captions, groups))
@@ -206,8 +279,13 @@ def test_rewards_see_the_chosen_candidates_row(tmp_path, tiny):
 def test_text_to_image_direction(tmp_path, tiny, emoji):
     model, processor = tiny
     recorder = Recorder()
-    trainer = ClipRLTrainer(model=model, reward_funcs=recorder, train_dataset=emoji["train"], processing_class=processor,
-                            args=make_args(tmp_path, direction="text_to_image", max_steps=1))
+    trainer = ClipRLTrainer(
+        model=model,
+        reward_funcs=recorder,
+        train_dataset=emoji["train"],
+        processing_class=processor,
+        args=make_args(tmp_path, direction="text_to_image", max_steps=1),
+    )
     trainer.train()
     completions, kwargs = recorder.calls[0]
     assert len(kwargs["images"]) == len(completions) == 32
@@ -215,10 +293,14 @@ def test_text_to_image_direction(tmp_path, tiny, emoji):
     # unique), and it is the chosen candidate.
     from clip_trl.data.rows import image_key, load_image
 
-    by_caption = {row["caption"]: image_key(load_image(row["image"], row=i, column="image"))
-                  for i, row in enumerate(emoji["train"])}
+    by_caption = {
+        row["caption"]: image_key(load_image(row["image"], row=i, column="image"))
+        for i, row in enumerate(emoji["train"])
+    }
     assert [image_key(image) for image in kwargs["images"]] == [by_caption[c] for c in completions]
-    assert [candidates[chosen] for candidates, chosen in zip(kwargs["candidates"], kwargs["chosen"])] == completions
+    assert [
+        candidates[chosen] for candidates, chosen in zip(kwargs["candidates"], kwargs["chosen"])
+    ] == completions
     # Not every action chose its own query's image, so the check above is not the ground truth in disguise.
     assert completions != kwargs["ground_truth"]
 
@@ -241,12 +323,20 @@ def test_none_rewards_are_excluded(tmp_path, tiny, emoji, monkeypatch):
 
     advantages = []
     original = rl_trainer.group_advantages
-    monkeypatch.setattr(rl_trainer, "group_advantages",
-                        lambda *a, **k: advantages.append(original(*a, **k)) or advantages[-1])
-    trainer = ClipRLTrainer(model=model, reward_funcs=[graded, never], train_dataset=emoji["train"],
-                            processing_class=processor, args=make_args(tmp_path, max_steps=1))
+    monkeypatch.setattr(
+        rl_trainer, "group_advantages", lambda *a, **k: advantages.append(original(*a, **k)) or advantages[-1]
+    )
+    trainer = ClipRLTrainer(
+        model=model,
+        reward_funcs=[graded, never],
+        train_dataset=emoji["train"],
+        processing_class=processor,
+        args=make_args(tmp_path, max_steps=1),
+    )
     trainer.train()
-    values = torch.tensor([math.nan if v is None else v for v in returned[0]]).view(8, 4)  # 8 queries x 4 samples
+    values = torch.tensor([math.nan if v is None else v for v in returned[0]]).view(
+        8, 4
+    )  # 8 queries x 4 samples
     expected = torch.zeros(8, 4)
     for row in range(8):
         valid = values[row, ::2]  # samples 0 and 2 were scored
@@ -293,15 +383,24 @@ def bad_scalar(completions, **kwargs):
         (bad_type, ValueError, "Reward function 'bad_type' returned 'good' (str) at index 0"),
         (bad_nan, ValueError, "Reward function 'bad_nan' returned nan at index 2"),
         (bad_inf, ValueError, "Reward function 'bad_inf' returned inf at index 5"),
-        (bad_raise, RuntimeError, "Reward function 'bad_raise' raised KeyError: 'score' on the batch, while scoring"),
+        (
+            bad_raise,
+            RuntimeError,
+            "Reward function 'bad_raise' raised KeyError: 'score' on the batch, while scoring",
+        ),
         (bad_scalar, ValueError, "Reward function 'bad_scalar' returned a float; it must return a list"),
     ],
 )
 def test_reward_errors_name_the_function_and_index(tmp_path, tiny, emoji, func, error, message):
     model, processor = tiny
     train = emoji["train"].add_column("difficulty", ["easy"] + ["the joker"] * (len(emoji["train"]) - 1))
-    trainer = ClipRLTrainer(model=model, reward_funcs=func, train_dataset=train, processing_class=processor,
-                            args=make_args(tmp_path, max_steps=1))
+    trainer = ClipRLTrainer(
+        model=model,
+        reward_funcs=func,
+        train_dataset=train,
+        processing_class=processor,
+        args=make_args(tmp_path, max_steps=1),
+    )
     with pytest.raises(error) as info:
         trainer.train()
     assert str(info.value).startswith(message)
@@ -313,7 +412,10 @@ def test_reward_errors_name_the_function_and_index(tmp_path, tiny, emoji, func, 
         (dict(num_samples=1), "`num_samples=1` gives advantage='grpo' no group to compare against"),
         (dict(advantage="ppo"), "`advantage` must be one of ('grpo', 'rloo', 'exact'), got 'ppo'."),
         (dict(direction="text_to_image", candidate_column="x"), "`direction='text_to_image'` chooses among"),
-        (dict(per_device_train_batch_size=1), "In-batch candidates need `per_device_train_batch_size` of at least 2"),
+        (
+            dict(per_device_train_batch_size=1),
+            "In-batch candidates need `per_device_train_batch_size` of at least 2",
+        ),
         (dict(candidate_labels=["only"]), "`candidates='labels'` needs `candidate_labels` with at least 2"),
     ],
 )
@@ -326,22 +428,43 @@ def test_config_errors(tmp_path, overrides, message):
 def test_reward_setup_errors(tmp_path, tiny, emoji):
     model, processor = tiny
     with pytest.raises(ValueError, match="`reward_funcs` is empty"):
-        ClipRLTrainer(model=model, reward_funcs=[], train_dataset=emoji["train"], processing_class=processor,
-                      args=make_args(tmp_path))
+        ClipRLTrainer(
+            model=model,
+            reward_funcs=[],
+            train_dataset=emoji["train"],
+            processing_class=processor,
+            args=make_args(tmp_path),
+        )
     with pytest.raises(ValueError, match="`reward_weights` has 2 entries but there are 1 reward functions"):
-        ClipRLTrainer(model=model, reward_funcs="correctness", train_dataset=emoji["train"],
-                      processing_class=processor, args=make_args(tmp_path, reward_weights=[1.0, 2.0]))
+        ClipRLTrainer(
+            model=model,
+            reward_funcs="correctness",
+            train_dataset=emoji["train"],
+            processing_class=processor,
+            args=make_args(tmp_path, reward_weights=[1.0, 2.0]),
+        )
     with pytest.raises(ValueError, match="Unknown reward function 'accuracy'"):
-        ClipRLTrainer(model=model, reward_funcs="accuracy", train_dataset=emoji["train"],
-                      processing_class=processor, args=make_args(tmp_path))
+        ClipRLTrainer(
+            model=model,
+            reward_funcs="accuracy",
+            train_dataset=emoji["train"],
+            processing_class=processor,
+            args=make_args(tmp_path),
+        )
 
 
 def test_candidate_column_with_one_candidate_names_the_row(tmp_path, tiny):
     model, processor = tiny
-    data = colour_dataset(["a", "b", "c", "d"]).add_column("options", [["a", "b"], ["b", "b"], ["c", "a"], ["d", "a"]])
-    trainer = ClipRLTrainer(model=model, reward_funcs="correctness", train_dataset=data, processing_class=processor,
-                            args=make_args(tmp_path, candidate_column="options", per_device_train_batch_size=4,
-                                           max_steps=1))
+    data = colour_dataset(["a", "b", "c", "d"]).add_column(
+        "options", [["a", "b"], ["b", "b"], ["c", "a"], ["d", "a"]]
+    )
+    trainer = ClipRLTrainer(
+        model=model,
+        reward_funcs="correctness",
+        train_dataset=data,
+        processing_class=processor,
+        args=make_args(tmp_path, candidate_column="options", per_device_train_batch_size=4, max_steps=1),
+    )
     with pytest.raises(ValueError) as info:
         trainer.train()
     assert str(info.value).startswith(
@@ -352,8 +475,13 @@ def test_candidate_column_with_one_candidate_names_the_row(tmp_path, tiny):
 def test_iterable_dataset_trains(tmp_path, tiny, emoji):
     model, processor = tiny
     stream = emoji["train"].to_iterable_dataset()
-    trainer = ClipRLTrainer(model=model, reward_funcs="correctness", train_dataset=stream, processing_class=processor,
-                            args=make_args(tmp_path, max_steps=2))
+    trainer = ClipRLTrainer(
+        model=model,
+        reward_funcs="correctness",
+        train_dataset=stream,
+        processing_class=processor,
+        args=make_args(tmp_path, max_steps=2),
+    )
     trainer.train()
     assert trainer.state.global_step == 2
 
@@ -373,7 +501,9 @@ def test_a_raising_reward_is_called_once_and_the_failing_completion_is_named():
     with pytest.raises(RuntimeError) as info:
         call_reward(picky, "picky", ["ok", "fine", "bad"], {"trainer_state": None})
     assert calls == [3]  # never re-called one completion at a time (a teacher model would pay for each)
-    assert str(info.value).startswith("Reward function 'picky' raised ValueError: no at index 2 (completion 'bad')")
+    assert str(info.value).startswith(
+        "Reward function 'picky' raised ValueError: no at index 2 (completion 'bad')"
+    )
     # The same text at two indices cannot be told apart: the message falls back to the batch.
     with pytest.raises(RuntimeError, match="raised ValueError: no on the batch"):
         bad = "bad"
@@ -385,8 +515,13 @@ def test_same_seed_gives_the_same_weights(tmp_path, emoji):
 
     def run(name):
         model, processor = build_clip("tiny", seed=0)
-        trainer = ClipRLTrainer(model=model, reward_funcs="correctness", train_dataset=emoji["train"],
-                                processing_class=processor, args=make_args(tmp_path / name, max_steps=3, beta=0.1))
+        trainer = ClipRLTrainer(
+            model=model,
+            reward_funcs="correctness",
+            train_dataset=emoji["train"],
+            processing_class=processor,
+            args=make_args(tmp_path / name, max_steps=3, beta=0.1),
+        )
         trainer.train()
         return model.state_dict()
 

@@ -30,8 +30,17 @@ def train(tmp_path, rows, **overrides) -> tuple[ClipContrastiveTrainer, list[flo
     model = str(tmp_path / "model")
     build_clip("tiny", seed=0, output_dir=model)
     args = ClipContrastiveConfig(
-        output_dir=str(tmp_path), report_to="none", save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True,
-        per_device_train_batch_size=8, max_steps=2, learning_rate=1e-3, logging_steps=1, **overrides,
+        output_dir=str(tmp_path),
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        per_device_train_batch_size=8,
+        max_steps=2,
+        learning_rate=1e-3,
+        logging_steps=1,
+        **overrides,
     )
     trainer = ClipContrastiveTrainer(model=model, args=args, train_dataset=rows)
     trainer.train()
@@ -56,7 +65,10 @@ def emoji_rows():
 def option_took_effect(trainer: ClipContrastiveTrainer, name: str) -> bool:
     model = trainer.accelerator.unwrap_model(trainer.model)
     if name == "eager-attention":
-        return model.config._attn_implementation == "eager" and model.vision_model.config._attn_implementation == "eager"
+        return (
+            model.config._attn_implementation == "eager"
+            and model.vision_model.config._attn_implementation == "eager"
+        )
     if name == "unfused-adamw":
         return not trainer.optimizer.param_groups[0].get("fused")
     if name == "activation-checkpointing":
@@ -77,7 +89,9 @@ def test_defaults_are_the_fast_ones(tmp_path, emoji_rows):
     assert args.optim == "adamw_torch_fused" and args.image_processing == "fast"
     assert args.bf16 is False  # no CUDA here: float32
     model, processor = build_clip("tiny", seed=0)
-    trainer = ClipContrastiveTrainer(model=model, args=args, processing_class=processor, train_dataset=emoji_rows)
+    trainer = ClipContrastiveTrainer(
+        model=model, args=args, processing_class=processor, train_dataset=emoji_rows
+    )
     assert trainer.model.config._attn_implementation == "sdpa"
     trainer.create_optimizer()
     assert trainer.optimizer.param_groups[0]["fused"] is True
@@ -103,8 +117,10 @@ def test_speed_option_does_not_change_the_result(tmp_path, emoji_rows, reference
     if weight_tolerance is None:
         assert losses != expected_losses  # autocast did run the towers in bfloat16
         return
-    moved = max((expected_weights[k] - build_clip("tiny", seed=0)[0].state_dict()[k].float()).abs().max().item()
-                for k in ("logit_scale", "text_projection.weight"))
+    moved = max(
+        (expected_weights[k] - build_clip("tiny", seed=0)[0].state_dict()[k].float()).abs().max().item()
+        for k in ("logit_scale", "text_projection.weight")
+    )
     assert moved > 10 * max(weight_tolerance, 1e-6)  # the steps moved the weights more than the tolerance
     for key, value in expected_weights.items():
         if key.endswith("k_proj.bias"):
@@ -118,7 +134,10 @@ def test_bf16_flag_parses_like_the_other_boolean_flags():
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(ClipContrastiveConfig)
-    parse = lambda *flags: parser.parse_args_into_dataclasses(["--output_dir", "unused", "--use_cpu", *flags])[0]  # noqa: E731
+
+    def parse(*flags):
+        return parser.parse_args_into_dataclasses(["--output_dir", "unused", "--use_cpu", *flags])[0]
+
     assert parse().bf16 is False
     assert parse("--bf16").bf16 is True
     assert parse("--bf16", "false").bf16 is False
