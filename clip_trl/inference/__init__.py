@@ -1,0 +1,1 @@
+"""Using a tuned model: captioner reranking (`rerank`)."""

@@ -217,3 +217,12 @@ def rl_loss(
         entropy=ent.detach(),
         clip_fraction=clip_fraction,
     )
+
+
+def nan_std(rewards: torch.Tensor) -> torch.Tensor:
+    """Per-row population std over non-NaN entries (NaN-free rows of one value give 0)."""
+    valid = ~torch.isnan(rewards)
+    count = valid.sum(dim=1).clamp(min=1)
+    filled = torch.where(valid, rewards, torch.zeros_like(rewards))
+    mean = filled.sum(dim=1, keepdim=True) / count[:, None]
+    return ((torch.where(valid, rewards - mean, torch.zeros_like(rewards)) ** 2).sum(dim=1) / count).sqrt()

@@ -1,0 +1,3 @@
+"""What a run shows a person: training-curve pictures (`curves`), the RL rollout tables (`rollouts`) and
+retrieval examples (`retrieval_grid`).
+"""

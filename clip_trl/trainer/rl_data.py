@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,6 +16,9 @@ from clip_trl.data.collator import ROW_INDEX_KEY, ClipDataCollator
 from clip_trl.data.rows import BadRowError, check_caption, content_key
 
 logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from clip_trl.rewards.scoring import RewardScores
 
 
 class _UniqueTexts:
@@ -224,3 +227,27 @@ class ClipRLDataCollator(ClipDataCollator):
                 {k: v for k, v in batch["rows"][r].items() if k != self.image_column} for r in source_rows
             ]
         return batch
+
+
+class Rollout:
+    """What one batch's rollout fixed: actions, rewards, advantages and `log π_old` (reused by later updates)."""
+
+    def __init__(
+        self,
+        actions: torch.Tensor | None,
+        rewards: torch.Tensor,
+        advantages: torch.Tensor | None,
+        old_log_probs: torch.Tensor,
+        candidate_inputs: dict[str, Any],
+        entries: list[tuple[int, int]],
+        scores: RewardScores,
+        row_index: torch.Tensor | None = None,
+    ) -> None:
+        self.actions = actions
+        self.rewards = rewards
+        self.advantages = advantages
+        self.old_log_probs = old_log_probs
+        self.candidate_inputs = candidate_inputs
+        self.row_index = row_index
+        self.entries = entries  # the (query, candidate) pairs scored, and their scores
+        self.scores = scores

@@ -15,6 +15,7 @@ from clip_trl.losses.contrastive import contrastive_loss
 from clip_trl.losses.policy import (
     exact_advantages,
     group_advantages,
+    nan_std,
     policy_log_probs,
     rl_loss,
     sample_actions,
@@ -29,7 +30,7 @@ from clip_trl.trainer.rl_candidates import (
     resolve_candidate_pool,
 )
 from clip_trl.trainer.rl_config import ClipRLConfig
-from clip_trl.trainer.rl_data import ClipRLDataCollator, _UniqueTexts
+from clip_trl.trainer.rl_data import ClipRLDataCollator, Rollout, _UniqueTexts
 from clip_trl.trainer.rollout_logging import RolloutLoggingCallback
 
 RewardFunc = Callable[..., list]
@@ -124,7 +125,7 @@ class ClipRLTrainer(ClipBaseTrainer):
                 self.args.include_ground_truth,
             )
         # `num_iterations > 1`: the rollouts of the current optimizer step's micro-batches, by micro-step.
-        self._rollouts: dict[int, _Rollout] = {}
+        self._rollouts: dict[int, Rollout] = {}
         self._rollout_micro = (-1, 0)
         self.rollout_logging = None
         if self.args.log_rollouts:
@@ -317,7 +318,7 @@ class ClipRLTrainer(ClipBaseTrainer):
             self._record_step(log_probs, actions, reward_matrix, inputs["target_index"], out)
         return (loss, {"log_probs": log_probs.detach()}) if return_outputs else loss
 
-    def _make_rollout(self, inputs: dict[str, Any], log_probs: torch.Tensor) -> _Rollout:
+    def _make_rollout(self, inputs: dict[str, Any], log_probs: torch.Tensor) -> Rollout:
         """Actions (or every candidate, for `"exact"`), their rewards and advantages, and `log π_old`."""
         args = self.args
         if args.advantage == "exact":
@@ -354,12 +355,12 @@ class ClipRLTrainer(ClipBaseTrainer):
                 "caption_keys",
             )
             candidate_inputs = {key: inputs[key] for key in keys if key in inputs}
-        return _Rollout(
+        return Rollout(
             actions, reward_matrix, advantages, log_probs.detach(), candidate_inputs, entries, scores
         )
 
     @staticmethod
-    def _entry_advantages(rollout: _Rollout, log_probs: torch.Tensor) -> torch.Tensor:
+    def _entry_advantages(rollout: Rollout, log_probs: torch.Tensor) -> torch.Tensor:
         """One advantage per scored entry, in entry order: the sampled actions' group advantages, or (exact
         mode) each candidate's `r - E_π[r]`."""
         if rollout.advantages is not None:
@@ -368,7 +369,7 @@ class ClipRLTrainer(ClipBaseTrainer):
         rows, cols = zip(*rollout.entries)
         return advantages[list(rows), list(cols)]
 
-    def _buffered_rollout(self, row_index: torch.Tensor | None) -> tuple[_Rollout | None, int]:
+    def _buffered_rollout(self, row_index: torch.Tensor | None) -> tuple[Rollout | None, int]:
         """`num_iterations > 1`: the stored rollout of this micro-batch, or None when one must be made.
 
         Step `s` is update `s % num_iterations` of its rollout (the sampler serves each step's rows that many
@@ -457,7 +458,7 @@ class ClipRLTrainer(ClipBaseTrainer):
             kl=out.kl,
             entropy=out.entropy,
             policy_loss=out.policy_loss,
-            frac_reward_zero_std=(_nan_std(rewards) == 0).float().mean(),
+            frac_reward_zero_std=(nan_std(rewards) == 0).float().mean(),
         )
 
     # -------------------------------------------------------------------------------------------- rewards
@@ -491,36 +492,3 @@ class ClipRLTrainer(ClipBaseTrainer):
         scores = self.rewards(completions, **kwargs)
         self._record(**scores.metrics())
         return scores
-
-
-class _Rollout:
-    """What one batch's rollout fixed: actions, rewards, advantages and `log π_old` (reused by later updates)."""
-
-    def __init__(
-        self,
-        actions: torch.Tensor | None,
-        rewards: torch.Tensor,
-        advantages: torch.Tensor | None,
-        old_log_probs: torch.Tensor,
-        candidate_inputs: dict[str, Any],
-        entries: list[tuple[int, int]],
-        scores: RewardScores,
-        row_index: torch.Tensor | None = None,
-    ) -> None:
-        self.actions = actions
-        self.rewards = rewards
-        self.advantages = advantages
-        self.old_log_probs = old_log_probs
-        self.candidate_inputs = candidate_inputs
-        self.row_index = row_index
-        self.entries = entries  # the (query, candidate) pairs scored, and their scores
-        self.scores = scores
-
-
-def _nan_std(rewards: torch.Tensor) -> torch.Tensor:
-    """Per-row population std over non-NaN entries (NaN-free rows of one value give 0)."""
-    valid = ~torch.isnan(rewards)
-    count = valid.sum(dim=1).clamp(min=1)
-    filled = torch.where(valid, rewards, torch.zeros_like(rewards))
-    mean = filled.sum(dim=1, keepdim=True) / count[:, None]
-    return ((torch.where(valid, rewards - mean, torch.zeros_like(rewards)) ** 2).sum(dim=1) / count).sqrt()
