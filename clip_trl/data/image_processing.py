@@ -117,8 +117,9 @@ class ImageSpec:
 class FastImageTransform:
     """Images -> `pixel_values`, bitwise equal to `image_processor(images=...)["pixel_values"]`, about 2x faster.
 
-    Accepts PIL images in any mode, file paths, bytes and `datasets.Image` cells (`{"bytes", "path"}`), so
-    it can be used on its own as well as in the collator (where images arrive already decoded).
+    Accepts PIL images in any mode, file paths, bytes, `datasets.Image` cells (`{"bytes", "path"}`) and pixel
+    arrays (NumPy, torch, nested lists: see [`clip_trl.data.rows.image_from_array`]), so it can be used on its own
+    as well as in the collator (where images arrive already decoded).
 
     Args:
         image_processor: the model's image processor (e.g. `processor.image_processor`).

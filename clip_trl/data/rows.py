@@ -110,13 +110,15 @@ def load_image(
     column: str = "image",
     draft: Callable[[int, int], Any] | None = None,
 ) -> Image.Image:
-    """Decode one image cell (PIL image, path, bytes, `datasets.Image` dict or array) to RGB.
+    """Decode one image cell (PIL image, path, bytes, `datasets.Image` dict, or pixels: a NumPy array, a torch
+    tensor or nested lists as Arrow returns them, read by [`image_from_array`]) to RGB.
 
     `draft(width, height)`, when given, returns the smallest size a JPEG may be decoded at (or `None`): JPEG
     draft mode then decodes it reduced by 1/2, 1/4 or 1/8 (see `FastImageTransform(draft=True)`).
 
     Raises:
-        BadRowError: the cell is empty, the file does not exist, or the bytes are not an image.
+        BadRowError: the cell is empty, the file does not exist, the bytes are not an image, or the pixels do not
+            have an image's shape or value range.
     """
     try:
         if isinstance(value, Image.Image):
@@ -132,8 +134,8 @@ def load_image(
             image = _open_path(os.fspath(value), row, column)
         elif isinstance(value, (bytes, bytearray)):
             image = Image.open(io.BytesIO(value))
-        elif isinstance(value, np.ndarray):
-            image = Image.fromarray(value)
+        elif isinstance(value, (np.ndarray, list, tuple, torch.Tensor)):
+            image = image_from_array(value, row=row, column=column)
         elif value is None:
             raise BadRowError(row, column, "the image is missing (None)")
         else:
@@ -150,6 +152,103 @@ def load_image(
         raise BadRowError(
             row, column, f"cannot decode the image ({type(error).__name__}: {error})"
         ) from error
+
+
+# The channel counts an array image may have: greyscale, RGB, RGBA (alpha composited onto white by `to_rgb`).
+_ARRAY_CHANNELS = (1, 3, 4)
+_ARRAY_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def image_from_array(value: Any, *, row: int | None = None, column: str = "image") -> Image.Image:
+    """A PIL image from pixels: a NumPy array, a torch tensor, or nested lists (what a `datasets` column of arrays
+    returns, e.g. `Dataset.from_dict({"image": [np.ndarray, ...]})`).
+
+    Accepted, as transformers' image processors accept them:
+
+    - shapes `(height, width)` (greyscale), `(height, width, channels)` and `(channels, height, width)` with 1, 3
+      or 4 (RGBA) channels; when both ends could be the channels (an image 1, 3 or 4 pixels tall), channels
+      first is assumed, as transformers does;
+    - integer pixels in 0..255 (uint8, or the int64 that nested lists become), or floats in [0, 1] (scaled by
+      255 and rounded).
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from clip_trl.data.rows import image_from_array
+    >>> image_from_array(np.full((3, 8, 6), 0.5, dtype=np.float32)).getpixel((0, 0))  # CHW floats
+    (128, 128, 128)
+    >>> image_from_array([0, 128, 255], row=4)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    clip_trl.data.rows.BadRowError: Row 4, column 'image': the image array has shape (3,): expected ...
+
+    ```
+
+    Raises:
+        BadRowError: naming the row and column, for another shape, ragged lists, values out of range (or NaN),
+            or a non-numeric array.
+    """
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    try:
+        array = np.asarray(value)
+    except ValueError:  # ragged nested lists (NumPy 2 refuses to build them)
+        raise BadRowError(
+            row, column, "the image is a ragged nested list (rows of different lengths)"
+        ) from None
+    if array.dtype == object:
+        raise BadRowError(row, column, "the image is a ragged nested list (rows of different lengths)")
+    expected = (
+        "expected (height, width) for greyscale, or (height, width, channels) / (channels, height, width) with "
+        f"{', '.join(map(str, _ARRAY_CHANNELS[:-1]))} or {_ARRAY_CHANNELS[-1]} channels"
+    )
+    shape = tuple(array.shape)
+    if array.ndim == 3 and shape[0] in _ARRAY_CHANNELS:
+        array = np.moveaxis(
+            array, 0, -1
+        )  # channels first (also when both ends could be: transformers' choice)
+    elif not (array.ndim == 2 or (array.ndim == 3 and shape[2] in _ARRAY_CHANNELS)):
+        raise BadRowError(row, column, f"the image array has shape {shape}: {expected}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise BadRowError(row, column, f"the image array is empty (shape {shape})")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    array = _pixels_as_uint8(array, row, column)
+    return Image.fromarray(
+        np.ascontiguousarray(array), mode=_ARRAY_MODES[1 if array.ndim == 2 else array.shape[2]]
+    )
+
+
+def _pixels_as_uint8(array: np.ndarray, row: int | None, column: str) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype.kind in "iu":
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 255:
+            raise BadRowError(
+                row,
+                column,
+                f"integer pixel values must be in 0..255, got {low}..{high} (dtype {array.dtype})",
+            )
+        return array.astype(np.uint8)
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise BadRowError(row, column, "the image array holds NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            raise BadRowError(
+                row,
+                column,
+                f"float pixel values must be in [0, 1], got {low:g}..{high:g} (dtype {array.dtype}); for values "
+                "in 0..255 cast the array to uint8",
+            )
+        return np.rint(array.astype(np.float64) * 255.0).astype(np.uint8)
+    raise BadRowError(
+        row,
+        column,
+        f"cannot read an image from an array of dtype {array.dtype}: use uint8 (0..255) or floats (0..1)",
+    )
 
 
 def _open_path(path: str, row: int | None, column: str) -> Image.Image:

@@ -267,6 +267,104 @@ CASES = [
         Handled(lambda pixels: pixels == [(255, 255, 255), (127, 127, 127), (0, 0, 0)]),
         id="16-bit-greyscale-rescaled-not-clipped",
     ),
+    # Pixels as arrays (issue #24): NumPy arrays, and the nested lists a `datasets` column of arrays returns.
+    pytest.param(
+        lambda clip: rgb_pixel(collate(clip, rows({"image": np.full((8, 6, 3), (10, 20, 30), np.uint8)}))),
+        Handled(lambda pixel: pixel == (10, 20, 30)),
+        id="numpy-hwc-uint8",
+    ),
+    pytest.param(
+        lambda clip: rgb_pixel(
+            collate(clip, rows({"image": np.full((8, 6, 3), (10, 20, 30), np.uint8).tolist()}))
+        ),
+        Handled(lambda pixel: pixel == (10, 20, 30)),
+        id="nested-list-hwc-as-arrow-returns-it",
+    ),
+    pytest.param(
+        lambda clip: rgb_pixel(
+            collate(
+                clip,
+                rows({"image": np.full((3, 8, 6), 0.5, np.float32) * np.array([0, 1, 2])[:, None, None]}),
+            )
+        ),
+        Handled(lambda pixel: pixel == (0, 128, 255)),
+        id="numpy-chw-float-0-to-1",
+    ),
+    pytest.param(
+        lambda clip: rgb_pixel(collate(clip, rows({"image": np.full((8, 6), 77, np.uint8)}))),
+        Handled(lambda pixel: pixel == (77, 77, 77)),
+        id="numpy-greyscale-2d",
+    ),
+    pytest.param(
+        lambda clip: rgb_pixel(collate(clip, rows({"image": np.zeros((8, 6, 4), np.uint8)}))),
+        Handled(lambda pixel: pixel == (255, 255, 255)),
+        id="numpy-rgba-transparent-is-white",
+    ),
+    pytest.param(
+        lambda clip: collate(clip, rows({"image": [0, 128, 255]})),
+        Raises(
+            BadRowError,
+            row_error(
+                "Row 1, column 'image'",
+                exact(
+                    "the image array has shape (3,): expected (height, width) for greyscale, or (height, width, "
+                    "channels) / (channels, height, width) with 1, 3 or 4 channels"
+                ),
+            ),
+        ),
+        id="image-1d-list",
+    ),
+    pytest.param(
+        lambda clip: collate(clip, rows({"image": np.zeros((8, 6, 5), np.uint8)})),
+        Raises(
+            BadRowError,
+            row_error(
+                "Row 1, column 'image'", exact("the image array has shape (8, 6, 5): expected ") + ".*"
+            ),
+        ),
+        id="image-array-with-5-channels",
+    ),
+    pytest.param(
+        lambda clip: collate(clip, rows({"image": np.full((8, 6, 3), 200.0)})),
+        Raises(
+            BadRowError,
+            row_error(
+                "Row 1, column 'image'",
+                exact(
+                    "float pixel values must be in [0, 1], got 200..200 (dtype float64); for values in 0..255 "
+                    "cast the array to uint8"
+                ),
+            ),
+        ),
+        id="image-float-array-out-of-0-1",
+    ),
+    pytest.param(
+        lambda clip: collate(clip, rows({"image": [[[0, 0, 0]] * 2, [[0, 0, 0]]]})),
+        Raises(
+            BadRowError,
+            row_error(
+                "Row 1, column 'image'",
+                exact("the image is a ragged nested list (rows of different lengths)"),
+            ),
+        ),
+        id="image-ragged-nested-list",
+    ),
+    pytest.param(
+        lambda clip: collate(clip, rows({"image": [[0, 300], [4, 5]]})),
+        Raises(
+            BadRowError,
+            row_error(
+                "Row 1, column 'image'",
+                exact("integer pixel values must be in 0..255, got 0..300 (dtype int64)"),
+            ),
+        ),
+        id="image-integers-out-of-0-255",
+    ),
+    pytest.param(
+        lambda clip: collate(clip, rows({"image": 3.5})),
+        Raises(BadRowError, row_error("Row 1, column 'image'", exact("cannot read an image from a float"))),
+        id="image-of-another-type",
+    ),
     # ----- captions
     pytest.param(
         lambda clip: collate(clip, rows({"caption": None})),
