@@ -44,6 +44,14 @@ logger = logging.getLogger(__name__)
 # The trainer wraps datasets so every row carries its index; error messages quote it.
 ROW_INDEX_KEY = "__row_index__"
 
+# `skip_bad_rows=True` is for a few bad rows, not for data that is mostly bad: training stops with a `BadRowError`
+# listing the first bad rows when a batch loses every row, or when more than `MAX_SKIPPED_SHARE` of the rows read
+# so far (counted per DataLoader worker, from `SKIPPED_SHARE_MIN_ROWS` rows on) were bad.
+MAX_SKIPPED_SHARE = 0.5
+SKIPPED_SHARE_MIN_ROWS = 64
+# How many of the first bad rows that error lists.
+FIRST_BAD_ROWS_SHOWN = 5
+
 
 def check_columns(dataset: Any, required: Mapping[str, str | None], dataset_name: str) -> None:
     """Raise if a configured column is missing, listing the columns the dataset has.
@@ -191,6 +199,10 @@ class ClipDataCollator:
         self.keep_rows = keep_rows
         # The RL trainer's label / column candidate sets do not need a caption on every row.
         self.require_caption = True
+        # With `skip_bad_rows`: rows read and skipped so far, and the first bad rows' messages.
+        self._rows_read = 0
+        self._rows_skipped = 0
+        self._first_bad_rows: list[str] = []
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """`input_ids` (and `attention_mask` when the tokenizer makes one) by [`clip_trl.models.encoding.tokenize`]."""
@@ -237,8 +249,42 @@ class ClipDataCollator:
                         raise
                     raise located from error.__cause__
                 skipped += 1
-                logger.warning("Skipping a bad row: %s", located)
+                # The hint would suggest `skip_bad_rows=True`, which is on: log what is wrong and where only.
+                logger.warning("Skipping a bad row: %s", located.summary)
+                if len(self._first_bad_rows) < FIRST_BAD_ROWS_SHOWN:
+                    self._first_bad_rows.append(located.summary)
+        if self.skip_bad_rows:
+            self._stop_if_mostly_bad(rows, skipped)
         return parsed, kept, skipped
+
+    def _stop_if_mostly_bad(self, rows: Sequence[Mapping[str, Any]], skipped: int) -> None:
+        """Raise a [`BadRowError`] listing the first bad rows when this batch lost every row, or when more than
+        `MAX_SKIPPED_SHARE` of the rows read so far were bad: the run would otherwise go on with nothing (or little)
+        to learn from, and end looking like a success."""
+        self._rows_read += len(rows)
+        self._rows_skipped += skipped
+        if not rows:
+            return
+        if skipped == len(rows):
+            first = rows[0].get(ROW_INDEX_KEY)
+            what = (
+                f"every row of a batch of {len(rows)} row(s){'' if first is None else f' (from row {first})'}"
+            )
+        elif (
+            self._rows_read >= SKIPPED_SHARE_MIN_ROWS
+            and self._rows_skipped > MAX_SKIPPED_SHARE * self._rows_read
+        ):
+            what = f"more than {MAX_SKIPPED_SHARE:.0%} of the rows"
+        else:
+            return
+        listed = "\n".join(f"  {message}" for message in self._first_bad_rows)
+        raise BadRowError(
+            f"`skip_bad_rows=True` skipped {what} ({self._rows_skipped} of the {self._rows_read} rows read so far "
+            f"were bad), so training stops instead of going on with nothing to learn from. The first bad rows:\n"
+            f"{listed}\nFix the data, or remove the bad rows (e.g. with `dataset.filter`): `skip_bad_rows` is for a "
+            f"few bad rows (training stops when a batch loses every row, or when more than {MAX_SKIPPED_SHARE:.0%} "
+            f"of the rows read, from {SKIPPED_SHARE_MIN_ROWS} on, are bad)."
+        )
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return self.collate(*self.parse_rows(rows))

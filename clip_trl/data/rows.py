@@ -51,6 +51,14 @@ class BadRowError(ValueError):
         self.problem = problem
         self.hint = hint
 
+    @property
+    def summary(self) -> str:
+        """The message without its hint: `Row <index>, column '<name>': <problem>.` (what a skipped row logs)."""
+        if self.column is None:
+            return str(self)
+        where = f"Row {self.row}" if self.row is not None else "A row"
+        return f"{where}, column '{self.column}': {self.problem}."
+
     def with_hint(self, hint: str) -> BadRowError:
         """The same error with another hint (e.g. [`EVAL_HINT`] where rows cannot be skipped)."""
         return self._replace(self.row, hint)
