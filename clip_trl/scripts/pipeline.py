@@ -96,7 +96,9 @@ class PipelineArguments:
             `graded_group` ([`clip_trl.rewards.graded.GradedReward`]: 1 for the right caption, 0.5 for a caption of the same
             `group`). `None`: `graded_group` when the training data has a `group` column (the offline default
             does), else `correctness`.
-        eval_batch_size (`int`, defaults to 256): images per forward pass in evaluation (a speed knob only).
+        eval_batch_size (`int`, defaults to 256): images per forward pass in the test evaluation (a speed knob
+            only). The validation during training runs in batches of the stage's training size, so that its loss
+            is comparable with the training loss.
         in_batch_size (`int`, defaults to 32): candidate-set size of `in_batch_accuracy` and of the mean reward.
         max_train_samples, max_eval_samples (`int` or `None`): seeded random subsets of the splits.
         offline_model_size (`str`, defaults to `"small"`), image_size (`int` or `None`, defaults to 32):
@@ -169,7 +171,10 @@ class PipelineArguments:
             "the data has a `group` column, else correctness."
         },
     )
-    eval_batch_size: int = field(default=256, metadata={"help": "Images per forward pass in evaluation."})
+    eval_batch_size: int = field(
+        default=256,
+        metadata={"help": "Images per forward pass in the test evaluation (validation: the training batch)."},
+    )
     in_batch_size: int = field(
         default=32, metadata={"help": "Candidate-set size of in_batch_accuracy and of the mean reward."}
     )
@@ -235,7 +240,8 @@ def _trainer_kwargs(
         "output_dir": output_dir,
         "num_train_epochs": epochs,
         "per_device_train_batch_size": batch_size,
-        "per_device_eval_batch_size": args.eval_batch_size,
+        # Validation in batches of the training size (the config's default): the contrastive loss grows with the
+        # batch, so only then are the training and validation loss curves comparable.
         "learning_rate": lr,
         "eval_strategy": "epoch",
         "save_strategy": "no",

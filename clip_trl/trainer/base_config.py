@@ -35,7 +35,17 @@ class ClipBaseConfig(TrainingArguments):
 
     Only the fields specific to CLIP training are listed here; every [`~transformers.TrainingArguments`]
     field works as usual. Defaults that differ from `TrainingArguments`: `logging_steps=10`,
-    `learning_rate=1e-5`, `remove_unused_columns=False` (extra columns reach reward functions).
+    `learning_rate=1e-5`, `remove_unused_columns=False` (extra columns reach reward functions), and
+    `per_device_eval_batch_size=None`, which means `per_device_train_batch_size`: a contrastive loss depends on
+    the batch size (more negatives, a higher loss), so the `eval_loss` is computed over batches of the training
+    size and its curve is comparable with the training loss. Set it to evaluate in other batches (the retrieval
+    metrics do not depend on it; the `eval_loss` does). The value is resolved when the config is created:
+    `dataclasses.replace(args, per_device_train_batch_size=...)` keeps the resolved eval batch size.
+
+    Types: every `int`, `float` and `bool` field (of this class and its subclasses) is checked first, naming the
+    field and the type it wants (`TypeError`). Strings are read as the command line reads them (`"1e-4"`,
+    `"8"`, `"true"`) and stored converted, so a dict loaded from YAML (PyYAML reads `1e-4` as a string) can be
+    passed as keyword arguments. See [`clip_trl.trainer.config_types`].
 
     Parameters:
         image_column (`str`, defaults to `"image"`):
@@ -169,6 +179,13 @@ class ClipBaseConfig(TrainingArguments):
         },
     )
     learning_rate: float = field(default=1e-5, metadata={"help": "The initial learning rate for AdamW."})
+    per_device_eval_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Batch size per device for evaluation; default: per_device_train_batch_size, so that the "
+            "eval loss (which depends on the batch size for contrastive losses) is comparable with the training loss."
+        },
+    )
     logging_steps: float = field(default=10, metadata={"help": "Log every X update steps (or ratio if < 1)."})
     remove_unused_columns: bool = field(
         default=False,
@@ -225,6 +242,14 @@ class ClipBaseConfig(TrainingArguments):
         return []
 
     def __post_init__(self) -> None:
+        # First: a wrong type would otherwise fail deep inside TrainingArguments with a bare TypeError.
+        from clip_trl.trainer.config_types import check_field_types
+
+        check_field_types(self)
+        if self.per_device_eval_batch_size is None:
+            # The contrastive loss depends on the batch size: an eval loss over batches of another size would
+            # not be comparable with the training loss on the same plot.
+            self.per_device_eval_batch_size = self.per_device_train_batch_size
         if self.accelerator_config is None:
             # Batches carry Python lists (candidates, rows for rewards); accelerate's dispatching of
             # IterableDataset batches from the main process can only concatenate tensors.

@@ -256,15 +256,27 @@ def test_evaluate_reports_retrieval_metrics(tmp_path, tiny, emoji):
     ]
     for name, value in expected.items():
         assert metrics[f"eval_{name}"] == pytest.approx(value, abs=1e-6), name
-    # The loss: the training loss over consecutive eval batches (8 rows, 32 unique captions), weighted by rows.
+    # The loss: the training loss over consecutive eval batches (32 unique captions), weighted by rows. The eval
+    # batch defaults to the training batch (16): the contrastive loss grows with the batch, so only then are the
+    # train and eval loss curves comparable.
+    assert trainer.args.per_device_eval_batch_size == trainer.args.per_device_train_batch_size == 16
     embeddings = evaluation.compute_embeddings(model, processor, emoji["test"])
     scale = model.logit_scale.detach()
-    batches = [
-        clip_loss(embeddings.image_embeds[i : i + 8], embeddings.text_embeds[i : i + 8], scale).item()
-        for i in range(0, 32, 8)
-    ]
-    assert metrics["eval_loss"] == pytest.approx(sum(batches) / 4, abs=1e-5)
+
+    def loss_in_batches(size):
+        batches = [
+            clip_loss(
+                embeddings.image_embeds[i : i + size], embeddings.text_embeds[i : i + size], scale
+            ).item()
+            for i in range(0, 32, size)
+        ]
+        return sum(batches) / len(batches)
+
+    assert metrics["eval_loss"] == pytest.approx(loss_in_batches(16), abs=1e-5)
+    assert metrics["eval_loss"] != pytest.approx(loss_in_batches(8), abs=1e-3)
     assert metrics["eval_samples"] == 32
+    trainer.args.per_device_eval_batch_size = 8  # set by the user: evaluated in batches of that size
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(loss_in_batches(8), abs=1e-5)
 
 
 def test_non_finite_steps_are_skipped_and_then_stop_training(tmp_path, tiny, emoji):
