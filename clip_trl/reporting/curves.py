@@ -24,6 +24,7 @@ TRAINING_CURVES_FILENAME = "training_curves.png"
 
 _FONT_SIZE = 9  # points; the smallest text in the picture (tick labels) stays at or above 8
 _PANEL_SIZE = (4.6, 3.2)  # inches per panel
+_FLAT = 1e-6  # a series whose range stays within this (relative, at least absolute) is constant: not drawn
 
 
 def _series(log_history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -42,6 +43,27 @@ def _train_series(log_history: Sequence[dict[str, Any]], key: str) -> tuple[list
     # not `loss`, so it is left out by the key itself).
     rows = [entry for entry in log_history if not any(name.startswith("eval_") for name in entry)]
     return _series(rows, key)
+
+
+def _train_keys(log_history: Sequence[dict[str, Any]], prefix: str, suffix: str) -> list[str]:
+    """Every logged training key `{prefix}...{suffix}` (e.g. `rewards/{name}/expected`), first seen first."""
+    keys: list[str] = []
+    for entry in log_history:
+        keys += [key for key in entry if key.startswith(prefix) and key.endswith(suffix) and key not in keys]
+    return keys
+
+
+def _is_flat(values: Sequence[float]) -> bool:
+    """Two or more points that stay within `_FLAT` of each other (relative to their size, at least 1)."""
+    return len(values) > 1 and max(values) - min(values) <= _FLAT * max(1.0, *(abs(v) for v in values))
+
+
+def _constant(values: Sequence[float]) -> str:
+    if all(v == 0 for v in values):
+        return "= 0"
+    if max(abs(v) for v in values) <= _FLAT:
+        return f"≈ 0 (|x| ≤ {max(abs(v) for v in values):.0e})"
+    return f"= {sum(values) / len(values):.4g}"
 
 
 def _eval_keys(log_history: Sequence[dict[str, Any]], metric: str) -> list[str]:
@@ -69,11 +91,14 @@ def _label(key: str, metric: str = "") -> str:
 
 def plot_training_curves(log_history: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> str | None:
     r"""
-    Draw the curves of a training run into one PNG: training (and evaluation) loss; for RL runs the mean
-    reward (± its standard deviation) and the KL to the reference policy; for preference optimization the
+    Draw the curves of a training run into one PNG: training (and evaluation) loss; for RL runs the objective
+    (when logged), the mean reward (± its standard deviation), each reward function's expectation under π
+    (`rewards/{name}/expected`, when logged) and the KL to the reference policy; for preference optimization the
     implicit rewards and the reward accuracy; and recall@1 when the run was evaluated.
 
-    Panels without data are left out; a log with nothing to plot writes no file.
+    Panels without data are left out, and so is a series that stays constant over the run (the KL with `beta=0`
+    is exactly 0; the exact policy-gradient loss is ~1e-9, zero in value by construction): a note under the
+    panels names it and its value. A log with nothing to plot writes no file.
 
     Args:
         log_history (sequence of `dict`):
@@ -107,8 +132,25 @@ def plot_training_curves(log_history: Sequence[dict[str, Any]], path: str | os.P
         for key in _eval_keys(log_history, "loss")
     ]
     panels.append(("Loss", "loss", loss_lines))
+    # RL: the value the policy gradient climbs (the exact policy-gradient loss is ~0 in value by construction, so
+    # it tells nothing), then the sampled reward and each function's expectation under π.
+    panels.append(("Objective", "objective", [("objective", _train_series(log_history, "objective"), None)]))
     reward_std = _train_series(log_history, "reward_std")
     panels.append(("Reward", "mean reward", [("reward", _train_series(log_history, "reward"), reward_std)]))
+    panels.append(
+        (
+            "Expected reward under π",
+            "E_π[reward]",
+            [
+                (
+                    key.removeprefix("rewards/").removesuffix("/expected"),
+                    _train_series(log_history, key),
+                    None,
+                )
+                for key in _train_keys(log_history, "rewards/", "/expected")
+            ],
+        )
+    )
     panels.append(
         ("KL to the reference policy", "KL(π ‖ π_ref)", [("KL", _train_series(log_history, "kl"), None)])
     )
@@ -142,6 +184,14 @@ def plot_training_curves(log_history: Sequence[dict[str, Any]], path: str | os.P
         )
     )
     panels = [(title, ylabel, [line for line in lines if line[1][0]]) for title, ylabel, lines in panels]
+    panels = [(title, ylabel, [line for line in lines if line[1][0]]) for title, ylabel, lines in panels]
+    # A series that stays constant (a KL of exactly 0 with beta = 0, a loss of 1e-9) is not drawn as if its wiggles
+    # meant something: the picture names it and its value in a note instead.
+    flat: list[str] = []
+    for title, _, lines in panels:
+        for line in [line for line in lines if _is_flat(line[1][1])]:
+            flat.append(f"{title}{f' ({line[0]})' if len(lines) > 1 else ''} {_constant(line[1][1])}")
+            lines.remove(line)
     panels = [panel for panel in panels if panel[2]]
     if not panels:
         return None
@@ -182,6 +232,10 @@ def plot_training_curves(log_history: Sequence[dict[str, Any]], path: str | os.P
                 ax.legend()
         for ax in axes[len(panels) :]:
             ax.set_visible(False)
+        if flat:
+            figure.supxlabel(
+                "Constant over the run, not drawn: " + "; ".join(flat) + ".", fontsize=_FONT_SIZE
+            )
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         figure.savefig(path, dpi=110)
     return os.fspath(path)
