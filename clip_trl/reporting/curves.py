@@ -234,7 +234,7 @@ def plot_training_curves(log_history: Sequence[dict[str, Any]], path: str | os.P
             ax.set_visible(False)
         if flat:
             figure.supxlabel(
-                "Constant over the run, not drawn: " + "; ".join(flat) + ".", fontsize=_FONT_SIZE
+                "Constant over the run, not drawn: " + "; ".join(flat) + ".", fontsize=_FONT_SIZE, wrap=True
             )
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         figure.savefig(path, dpi=110)
