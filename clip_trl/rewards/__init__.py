@@ -29,6 +29,7 @@ Built-ins, also reachable by name (`reward_funcs=["correctness"]`, see [`get_rew
 from __future__ import annotations
 
 from clip_trl.rewards.builtin import caption_similarity, confidence_correctness, correctness
+from clip_trl.rewards.calling import call_reward
 from clip_trl.rewards.graded import GradedReward
 from clip_trl.rewards.registry import (
     REWARD_FUNCTIONS,
@@ -37,7 +38,7 @@ from clip_trl.rewards.registry import (
     register_reward,
     reward_name,
 )
-from clip_trl.rewards.scoring import RewardScores, RewardSet, call_reward, score_rewards
+from clip_trl.rewards.scoring import RewardScores, RewardSet, score_rewards
 from clip_trl.rewards.teachers import ClipScoreReward, TeacherProbabilityReward
 
 __all__ = [

@@ -8,10 +8,17 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
-from transformers.utils import logging as hf_logging
 
+from clip_trl.rewards.calling import (
+    RewardLoggingError,
+    RewardLogs,
+    accepted_log_kwargs,
+    check_reward_values,
+    is_async_reward,
+    reward_error,
+    start_concurrently,
+)
 from clip_trl.rewards.registry import RewardFunction, get_reward_function, reward_name
 
 
@@ -24,21 +31,28 @@ class RewardScores:
             returned `None` for an action; NaN where every function returned `None`.
         per_function (`torch.Tensor` `[N, F]`): each function's raw values, NaN for `None`.
         names (`list[str]`): the functions' logged names, in column order.
+        logged_metrics (`dict[str, torch.Tensor]`): what the functions logged with `log_metric`, as
+            `rewards/{name}/{metric}` (the mean of the step's calls).
+        extra_columns (`dict[str, list]`): what they logged with `log_extra`: rollout-table columns, one value
+            per action.
     """
 
     total: torch.Tensor
     per_function: torch.Tensor
     names: list[str]
+    logged_metrics: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    extra_columns: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
 
     def metrics(self) -> dict[str, torch.Tensor]:
         """`rewards/{name}/mean` and `rewards/{name}/std` over each function's non-`None` values (a function
-        that applied to no action is left out)."""
+        that applied to no action is left out), and the metrics the functions logged themselves."""
         out: dict[str, torch.Tensor] = {}
         for name, column in zip(self.names, self.per_function.T):
             valid = column[~torch.isnan(column)]
             if valid.numel():
                 out[f"rewards/{name}/mean"] = valid.mean()
                 out[f"rewards/{name}/std"] = valid.std(unbiased=False)
+        out.update(self.logged_metrics)
         return out
 
 
@@ -100,99 +114,71 @@ class RewardSet:
         self.weights = torch.tensor(
             list(weights) if weights is not None else [1.0] * len(self.funcs), dtype=torch.float32
         )
+        self._async = [is_async_reward(func) for func in self.funcs]
+        self._log_keys = [accepted_log_kwargs(func) for func in self.funcs]
 
     def __len__(self) -> int:
         return len(self.funcs)
 
     def __call__(self, completions: list[str], **kwargs: Any) -> RewardScores:
-        """Call every function once on the actions and combine; see the class docstring."""
+        """Call every function once on the actions and combine; see the class docstring.
+
+        `async def` functions run concurrently with each other (`asyncio.gather`, on an event loop of their own)
+        and with the plain ones, which run one after the other meanwhile. A function that accepts them (by name,
+        or through `**kwargs`) also gets `log_metric(name, value)` and `log_extra(column, values)`."""
+        logs = RewardLogs(len(completions))
+        outcomes: list[Any] = [None] * len(self.funcs)
+        pending: list[tuple[int, Any]] = []
+        calls = []
+        for position, (func, name, log_keys) in enumerate(zip(self.funcs, self.names, self._log_keys)):
+            bound = logs.bound(name)
+            call_kwargs = {**kwargs, **{key: bound[key] for key in log_keys}} if log_keys else kwargs
+            calls.append((position, func, name, call_kwargs))
+        # The async rewards first, so they run while the plain ones do.
+        for position, func, _, call_kwargs in calls:
+            if self._async[position]:
+                try:
+                    pending.append((position, func(completions, **call_kwargs)))
+                except Exception as error:  # e.g. an argument the coroutine function does not take
+                    outcomes[position] = error
+        future = start_concurrently([awaitable for _, awaitable in pending]) if pending else None
+        try:
+            for position, func, name, call_kwargs in calls:
+                if self._async[position] or outcomes[position] is not None:
+                    continue
+                try:
+                    values = func(completions, **call_kwargs)
+                except RewardLoggingError:
+                    raise
+                except Exception as error:
+                    raise reward_error(error, name, completions) from error
+                if hasattr(values, "__await__"):  # a plain function that returned a coroutine: await it
+                    (values,) = start_concurrently([values]).result()
+                outcomes[position] = values
+        finally:
+            results = future.result() if future is not None else []  # never leave a reward running
+        for (position, _), result in zip(pending, results):
+            outcomes[position] = result
         columns = []
-        for func, name in zip(self.funcs, self.names):
-            values = call_reward(func, name, completions, kwargs)
+        for outcome, name in zip(outcomes, self.names):
+            if isinstance(outcome, RewardLoggingError):
+                raise outcome
+            if isinstance(outcome, BaseException):
+                raise reward_error(outcome, name, completions) from outcome
+            values = check_reward_values(outcome, name, completions)
             columns.append(
                 torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
             )
         matrix = torch.stack(columns, dim=1) if completions else torch.zeros(0, len(self.funcs))
         total = torch.nansum(matrix * self.weights[None, :], dim=1)
         total[torch.isnan(matrix).all(dim=1)] = math.nan
-        return RewardScores(total=total, per_function=matrix, names=list(self.names))
-
-
-def call_reward(func: RewardFunction, name: str, completions: list[str], kwargs: dict[str, Any]) -> list:
-    """Call one reward function once and check what it returned: one finite number or `None` per completion.
-
-    Raises:
-        RuntimeError: the function raised (chained to its exception). When it failed while handling one
-            completion (a local variable of the failing frame is one of the completions passed), that
-            completion and its index are named; the function is never called again to find out.
-        ValueError: it returned something other than a list (a tensor or NumPy array is accepted), a list of
-            the wrong length, a non-number, NaN or ±inf — naming the index.
-    """
-    try:
-        values = func(completions, **kwargs)
-    except Exception as error:
-        index = _failing_completion(error, completions)
-        where = (
-            f"at index {index} (completion {completions[index]!r})" if index is not None else "on the batch"
+        return RewardScores(
+            total=total,
+            per_function=matrix,
+            names=list(self.names),
+            logged_metrics=logs.metrics(),
+            extra_columns=logs.columns,
         )
-        raise RuntimeError(
-            f"Reward function '{name}' raised {type(error).__name__}: {error} {where}, while scoring "
-            f"{len(completions)} completions. Fix the reward, or return None for completions it cannot score."
-        ) from error
-    if isinstance(values, (torch.Tensor, np.ndarray)):
-        values = values.tolist()
-    if not isinstance(values, (list, tuple)):
-        raise ValueError(
-            f"Reward function '{name}' returned a {type(values).__name__}; it must return a list with one float "
-            f"(or None) per completion ({len(completions)} here)."
-        )
-    if len(values) != len(completions):
-        raise ValueError(
-            f"Reward function '{name}' returned {len(values)} rewards for {len(completions)} completions; it must "
-            "return one float (or None) per completion."
-        )
-    for index, value in enumerate(values):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-            raise ValueError(
-                f"Reward function '{name}' returned {value!r} ({type(value).__name__}) at index {index}; "
-                "rewards must be numbers, or None for completions the reward does not apply to."
-            )
-        if not math.isfinite(float(value)):
-            raise ValueError(
-                f"Reward function '{name}' returned {value} at index {index} (completion {completions[index]!r}); "
-                "rewards must be finite. Return None for completions the reward does not apply to."
-            )
-    if values and all(value is None for value in values):
-        # Legal (None = "does not apply"), but a reward that never applies is usually a bug: say so, once.
-        hf_logging.get_logger(__name__).warning_once(
-            f"Reward function '{name}' returned None for every completion of a step, so it gave that step no signal "
-            "(when no reward applies, only the KL and entropy terms train). Check the reward if it should apply; "
-            "this is reported once per reward function."
-        )
-    return list(values)
-
-
-def _failing_completion(error: BaseException, completions: list[str]) -> int | None:
-    """The index of the completion a reward was handling when it raised, read from the failing call's own
-    frames (innermost first): a local variable that *is* one of the completion objects passed — the loop
-    variable of the usual `for completion in completions`. `None` when no frame holds one, or when that
-    object sits at several indices."""
-    positions: dict[int, list[int]] = {}
-    for index, completion in enumerate(completions):
-        positions.setdefault(id(completion), []).append(index)
-    frames = []
-    tb = error.__traceback__.tb_next if error.__traceback__ is not None else None  # skip call_reward's frame
-    while tb is not None:
-        frames.append(tb.tb_frame)
-        tb = tb.tb_next
-    for frame in reversed(frames):
-        for value in frame.f_locals.values():
-            found = positions.get(id(value))
-            if found is not None and isinstance(value, str):
-                return found[0] if len(found) == 1 else None
-    return None
 
 
 def score_rewards(

@@ -166,7 +166,8 @@ def test_get_reward_function_unknown_name_lists_the_built_ins():
         get_reward_function("x")
     assert str(excinfo.value) == (
         "Unknown reward function 'x'. Built-in rewards: caption_similarity, confidence_correctness, "
-        "correctness, graded_group. Pass a callable for anything else."
+        "correctness, graded_group. Pass a callable, a dotted import path (`my_module.my_reward`), or a CLIP "
+        "model's folder or hub id (a teacher reward) for anything else."
     )
     with pytest.raises(TypeError, match="name of a built-in"):
         get_reward_function(correctness)

@@ -504,8 +504,10 @@ def test_a_raising_reward_is_called_once_and_the_failing_completion_is_named():
     assert str(info.value).startswith(
         "Reward function 'picky' raised ValueError: no at index 2 (completion 'bad')"
     )
-    # The same text at two indices cannot be told apart: the message falls back to the batch.
-    with pytest.raises(RuntimeError, match="raised ValueError: no on the batch"):
+    # The same object at two indices cannot be told apart: the first is named, the other listed.
+    with pytest.raises(
+        RuntimeError, match=r"raised ValueError: no at index 0 \(completion 'bad', also at index 2\)"
+    ):
         bad = "bad"
         call_reward(picky, "picky", [bad, "fine", bad], {"trainer_state": None})
 
