@@ -25,6 +25,7 @@ from trl import ModelConfig, TrlParser
 
 from clip_trl import ClipDPOConfig
 from clip_trl.cli import parse_dataclasses
+from clip_trl.cli.errors import reported_errors
 from clip_trl.scripts.common import evaluate_on_test, print_metrics
 from clip_trl.scripts.dpo import DPOScriptArguments, load_preference_data, run_dpo
 
@@ -42,4 +43,5 @@ def main(script_args: DPOScriptArguments, training_args: ClipDPOConfig, model_ar
 
 if __name__ == "__main__":
     parser = TrlParser((DPOScriptArguments, ClipDPOConfig, ModelConfig))
-    main(*parse_dataclasses(parser))
+    with reported_errors():  # under several processes: the error once (rank 0), one line per other rank
+        main(*parse_dataclasses(parser))

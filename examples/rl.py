@@ -22,6 +22,7 @@ from trl import ModelConfig, TrlParser
 
 from clip_trl import ClipRLConfig
 from clip_trl.cli import parse_dataclasses
+from clip_trl.cli.errors import reported_errors
 from clip_trl.scripts.arguments import RLScriptArguments
 from clip_trl.scripts.common import evaluate_on_test
 from clip_trl.scripts.data import load_data
@@ -42,4 +43,5 @@ def main(script_args: RLScriptArguments, training_args: ClipRLConfig, model_args
 if __name__ == "__main__":
     parser = TrlParser((RLScriptArguments, ClipRLConfig, ModelConfig))
     # `parser.parse_args_and_config()`, reporting a mistyped flag or config key the argparse way (exit 2).
-    main(*parse_dataclasses(parser))
+    with reported_errors():  # under several processes: the error once (rank 0), one line per other rank
+        main(*parse_dataclasses(parser))

@@ -16,7 +16,8 @@ clip-trl env                                                 # versions, for bug
 
 A mistake in a command (a missing column, file or model, a bad value) prints the library's message, one
 paragraph, and exits with status 1 (argparse's own errors, such as an unknown flag, exit with 2). Add `--debug`
-or set `CLIP_TRL_DEBUG=1` to see the traceback.
+or set `CLIP_TRL_DEBUG=1` to see the traceback. Under several processes (`torchrun`, `accelerate launch`) an error
+is printed once, by rank 0; the other ranks print one line each ([`clip_trl.cli.errors`]).
 """
 
 from __future__ import annotations
@@ -358,14 +359,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = debug or os.environ.get("CLIP_TRL_DEBUG", "").lower() in ("1", "true", "yes")
     try:
         return _main(argv)
-    except _USER_ERRORS as error:
+    except Exception as error:
         # A mistake in the command (a column, a path, a value) is the user's to fix: the library's message says
         # what and where, and a traceback into transformers only hides it. Bugs (other exceptions) keep theirs.
-        if debug:
+        # Under several processes every rank fails alike: the error is printed once (`clip_trl.cli.errors`).
+        from clip_trl.cli.errors import USER_ERRORS, report_error
+
+        several = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+        if debug or not (several or isinstance(error, USER_ERRORS)):
             raise
-        prog = f"clip-trl {argv[0]}" if argv and argv[0] in _COMMANDS else "clip-trl"
-        print(f"{prog}: error: {str(error).strip() or type(error).__name__}", file=sys.stderr)
-        print("(run again with --debug, or CLIP_TRL_DEBUG=1, for the traceback)", file=sys.stderr)
+        report_error(error, f"clip-trl {argv[0]}" if argv and argv[0] in _COMMANDS else "clip-trl")
         return 1
 
 
@@ -382,9 +385,6 @@ def _pop_debug_flag(argv: list[str]) -> tuple[list[str], bool]:
 
 
 _TRANSFORMERS_DEBUG_VALUES = ("underflow_overflow", "tpu_metrics_debug")
-# Exceptions that mean "the command asked for something wrong" (a missing column or file, a bad value, a
-# missing optional package): reported in one paragraph, without a traceback, unless debugging.
-_USER_ERRORS = (ValueError, KeyError, OSError, ImportError)
 
 
 def _main(argv: list[str]) -> int:

@@ -75,6 +75,38 @@ def test_documented_cpu_command_runs_two_processes(tmp_path):
     assert "torch.distributed.nn.functional" not in output
 
 
+def test_an_error_under_two_processes_is_printed_once(tmp_path):
+    # The documented RL command, as written, where a user who skipped the contrastive step ends up: no model in
+    # the contrastive model folder. Both ranks fail alike; rank 0 prints the message, rank 1 one line.
+    rl = documented_cpu_commands()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *rl[1:],
+        "--contrastive_model_dir",
+        str(tmp_path / "missing"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_train_samples",
+        "32",
+        "--max_eval_samples",
+        "16",
+    ]
+    result = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **ENV}, timeout=600
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-4000:]
+    message = f"rl.py: error: No --model_name_or_path was given and '{tmp_path / 'missing'}' holds no contrastive model"
+    assert output.count(message) == 1, output[-4000:]
+    assert output.count("holds no contrastive model") == 1, output[-4000:]
+    assert "rank 1: the same error as rank 0 (ValueError), see above" in output, output[-4000:]
+    # No traceback from the processes: the only one is torchrun's own (ChildFailedError).
+    assert output.count("Traceback (most recent call last)") == 1, output[-4000:]
+    assert "ChildFailedError" in output
+
+
 @pytest.mark.skipif(
     shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None,
     reason="accelerate's launcher is not installed next to this Python",
