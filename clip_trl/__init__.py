@@ -19,6 +19,8 @@ _import_structure = {
     "trainer.base_config": ["ClipBaseConfig"],
     "trainer.contrastive_config": ["ClipContrastiveConfig"],
     "trainer.contrastive_trainer": ["ClipContrastiveTrainer"],
+    "trainer.distillation_config": ["ClipDistillationConfig"],
+    "trainer.distillation_trainer": ["ClipDistillationTrainer"],
     "trainer.dpo_config": ["ClipDPOConfig"],
     "trainer.dpo_trainer": ["ClipDPOTrainer"],
     "trainer.rl_config": ["ClipRLConfig"],
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
     from clip_trl.trainer.base_config import ClipBaseConfig
     from clip_trl.trainer.contrastive_config import ClipContrastiveConfig
     from clip_trl.trainer.contrastive_trainer import ClipContrastiveTrainer
+    from clip_trl.trainer.distillation_config import ClipDistillationConfig
+    from clip_trl.trainer.distillation_trainer import ClipDistillationTrainer
     from clip_trl.trainer.dpo_config import ClipDPOConfig
     from clip_trl.trainer.dpo_trainer import ClipDPOTrainer
     from clip_trl.trainer.rl_config import ClipRLConfig

@@ -12,6 +12,8 @@ PUBLIC = {
         "ClipRLTrainer",
         "ClipDPOConfig",
         "ClipDPOTrainer",
+        "ClipDistillationConfig",
+        "ClipDistillationTrainer",
         "wise_ft",
         "evaluation",
         "rewards",
@@ -52,7 +54,7 @@ def test_trainers_are_trainers():
 
     import clip_trl
 
-    for method in ("Contrastive", "RL", "DPO"):
+    for method in ("Contrastive", "RL", "DPO", "Distillation"):
         assert issubclass(getattr(clip_trl, f"Clip{method}Trainer"), transformers.Trainer)
         assert issubclass(getattr(clip_trl, f"Clip{method}Config"), transformers.TrainingArguments)
 

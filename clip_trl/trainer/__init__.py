@@ -12,6 +12,8 @@ _import_structure = {
     "base_config": ["ClipBaseConfig"],
     "contrastive_config": ["ClipContrastiveConfig"],
     "contrastive_trainer": ["ClipContrastiveTrainer"],
+    "distillation_config": ["ClipDistillationConfig"],
+    "distillation_trainer": ["ClipDistillationTrainer"],
     "dpo_config": ["ClipDPOConfig"],
     "dpo_trainer": ["ClipDPOTrainer"],
     "rl_config": ["ClipRLConfig"],
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     from clip_trl.trainer.base_config import ClipBaseConfig
     from clip_trl.trainer.contrastive_config import ClipContrastiveConfig
     from clip_trl.trainer.contrastive_trainer import ClipContrastiveTrainer
+    from clip_trl.trainer.distillation_config import ClipDistillationConfig
+    from clip_trl.trainer.distillation_trainer import ClipDistillationTrainer
     from clip_trl.trainer.dpo_config import ClipDPOConfig
     from clip_trl.trainer.dpo_trainer import ClipDPOTrainer
     from clip_trl.trainer.rl_config import ClipRLConfig
