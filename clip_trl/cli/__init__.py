@@ -36,6 +36,7 @@ _COMMANDS = {
     "contrastive": "Contrastive (InfoNCE / SigLIP) fine-tuning of a CLIP model; evaluates on the test split.",
     "rl": "RL fine-tuning: CLIP as a policy choosing captions, with reward functions; evaluates on the test split.",
     "dpo": "Preference optimization (DPO / IPO): chosen vs rejected captions per image; evaluates on the test split.",
+    "distill": "Knowledge distillation: a student matches frozen teachers' softmax over candidates; evaluates on test.",
     "evaluate": "Retrieval recall@k, in-batch accuracy and greedy mean reward of a model on a split.",
     "interpolate": "WiSE-FT: write the model (1 - alpha)·base + alpha·tuned (full models or a LoRA adapter).",
     "pipeline": "Split, contrastive, RL, test: the whole workflow, with a results table and pictures.",
@@ -97,6 +98,11 @@ def _dataclass_types(command: str) -> tuple[type, ...]:
         from clip_trl.trainer import ClipDPOConfig
 
         return DPOScriptArguments, ClipDPOConfig, ModelConfig
+    if command == "distill":
+        from clip_trl.scripts.distill import DistillScriptArguments
+        from clip_trl.trainer import ClipDistillationConfig
+
+        return DistillScriptArguments, ClipDistillationConfig, ModelConfig
     if command == "interpolate":
         from clip_trl.models.wise_ft import InterpolateArguments
 
@@ -407,6 +413,10 @@ def _main(argv: list[str]) -> int:
         return _run_evaluate(parsed, parser)
     if command == "dpo":
         return _run_dpo(parsed, parser)
+    if command == "distill":
+        from clip_trl.scripts.distill import run_distill_command
+
+        return run_distill_command(parsed)
     if command == "interpolate":
         from clip_trl.models.wise_ft import run_interpolate
 
