@@ -1,3 +1,3 @@
-"""What a run shows a person: training-curve pictures (`curves`), the RL rollout tables (`rollouts`) and
-retrieval examples (`retrieval_grid`).
+"""What a run shows a person: training-curve pictures (`curves`), the RL rollout tables (`rollouts`, and their
+console table in `console`) and retrieval examples (`retrieval_grid`).
 """

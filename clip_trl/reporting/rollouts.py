@@ -10,7 +10,8 @@ candidate, with `advantage="exact"`), each reward function's value and the advan
   TRL's layout for completions), thumbnails under `images/`, and `index.html`, a page a person can open;
 - to every `report_to` integration that shows tables: TensorBoard (a Markdown table as text), Weights &
   Biases and Trackio (a table with images);
-- to the console as a `rich` table when `rich` is installed;
+- to the console as a `rich` table when `rich` is installed (`print_rollouts`: at the end of training by
+  default, or at every logging step), cut to the terminal's width;
 - and the model card of the run shows a few rollouts of the last logged step.
 """
 
@@ -274,32 +275,6 @@ def markdown_table(rollouts: Sequence[QueryRollout], image_prefix: str | None = 
         ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
-
-
-def print_rollouts(rollouts: Sequence[QueryRollout], step: int, reward_names: Sequence[str]) -> None:
-    """A `rich` console table of one step's rollouts (like TRL's `print_prompt_completions_sample`): per query,
-    its most likely candidate, then one line per distinct choice."""
-    from rich.console import Console
-    from rich.panel import Panel
-    from rich.table import Table
-
-    table = Table(show_lines=True)
-    for name in ("ground truth", "most likely (π)", "chosen", "π", *reward_names, "reward", "advantage"):
-        table.add_column(name, overflow="fold")
-    for rollout in rollouts:
-        ((best, best_prob),) = rollout.top_candidates(1)
-        for i, choice in enumerate(rollout.choices[: CHOICES_SHOWN["text"]]):
-            first = i == 0
-            table.add_row(
-                (rollout.query or rollout.ground_truth or "–") if first else "",
-                f"{best} ({best_prob:.2f})" if first else "",
-                f"{choice.count}× {choice.text}",
-                _format(choice.prob, 2),
-                *[_format(choice.rewards.get(name), 2) for name in reward_names],
-                _format(choice.reward, 2),
-                _format(choice.advantage, 2),
-            )
-    Console().print(Panel(table, title=f"Rollouts at step {step}", expand=False))
 
 
 # -------------------------------------------------------------------------------------------------- files

@@ -84,11 +84,15 @@ class ClipRLConfig(ClipBaseConfig):
             query, a thumbnail of the image, the top candidates under π, the candidates chosen, each reward
             function's value and the advantage. It goes to `output_dir/rollouts/` (a parquet file per step,
             thumbnails and an `index.html` page), to the `report_to` integrations that show tables (TensorBoard
-            as text, Weights & Biases, Trackio), to the console when `rich` is installed, and the model card
-            shows a few. See [`clip_trl.reporting.rollouts`].
+            as text, Weights & Biases, Trackio), to the console when `rich` is installed (see `print_rollouts`),
+            and the model card shows a few. See [`clip_trl.reporting.rollouts`].
         num_rollouts_to_log (`int`, defaults to `8`):
             Queries per logged table: the first ones of the latest rollout (over all processes, in rank order).
             With `num_iterations > 1` that is the rollout the step's batch reuses, logged once.
+        print_rollouts (`str`, defaults to `"end"`):
+            When the console gets the table (with `log_rollouts` and `rich` installed; the files and integrations
+            get every logged step regardless): `"end"` prints the last logged step's table once, when training
+            ends; `"log"` at every logging step (TRL's behaviour); `"no"` never. It fits the terminal's width.
 
     Stability: a policy can make itself confident by raising `logit_scale` rather than by improving its
     embeddings (entropy collapses, more so from a weak model). `logit_scale_learning_rate=0.0` (a
@@ -175,6 +179,14 @@ class ClipRLConfig(ClipBaseConfig):
         },
     )
     num_rollouts_to_log: int = field(default=8, metadata={"help": "Queries per logged rollout table."})
+    print_rollouts: str = field(
+        default="end",
+        metadata={
+            "help": "With log_rollouts and rich installed, print the rollout table to the console: 'end' (the last "
+            "logged step's, once, when training ends), 'log' (at every logging step) or 'no'.",
+            "choices": ["end", "log", "no"],
+        },
+    )
 
     _card_fields: ClassVar[tuple[str, ...]] = (
         "candidates",
@@ -298,6 +310,8 @@ class ClipRLConfig(ClipBaseConfig):
                 f"`candidate_pool` is the pool of `candidates='retrieved'`; it has no meaning for "
                 f"`candidates={self.candidates!r}`. Set `candidates='retrieved'` or drop `candidate_pool`."
             )
+        if self.print_rollouts not in ("end", "log", "no"):
+            raise ValueError(f"`print_rollouts` must be 'end', 'log' or 'no', got {self.print_rollouts!r}.")
         if self.num_rollouts_to_log < 1:
             raise ValueError(
                 f"`num_rollouts_to_log` must be a positive integer, got {self.num_rollouts_to_log}."

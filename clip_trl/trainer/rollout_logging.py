@@ -1,6 +1,7 @@
 """`ClipRLConfig(log_rollouts=True)`: the callback that captures the RL trainer's rollouts and, at each logging
-step, sends a table of them to the files in `output_dir/rollouts`, the `report_to` integrations and the console.
-The tables themselves are built in [`clip_trl.reporting.rollouts`].
+step, sends a table of them to the files in `output_dir/rollouts` and the `report_to` integrations; the console
+gets the last step's table when training ends (or every step's, `print_rollouts="log"`). The tables themselves
+are built in [`clip_trl.reporting.rollouts`] and [`clip_trl.reporting.console`].
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import torch
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
 
+from clip_trl.reporting.console import print_rollouts
 from clip_trl.reporting.rollouts import (
     ROLLOUTS_DIRNAME,
     QueryRollout,
     RolloutWriter,
     markdown_table,
-    print_rollouts,
     query_rollouts,
 )
 from clip_trl.trainer.step_metrics import is_training_log
@@ -42,6 +43,7 @@ class RolloutLoggingCallback(TrainerCallback):
             os.path.join(trainer.args.output_dir, ROLLOUTS_DIRNAME), trainer.reward_names
         )
         self._captured: dict[str, Any] | None = None
+        self._last: tuple[list[QueryRollout], int] | None = None  # the latest published step, for the console
 
     def capture(
         self,
@@ -68,6 +70,10 @@ class RolloutLoggingCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero:
             self.writer.resume(state.global_step)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero and self._last is not None and self._console("end"):
+            print_rollouts(*self._last, self.writer.reward_names)
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
@@ -105,7 +111,8 @@ class RolloutLoggingCallback(TrainerCallback):
         )
 
     def publish(self, rollouts: list[QueryRollout], step: int) -> None:
-        """Write one step's rollouts to the folder, the integrations and the console (main process)."""
+        """Write one step's rollouts to the folder, the integrations and, with `print_rollouts="log"`, the console
+        (main process)."""
         records = self.writer.write(step, rollouts)
         names = self.writer.reward_names
         report_to = self.trainer.args.report_to or []
@@ -116,8 +123,16 @@ class RolloutLoggingCallback(TrainerCallback):
         for backend in ("wandb", "trackio"):
             if backend in report_to:
                 self._log_table(backend, rollouts, records)
-        if importlib.util.find_spec("rich") is not None:
+        self._last = (rollouts, step)
+        if self._console("log"):
             print_rollouts(rollouts, step, names)
+
+    def _console(self, when: str) -> bool:
+        """Whether the console gets a table now (`print_rollouts` is `when`, and `rich` is installed)."""
+        return (
+            getattr(self.trainer.args, "print_rollouts", "end") == when
+            and importlib.util.find_spec("rich") is not None
+        )
 
     def _log_table(self, backend: str, rollouts: list[QueryRollout], records: list[dict[str, Any]]) -> None:
         """A table with an image column to Weights & Biases or Trackio (TRL's `log_completions` way)."""

@@ -260,13 +260,72 @@ def test_wandb_without_a_run_gets_nothing(grpo_run, monkeypatch):
     assert module.logged == []
 
 
-def test_console_table_when_rich_is_installed(grpo_run, capsys):
+def test_console_table_when_rich_is_installed(grpo_run, capsys, monkeypatch):
     pytest.importorskip("rich")
     rollouts = latest_rollouts(grpo_run.args.output_dir)
+    capsys.readouterr()  # what the fixture's training printed
+    monkeypatch.setenv("COLUMNS", "200")
+    grpo_run.rollout_logging.publish(rollouts, step=9)
+    assert "Rollouts at step" not in capsys.readouterr().out  # the default, "end": not at every log
+    monkeypatch.setattr(grpo_run.args, "print_rollouts", "log")
     grpo_run.rollout_logging.publish(rollouts, step=9)
     printed = capsys.readouterr().out
     assert "Rollouts at step 9" in printed and "shaped" in printed  # a reward function's column
     assert rollouts[0].choices[0].text.split()[0] in printed
+
+
+@pytest.mark.parametrize("when, printed_steps", [("end", [2]), ("log", [1, 2]), ("no", [])])
+def test_the_console_gets_the_last_table_at_the_end_by_default(tmp_path, capsys, when, printed_steps):
+    pytest.importorskip("rich")
+    train(tmp_path, max_steps=2, print_rollouts=when)
+    printed = capsys.readouterr().out
+    assert [int(step) for step in re.findall(r"Rollouts at step (\d+)", printed)] == printed_steps
+
+
+# The console table's own words (headers, title), besides the captions.
+VOCABULARY = "cat ground truth most likely chosen correctness reward ollouts at step rewards per function in the rollouts folder"
+VOCABULARY = VOCABULARY.split()
+
+
+def test_the_console_table_fits_the_terminal_and_cuts_cells_between_words(capsys, monkeypatch):
+    pytest.importorskip("rich")
+    from rich.cells import cell_len
+
+    from clip_trl.reporting.console import print_rollouts
+    from clip_trl.reporting.rollouts import Choice, QueryRollout
+
+    words = ["smiling", "face", "with", "heart", "shaped", "eyes", "and", "a", "big", "open", "mouth"]
+    long = " ".join(words)
+    rollout = QueryRollout(
+        query=None,
+        ground_truth=long,
+        candidates=[long, "cat"],
+        probs=[0.75, 0.25],
+        choices=[
+            Choice(1, long, 3, 0.75, {"correctness": 1.0}, 1.0, 0.5),
+            Choice(1, "cat", 1, 0.25, {}, 0.0, -1.5),
+        ],
+    )
+    for columns in (60, 100, 240):
+        monkeypatch.setenv("COLUMNS", str(columns))  # what shutil.get_terminal_size reads first
+        print_rollouts([rollout], 3, ["correctness"])
+        lines = capsys.readouterr().out.splitlines()
+        assert max(cell_len(line) for line in lines) <= columns
+        assert any("-1.50" in line for line in lines)  # the numbers are never cut
+        body = " ".join(lines)
+        # Cut between words; only a column narrower than its first word (at 60 columns) cuts inside one.
+        for token in re.findall(r"[a-z]+…?", body) if columns >= 100 else []:
+            assert token.rstrip("…") in words + VOCABULARY, token
+        assert ("correctness" in body) == (
+            columns >= 100
+        )  # a reward's column, when the text columns have room
+        if columns == 240:
+            assert long in body and "…" not in body  # room enough: nothing is cut
+
+
+def test_print_rollouts_must_be_a_known_value(tmp_path):
+    with pytest.raises(ValueError, match=r"^`print_rollouts` must be 'end', 'log' or 'no', got 'always'\.$"):
+        ClipRLConfig(output_dir=str(tmp_path), print_rollouts="always")
 
 
 def test_num_rollouts_to_log_must_be_positive(tmp_path):
