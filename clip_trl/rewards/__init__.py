@@ -34,10 +34,10 @@ from clip_trl.rewards.graded import GradedReward
 from clip_trl.rewards.registry import (
     REWARD_FUNCTIONS,
     RewardFunction,
-    get_reward_function,
     register_reward,
     reward_name,
 )
+from clip_trl.rewards.resolving import get_reward_function
 from clip_trl.rewards.scoring import RewardScores, RewardSet, score_rewards
 from clip_trl.rewards.teachers import ClipScoreReward, TeacherProbabilityReward
 

@@ -19,7 +19,8 @@ from clip_trl.rewards.calling import (
     reward_error,
     start_concurrently,
 )
-from clip_trl.rewards.registry import RewardFunction, get_reward_function, reward_name
+from clip_trl.rewards.registry import RewardFunction, reward_name
+from clip_trl.rewards.resolving import get_reward_function
 
 
 @dataclasses.dataclass
