@@ -23,7 +23,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
@@ -50,6 +50,7 @@ class Choice:
     rewards: dict[str, float | None]
     reward: float | None
     advantage: float | None
+    extra: dict[str, Any] = field(default_factory=dict)  # columns rewards logged with `log_extra`
 
 
 @dataclass
@@ -110,10 +111,13 @@ def query_rollouts(
     reward_names: Sequence[str],
     queries: Sequence[str | None] | None = None,
     limit: int | None = None,
+    extra: dict[str, Sequence[Any]] | None = None,
 ) -> list[QueryRollout]:
     """Group one batch's scored actions by query: `entries[i] = (query b, candidate k)` with reward functions'
     values `per_function[i]`, weighted total `total[i]` and advantage `advantages[i]`. Repeated choices of the
     same candidate become one [`Choice`] with a count and mean values. Only the first `limit` queries are kept.
+    `extra` holds the columns rewards logged with `log_extra` (one value per entry; a repeated choice keeps the
+    mean of numbers, else the first value).
 
     Example:
 
@@ -149,6 +153,10 @@ def query_rollouts(
                     },
                     reward=_mean(total[i] for i in positions),
                     advantage=_mean(advantages[i] for i in positions),
+                    extra={
+                        column: _extra_value([values[i] for i in positions])
+                        for column, values in (extra or {}).items()
+                    },
                 )
             )
         choices.sort(key=lambda c: (-c.count, -c.prob))
@@ -164,6 +172,15 @@ def query_rollouts(
             )
         )
     return out
+
+
+def _extra_value(values: list[Any]) -> Any:
+    """One `log_extra` cell of a repeated choice: the mean of numbers, else the first value (as text unless it is
+    a plain scalar, so the parquet column has one type)."""
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return _mean(values)
+    first = values[0]
+    return first if first is None or isinstance(first, (str, bool, int, float)) else str(first)
 
 
 # ------------------------------------------------------------------------------------------------- tables
@@ -211,6 +228,8 @@ def to_records(rollouts: Sequence[QueryRollout], reward_names: Sequence[str]) ->
                     "advantage": choice.advantage,
                 }
             )
+            for column, value in choice.extra.items():  # a name the table already has keeps its own column
+                records[-1]["extra/" + column if column in records[-1] else column] = value
     return records
 
 

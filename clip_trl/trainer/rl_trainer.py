@@ -15,7 +15,6 @@ from clip_trl.losses.contrastive import contrastive_loss
 from clip_trl.losses.policy import (
     exact_advantages,
     group_advantages,
-    nan_std,
     policy_log_probs,
     rl_loss,
     sample_actions,
@@ -31,6 +30,7 @@ from clip_trl.trainer.rl_candidates import (
 )
 from clip_trl.trainer.rl_config import ClipRLConfig
 from clip_trl.trainer.rl_data import ClipRLDataCollator, Rollout, _UniqueTexts
+from clip_trl.trainer.rl_metrics import step_metrics
 from clip_trl.trainer.rollout_logging import RolloutLoggingCallback
 
 RewardFunc = Callable[..., list]
@@ -71,7 +71,7 @@ class ClipRLTrainer(ClipBaseTrainer):
     >>> _ = trainer.train()
     >>> logs = trainer.state.log_history[0]  # one entry per step
     >>> sorted(name for name in logs if name.startswith("rewards/"))
-    ['rewards/correctness/mean', 'rewards/correctness/std']
+    ['rewards/correctness/expected', 'rewards/correctness/mean', 'rewards/correctness/std']
     >>> logs["reward"] == logs["rewards/correctness/mean"] and 0.0 <= logs["accuracy"] <= 1.0
     True
 
@@ -314,8 +314,18 @@ class ClipRLTrainer(ClipBaseTrainer):
             )
             loss = loss + args.contrastive_coef * supervised
             self._record(contrastive_loss=supervised.detach())
-        if model.training:
-            self._record_step(log_probs, actions, reward_matrix, inputs["target_index"], out)
+        if (
+            model.training
+        ):  # the expectations under π, the objective and the loss parts (trainer/rl_metrics.py)
+            metrics = step_metrics(
+                log_probs,
+                rollout,
+                inputs["target_index"],
+                out,
+                beta=args.beta,
+                entropy_coef=args.entropy_coef,
+            )
+            self._record(**metrics)
         return (loss, {"log_probs": log_probs.detach()}) if return_outputs else loss
 
     def _make_rollout(self, inputs: dict[str, Any], log_probs: torch.Tensor) -> Rollout:
@@ -428,38 +438,6 @@ class ClipRLTrainer(ClipBaseTrainer):
         )
         inputs["target_index"] = torch.tensor(targets, device=device)
         inputs["candidates"] = inputs["candidate_texts"] = sets  # retrieved names are the texts scored
-
-    def _record_step(
-        self,
-        log_probs: torch.Tensor,
-        actions: torch.Tensor | None,
-        rewards: torch.Tensor,
-        targets: torch.Tensor,
-        out: Any,
-    ) -> None:
-        probs = log_probs.detach().exp()
-        known = targets >= 0
-        if actions is None:
-            # Exact mode: expectations under π instead of sample averages.
-            valid = ~torch.isnan(rewards)
-            filled = torch.where(valid, rewards, torch.zeros_like(rewards))
-            mass = (probs * valid).sum(dim=1).clamp(min=1e-12)
-            expected = (probs * filled).sum(dim=1) / mass
-            self._record(reward=expected.mean(), reward_std=expected.std(unbiased=False))
-            if known.any():
-                self._record(accuracy=probs[known].gather(1, targets[known, None]).mean())
-        else:
-            valid_rewards = rewards[~torch.isnan(rewards)]
-            if valid_rewards.numel():
-                self._record(reward=valid_rewards.mean(), reward_std=valid_rewards.std(unbiased=False))
-            if known.any():
-                self._record(accuracy=(actions[known] == targets[known, None]).float().mean())
-        self._record(
-            kl=out.kl,
-            entropy=out.entropy,
-            policy_loss=out.policy_loss,
-            frac_reward_zero_std=(nan_std(rewards) == 0).float().mean(),
-        )
 
     # -------------------------------------------------------------------------------------------- rewards
 

@@ -108,6 +108,7 @@ class RolloutLoggingCallback(TrainerCallback):
             self.writer.reward_names,
             queries=list(truth) if args.direction == "text_to_image" else None,
             limit=self.limit,
+            extra=getattr(scores, "extra_columns", None),  # what rewards logged with `log_extra`
         )
 
     def publish(self, rollouts: list[QueryRollout], step: int) -> None:

@@ -105,6 +105,8 @@ def test_logged_metrics_have_the_documented_names(tmp_path, tiny, emoji):
         "rewards/recorder/mean",
         "rewards/recorder/std",
         "rewards/correctness_2/mean",
+        "rewards/correctness/expected",
+        "objective",
         "kl",
         "entropy",
         "accuracy",
