@@ -60,13 +60,13 @@ def teacher_targets(
     weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """The target distribution `[N, K]`: the weighted mixture of each teacher's `softmax(t / T)` over the
-    masked candidates (rows of `teacher_logits[j]`, one per query)."""
+    masked candidates (rows of `teacher_logits[j]`, one per query). Detached: targets are constants."""
     if not teacher_logits:
         raise ValueError("Distillation needs at least one teacher's logits.")
     shares = normalized_weights(weights, len(teacher_logits))
     probs = None
     for share, logits in zip(shares, teacher_logits):
-        p = torch.softmax(_masked(logits.float(), mask) / temperature, dim=-1) * share
+        p = torch.softmax(_masked(logits.detach().float(), mask) / temperature, dim=-1) * share
         probs = p if probs is None else probs + p
     return probs
 

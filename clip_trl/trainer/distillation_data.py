@@ -72,6 +72,18 @@ def _vocabulary(tokenizer: Any) -> dict[str, int] | None:
         return None
 
 
+_SIZE_KEYS = ("height", "width", "shortest_edge", "longest_edge")
+
+
+def _size(value: Any) -> Any:
+    """A processor's size setting (a dict, or transformers' `SizeDict`) as a plain dict of its set keys."""
+    if isinstance(value, Mapping):
+        return {k: v for k, v in value.items() if v is not None}
+    if any(hasattr(value, key) for key in _SIZE_KEYS):
+        return {k: getattr(value, k) for k in _SIZE_KEYS if getattr(value, k, None) is not None}
+    return value
+
+
 def _pixel_settings(image_processor: Any) -> dict[str, Any]:
     settings = {}
     for name in (
@@ -85,7 +97,9 @@ def _pixel_settings(image_processor: Any) -> dict[str, Any]:
     ):
         value = getattr(image_processor, name, None)
         if value is not None:
-            settings[name] = dict(value) if isinstance(value, Mapping) else value
+            settings[name] = _size(value) if name.endswith("size") else value
+            if isinstance(settings[name], tuple):
+                settings[name] = list(settings[name])
     return settings
 
 
@@ -103,7 +117,7 @@ def check_teacher(teacher: nn.Module, processor: Any, where: str, teacher_proces
         )
     vision_config = getattr(getattr(teacher, "config", None), "vision_config", None)
     teacher_size = getattr(vision_config, "image_size", None)
-    crop = getattr(image_processor, "crop_size", None) or getattr(image_processor, "size", None)
+    crop = _size(getattr(image_processor, "crop_size", None) or getattr(image_processor, "size", None))
     student_size = None
     if isinstance(crop, Mapping):
         student_size = crop.get("height") or crop.get("shortest_edge")
