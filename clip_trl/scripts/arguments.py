@@ -141,8 +141,10 @@ class RLScriptArguments(ScriptArguments):
 
     Parameters:
         reward_funcs (`list[str]`, defaults to `["correctness"]`):
-            Names of built-in rewards of [`clip_trl.rewards`] (`correctness`, `confidence_correctness`,
-            `caption_similarity`); weigh them with `--reward_weights`.
+            Rewards by name, as TRL's `grpo.py` takes them: built-ins of [`clip_trl.rewards`] (`correctness`,
+            `confidence_correctness`, `caption_similarity`, `graded_group`), dotted import paths
+            (`my_rewards.short_caption`, found from the current folder too), or a CLIP model's folder or hub id
+            (a `ClipScoreReward` teacher); weigh them with `--reward_weights`.
         contrastive_model_dir (`str`, defaults to `"clip_finetuned"`):
             Used only when `--model_name_or_path` is not given: RL starts from the contrastive model saved in this
             folder (what `examples/contrastive.py --output_dir clip_finetuned` writes).
@@ -153,7 +155,10 @@ class RLScriptArguments(ScriptArguments):
 
     reward_funcs: list[str] = field(
         default_factory=lambda: ["correctness"],
-        metadata={"help": "Built-in reward names, e.g. --reward_funcs correctness confidence_correctness."},
+        metadata={
+            "help": "Rewards: built-in names, dotted import paths (module.function) or CLIP model folders/hub ids "
+            "(teacher rewards), e.g. --reward_funcs correctness my_rewards.short_caption."
+        },
     )
     contrastive_model_dir: str = field(
         default="clip_finetuned",

@@ -1,6 +1,7 @@
 """What the RL trainer logs about the policy: each reward's expectation under π and the objective (#28), and
 what rewards log themselves (`log_metric`, `log_extra`)."""
 
+import asyncio
 import math
 import types
 
@@ -116,18 +117,24 @@ class Logging:
         return [0.0] * len(completions)
 
 
+async def async_short(completions, **kwargs):
+    await asyncio.sleep(0)
+    return short_only(completions)
+
+
 def test_log_metric_and_log_extra_reach_the_logs_and_the_rollout_table(tmp_path, tiny):
     model, processor = tiny
     data = colour_dataset(CAPTIONS)
     trainer = ClipRLTrainer(
         model=model,
-        reward_funcs=["correctness", Logging()],
+        reward_funcs=["correctness", Logging(), async_short],
         args=make_args(tmp_path, log_rollouts=True, num_rollouts_to_log=2),
         train_dataset=data,
         processing_class=processor,
     )
     trainer.train()
     logged = trainer.state.log_history[0]
+    assert logged["rewards/async_short/mean"] == pytest.approx(2.0)  # the async reward was awaited (2 words)
     assert logged["rewards/logging/words"] == pytest.approx(sum(len(c.split()) for c in CAPTIONS) / 4)
     table = pd.read_parquet(tmp_path / "out" / "rollouts" / "rollouts_00001.parquet")
     assert (table["words"] == table["choice"].str.split().str.len()).all()
