@@ -9,8 +9,9 @@ so that `DistributedDataParallel` sees the forward it expects.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -107,10 +108,40 @@ def image_inputs(model: nn.Module, inputs: Mapping[str, Any]) -> dict[str, Any]:
     return {name: inputs[name] for name in adapter(model).image_inputs if inputs.get(name) is not None}
 
 
-def image_features(model: nn.Module, pixel_values: torch.Tensor, **extra_image_inputs: Any) -> torch.Tensor:
-    """Projected (unnormalised) image embeddings."""
+def image_features(
+    model: nn.Module, pixel_values: torch.Tensor | Mapping[str, Any], **extra_image_inputs: Any
+) -> torch.Tensor:
+    """Projected (unnormalised) image embeddings.
+
+    `pixel_values` is a tensor, or what an image transform returns as a whole: a mapping (a dict, a processor's
+    `BatchFeature`) holding `pixel_values` and the family's other vision inputs (SigLIP 2's `pixel_attention_mask`
+    and `spatial_shapes`), so `image_features(model, transform(images))` works for every family. A mapping's
+    values go to the model's device (floating ones in its dtype); entries the vision tower does not take are
+    dropped.
+    """
+    if isinstance(pixel_values, Mapping):
+        if pixel_values.get("pixel_values") is None:
+            raise ValueError(
+                "`image_features` got a mapping without `pixel_values` (keys: "
+                f"{sorted(pixel_values)}); pass the image transform's or processor's output for images."
+            )
+        extra_image_inputs = {**_vision_inputs_on_device(model, pixel_values), **extra_image_inputs}
+        pixel_values = extra_image_inputs.pop("pixel_values")
     output = unwrap(model).get_image_features(pixel_values=pixel_values, **extra_image_inputs)
     return _features(output, adapter(model).pool_first_token)
+
+
+def _vision_inputs_on_device(model: nn.Module, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    parameter = next(iter(model.parameters()), None)
+    floating = next((p for p in model.parameters() if p.is_floating_point()), parameter)
+    moved = {}
+    for name, value in image_inputs(model, inputs).items():
+        tensor = torch.as_tensor(value)
+        if parameter is not None:
+            dtype = floating.dtype if tensor.is_floating_point() else tensor.dtype
+            tensor = tensor.to(device=parameter.device, dtype=dtype)
+        moved[name] = tensor
+    return moved
 
 
 def text_features(
@@ -250,6 +281,23 @@ __all__ = [
 ADDED_PARAMETERS = ("logit_bias",)
 
 
+@contextlib.contextmanager
+def quiet_weight_loading() -> Iterator[None]:
+    """Hide transformers' per-load "Loading weights" progress bar (a bar per model load is noise in a training
+    log); the Hub's download bars stay."""
+    from transformers.utils import logging as hf_logging
+
+    if not hasattr(hf_logging, "_tqdm_active"):  # another transformers layout: leave its bars alone
+        yield
+        return
+    was_active = hf_logging._tqdm_active
+    hf_logging._tqdm_active = False
+    try:
+        yield
+    finally:
+        hf_logging._tqdm_active = was_active
+
+
 def load_pretrained(name_or_path: str, **kwargs: Any) -> nn.Module:
     """`AutoModel.from_pretrained(name_or_path, **kwargs)`, keeping the parameters clip_trl added in training.
 
@@ -270,7 +318,12 @@ def load_pretrained(name_or_path: str, **kwargs: Any) -> nn.Module:
     """
     from transformers import AutoModel
 
-    model, info = AutoModel.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+    from clip_trl.models.locate import check_model_source
+
+    # A mistyped local folder fails now, naming the closest folders, not after a minute of Hub retries.
+    check_model_source(name_or_path, kwargs.get("cache_dir"), bool(kwargs.get("local_files_only")))
+    with quiet_weight_loading():
+        model, info = AutoModel.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
     added = [name for name in ADDED_PARAMETERS if name in set(info.get("unexpected_keys") or ())]
     if added:
         location = {

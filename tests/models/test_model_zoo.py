@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import sys
+from dataclasses import replace
 
 import datasets
 import pytest
@@ -24,7 +25,7 @@ from PIL import Image
 from clip_trl import ClipContrastiveConfig, ClipContrastiveTrainer, ClipRLConfig, ClipRLTrainer
 from clip_trl.data.collator import ClipDataCollator
 from clip_trl.evaluation.embeddings import compute_embeddings
-from clip_trl.hub import load_model
+from clip_trl.hub import default_lora_config, load_model
 from clip_trl.inference.rerank import rerank
 from clip_trl.models import encoding, modeling
 from clip_trl.models.families import ADAPTERS, UnsupportedModelError, adapter_for_class
@@ -90,8 +91,12 @@ def test_caption_embedding_does_not_depend_on_its_batch(name, rows):
     # The CLIPScore teacher.
     reward = ClipScoreReward(model, processor)
     rewarded_alone, rewarded = reward._embed_texts([SHORT])[0], reward._embed_texts([SHORT, LONG])[0]
-    # The model card's snippet: `processor(text=..., padding="max_length")` for SigLIP, `padding=True` otherwise.
-    padding = "max_length" if "siglip" in model.config.model_type else True
+    # The library's own encoding path (what evaluation, rewards and reranking call).
+    encoded_alone = encoding.embed_texts(model, processor, [SHORT])[0]
+    encoded = encoding.embed_texts(model, processor, [SHORT, LONG])[0]
+    # The model card's snippet: `processor(text=..., padding="max_length")` by the family rule, `padding=True`
+    # otherwise.
+    padding = "max_length" if encoding.text_padding(model) == "max_length" else True
 
     def card(texts: list[str]) -> torch.Tensor:
         inputs = processor(text=texts, padding=padding, return_tensors="pt")
@@ -109,6 +114,7 @@ def test_caption_embedding_does_not_depend_on_its_batch(name, rows):
 
     for label, one, two in [
         ("collator", alone, paired),
+        ("encoding", encoded_alone, encoded),
         ("evaluation", evaluated_alone, evaluated),
         ("reward", rewarded_alone, rewarded),
         ("model card", carded_alone, carded),
@@ -118,7 +124,12 @@ def test_caption_embedding_does_not_depend_on_its_batch(name, rows):
             f"{name}: the {label} path embeds {SHORT!r} differently beside a long caption (cos {cosine:.4f})"
         )
     # ... and every path gives the caption the same embedding.
-    for label, other in [("evaluation", evaluated), ("reward", rewarded), ("model card", carded)]:
+    for label, other in [
+        ("encoding", encoded),
+        ("evaluation", evaluated),
+        ("reward", rewarded),
+        ("model card", carded),
+    ]:
         assert _close(alone, other), f"{name}: training and {label} disagree on {SHORT!r}"
 
 
@@ -126,6 +137,50 @@ def test_siglip_padding_rule_is_the_processors():
     assert encoding.text_padding(ZOO_BY_NAME["SiglipModel"].build_model()) == "max_length"
     assert encoding.text_padding(ZOO_BY_NAME["Siglip2Model"].build_model()) == "max_length"
     assert encoding.text_padding(ZOO_BY_NAME["CLIPModel"].build_model()) == "longest"
+    # Under a peft wrapper the rule is the base model's.
+    from peft import get_peft_model
+
+    model = ZOO_BY_NAME["Siglip2Model"].build_model()
+    wrapped = get_peft_model(model, default_lora_config(r=2, model=model))
+    assert encoding.text_padding(wrapped) == "max_length"
+
+
+@pytest.mark.parametrize("name", ["SiglipModel", "Siglip2Model"])
+def test_the_padding_check_catches_a_batch_padded_siglip(name, monkeypatch):
+    """The invariance above is not vacuous: with batch padding ("longest"), SigLIP and SigLIP 2 (left-padded)
+    embed a caption differently beside a long one."""
+    from clip_trl.models import families
+
+    entry = ZOO_BY_NAME[name]
+    model, processor = entry.build_model(), entry.build_processor()
+    monkeypatch.setitem(families.ADAPTERS, name, replace(families.ADAPTERS[name], text_padding="longest"))
+    alone = encoding.embed_texts(model, processor, [SHORT])[0]
+    paired = encoding.embed_texts(model, processor, [SHORT, LONG])[0]
+    assert float(alone @ paired) < 0.99
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_image_features_takes_the_image_transforms_output(name):
+    """`modeling.image_features(model, transform(images))`: a tensor for most families, a mapping with
+    `pixel_attention_mask` and `spatial_shapes` for SigLIP 2 (it raised `'dict' object has no attribute 'to'`)."""
+    from clip_trl.data.image_processing import FastImageTransform
+
+    entry = ZOO_BY_NAME[name]
+    model, processor = entry.build_model(), entry.build_processor()
+    images = [_colour(0), _colour(1)]
+    transform = FastImageTransform(processor.image_processor)
+    with torch.no_grad():
+        features = modeling.image_features(model, transform(images))
+        as_mapping = modeling.image_features(model, encoding.image_batch(transform, images))
+    expected = encoding.embed_images(model, processor, images)
+    assert _close(torch.nn.functional.normalize(features, dim=-1), expected)
+    assert _close(torch.nn.functional.normalize(as_mapping, dim=-1), expected)
+
+
+def test_image_features_says_what_a_mapping_without_pixels_holds():
+    model = ZOO_BY_NAME["CLIPModel"].build_model()
+    with pytest.raises(ValueError, match=r"without `pixel_values` \(keys: \['input_ids'\]\)"):
+        modeling.image_features(model, {"input_ids": torch.zeros(1, 3, dtype=torch.long)})
 
 
 # ------------------------------------------------------------------------------------ training and reloading
@@ -172,7 +227,7 @@ def test_train_evaluate_save_and_reload(name, rows, tmp_path):
     # Contrastive, sigmoid loss: adds a `logit_bias` to models without one; it must survive a reload.
     model = entry.build_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    scale_before = float(modeling.logit_scale(model))
+    scale_before = modeling.logit_scale(model).item()
     trainer = ClipContrastiveTrainer(
         model=model,
         args=_config(ClipContrastiveConfig, tmp_path, "siglip", loss_type="siglip"),
@@ -180,7 +235,7 @@ def test_train_evaluate_save_and_reload(name, rows, tmp_path):
         eval_dataset=rows,
         processing_class=processor,
     )
-    assert float(modeling.logit_scale(trainer.model)) == scale_before  # not altered at construction
+    assert modeling.logit_scale(trainer.model).item() == scale_before  # not altered at construction
     trainer.train()
     assert _changed(before, model), f"{name}: training changed no weight"
     metrics = trainer.evaluate()
@@ -189,9 +244,9 @@ def test_train_evaluate_save_and_reload(name, rows, tmp_path):
     reloaded, _ = load_model(str(tmp_path / "siglip"))
     assert type(reloaded) is type(model)
     assert modeling.logit_bias(reloaded) is not None
-    assert float(modeling.logit_bias(reloaded)) == float(modeling.logit_bias(model))
-    assert float(modeling.logit_scale(reloaded)) == pytest.approx(
-        float(modeling.logit_scale(model)), abs=1e-7
+    assert modeling.logit_bias(reloaded).item() == modeling.logit_bias(model).item()
+    assert modeling.logit_scale(reloaded).item() == pytest.approx(
+        modeling.logit_scale(model).item(), abs=1e-7
     )
     for ours, theirs in zip(
         _embeds(model, processor, images, texts), _embeds(reloaded, processor, images, texts)
@@ -209,6 +264,10 @@ def test_train_evaluate_save_and_reload(name, rows, tmp_path):
         peft_config=_lora_config(),
     )
     assert warn_on_missed_towers(trainer.model) == [], f"{name}: a tower has no LoRA adapter"
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable), (
+        f"{name}: not only adapters train: {trainable[:3]}"
+    )
     trainer.train()
     trainer.save_model()
     from peft import PeftModel
@@ -225,7 +284,7 @@ def test_train_evaluate_save_and_reload(name, rows, tmp_path):
     # statistics included: the fresh base above reproduces the trained model).
     for tower in ("vision", "text"):
         moved = [
-            float(p.abs().max())
+            p.detach().abs().max().item()
             for module in modeling.tower_modules(trained, tower)
             for n, p in module.named_parameters()
             if "lora_B" in n
@@ -293,9 +352,8 @@ def test_model_card_snippet_runs_and_scores_like_the_library(name, rows, tmp_pat
 
 
 def _lora_config():
-    from peft import LoraConfig
-
-    return LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian")  # targets: per model, both towers
+    # The documented helper; its targets are resolved per model by the trainer, in both towers.
+    return default_lora_config(r=4, alpha=8, init_lora_weights="gaussian")
 
 
 # ------------------------------------------------------------------------------------------------ adapters
@@ -315,6 +373,33 @@ def test_default_lora_targets_cover_both_towers(name):
     assert warn_on_missed_towers(wrapped) == []
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_the_documented_lora_helper_adapts_both_towers_and_only_adapters_train(name, caplog):
+    """`default_lora_config()` as the docs pass it to a trainer, and with `model=` for `get_peft_model` by hand:
+    adapters in both towers (no NoMatchingPeftModuleError on ALIGN, BLIP, FLAVA; both towers on AltCLIP and
+    ChineseCLIP), and nothing but the adapters trains."""
+    from peft import get_peft_model
+
+    from clip_trl.models.lora import prepare_peft_model
+
+    entry = ZOO_BY_NAME[name]
+    model = entry.build_model()
+    by_hand = get_peft_model(model, default_lora_config(r=2, model=model))
+    with caplog.at_level(logging.WARNING, logger="clip_trl.models.lora"):
+        by_trainer = prepare_peft_model(entry.build_model(), default_lora_config(r=2))
+    assert "match no module" not in caplog.text
+    for wrapped in (by_hand, by_trainer):
+        assert warn_on_missed_towers(wrapped) == [], f"{name}: a tower has no LoRA adapter"
+        for tower in ("vision", "text"):
+            adapted = [
+                n for module in modeling.tower_modules(wrapped, tower) for n, _ in module.named_parameters()
+            ]
+            assert any("lora_A" in n for n in adapted), f"{name}: no adapter in the {tower} tower"
+        trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
+        assert trainable and all("lora_" in n for n in trainable), f"{name}: {trainable[:3]}"
+    assert by_trainer.peft_config["default"].target_modules == set(default_lora_targets(entry.build_model()))
+
+
 def test_a_target_that_misses_a_tower_is_warned_about(caplog):
     from peft import LoraConfig
 
@@ -331,11 +416,11 @@ def test_temperature_models_train_minus_log_temperature():
     model = ZOO_BY_NAME["AlignModel"].build_model()
     with torch.no_grad():
         model.temperature.fill_(0.05)
-    assert float(modeling.logit_scale(model)) == pytest.approx(-math.log(0.05))
+    assert modeling.logit_scale(model).item() == pytest.approx(-math.log(0.05))
     modeling.logit_scale(model).backward()
     assert model.temperature.grad is not None and float(model.temperature.grad) == pytest.approx(-1 / 0.05)
     modeling.clamp_logit_scale(model, 10.0)  # exp(logit_scale) <= 10  <=>  temperature >= 0.1
-    assert float(model.temperature) == pytest.approx(0.1)
+    assert model.temperature.item() == pytest.approx(0.1)
 
 
 def test_logit_scale_is_clamped_in_training_only_and_by_family(rows, tmp_path):
@@ -350,11 +435,11 @@ def test_logit_scale_is_clamped_in_training_only_and_by_family(rows, tmp_path):
             train_dataset=rows,
             processing_class=entry.build_processor(),
         )
-        assert float(modeling.logit_scale(model)) == pytest.approx(
+        assert modeling.logit_scale(model).item() == pytest.approx(
             math.log(112.0)
         )  # untouched at construction
         trainer.train()
-        after = float(modeling.logit_scale(model))
+        after = modeling.logit_scale(model).item()
         assert after == pytest.approx(
             expected_bound if expected_bound is not None else math.log(112.0), abs=1e-6
         )
@@ -370,7 +455,7 @@ def test_logit_scale_is_clamped_in_training_only_and_by_family(rows, tmp_path):
         peft_config=_lora_config(),
     )
     trainer.train()
-    assert float(modeling.logit_scale(model)) == pytest.approx(math.log(112.0))
+    assert modeling.logit_scale(model).item() == pytest.approx(math.log(112.0))
     # A bound the user sets applies to every family.
     model = siglip.build_model()
     trainer = ClipContrastiveTrainer(
@@ -380,7 +465,7 @@ def test_logit_scale_is_clamped_in_training_only_and_by_family(rows, tmp_path):
         processing_class=siglip.build_processor(),
     )
     trainer.train()
-    assert float(modeling.logit_scale(model)) <= math.log(5.0) + 1e-6
+    assert modeling.logit_scale(model).item() <= math.log(5.0) + 1e-6
 
 
 def test_unsupported_classes_raise_with_the_reason():
@@ -402,7 +487,7 @@ def test_unknown_classes_use_the_generic_path():
     temperature_lookalike = type("MyOwnAlignModel", (type(align),), {})(align.config)
     with torch.no_grad():
         temperature_lookalike.temperature.fill_(0.5)
-    assert float(modeling.logit_scale(temperature_lookalike)) == pytest.approx(math.log(2.0))
+    assert modeling.logit_scale(temperature_lookalike).item() == pytest.approx(math.log(2.0))
 
 
 # ---------------------------------------------------------------------------------------------------- docs
@@ -442,6 +527,7 @@ def test_added_logit_bias_survives_an_adapter_reload(rows, tmp_path):
         "clip_trl.models.families",
         "clip_trl.models.encoding",
         "clip_trl.models.lora",
+        "clip_trl.models.locate",
         "clip_trl.models.modeling",
     ],
 )
