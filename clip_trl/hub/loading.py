@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable
@@ -11,7 +12,7 @@ from transformers import AutoModel, AutoProcessor
 from transformers.utils import cached_file, find_adapter_config_file
 
 from clip_trl.models import lora, modeling
-from clip_trl.models.lora import DEFAULT_LORA_TARGET_MODULES
+from clip_trl.models.locate import check_model_source
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -31,12 +32,21 @@ def default_lora_config(
     r: int = 16,
     alpha: int = 32,
     dropout: float = 0.05,
-    target_modules: Iterable[str] = DEFAULT_LORA_TARGET_MODULES,
+    target_modules: Iterable[str] | None = None,
+    *,
+    model: nn.Module | None = None,
     **kwargs: Any,
 ) -> LoraConfig:
     r"""
-    A LoRA configuration that suits CLIP-style dual encoders: adapters on the attention query and value
-    projections (`q_proj`, `v_proj`) of both the vision and the text tower.
+    A LoRA configuration that suits image–text dual encoders: adapters on the attention query and value
+    projections of **both** the vision and the text tower, named as each family names them (`q_proj`/`v_proj`
+    for CLIP and SigLIP, BERT's `query`/`value`, BLIP's fused `qkv`, ALIGN's `project_conv`: see the
+    "Supported models" page).
+
+    Left unset, `target_modules` is `None`: the trainers resolve it when they wrap the model
+    ([`clip_trl.models.lora.default_lora_targets`]). With `model=`, it is resolved now, for calling
+    `peft.get_peft_model(model, default_lora_config(model=model))` yourself (peft alone cannot guess the
+    targets of a dual encoder).
 
     Only the adapters train. `logit_scale` (and a SigLIP `logit_bias`) are parameters, not modules, so they
     stay at the base model's values; the trainers' `freeze_vision` / `freeze_text` also freeze the adapters
@@ -49,9 +59,12 @@ def default_lora_config(
             LoRA scaling numerator (`lora_alpha`); the update is scaled by `alpha / r`.
         dropout (`float`, *optional*, defaults to 0.05):
             Dropout on the adapter input (`lora_dropout`), active in training mode only.
-        target_modules (iterable of `str`, *optional*, defaults to `("q_proj", "v_proj")`):
-            Names of the linear layers that get adapters; add `"k_proj"`, `"out_proj"`, `"fc1"`, `"fc2"` for
-            more capacity.
+        target_modules (iterable of `str`, *optional*):
+            Names of the layers that get adapters, instead of the family's attention query and value
+            projections (e.g. add `"k_proj"`, `"out_proj"`, `"fc1"`, `"fc2"` on a CLIP for more capacity).
+            Targets that leave a tower without adapters are warned about when a trainer wraps the model.
+        model (`nn.Module`, *optional*, keyword only):
+            The model the config is for: resolves the default targets now, from its family.
         **kwargs:
             Any other [`peft.LoraConfig`] field (e.g. `use_dora=True`, `bias="lora_only"`).
 
@@ -65,18 +78,28 @@ def default_lora_config(
 
     ```python
     >>> from clip_trl.hub import default_lora_config
+    >>> from clip_trl.offline import build_clip
     >>> config = default_lora_config(r=8)
-    >>> sorted(config.target_modules), config.r, config.lora_alpha
-    (['q_proj', 'v_proj'], 8, 32)
+    >>> config.target_modules, config.r, config.lora_alpha  # the trainers pick both towers' projections
+    (None, 8, 32)
+    >>> sorted(default_lora_config(model=build_clip("tiny")[0]).target_modules)
+    ['q_proj', 'v_proj']
 
     ```
     """
     import peft  # a dependency; imported on use to keep `import clip_trl` light
 
+    if target_modules is not None:
+        # A string is peft's regular expression over module names; keep it as one.
+        targets: str | list[str] | None = (
+            target_modules if isinstance(target_modules, str) else list(target_modules)
+        )
+    elif model is not None:
+        targets = lora.default_lora_targets(model)
+    else:
+        targets = None
     options: dict[str, Any] = {"bias": "none", **kwargs}
-    return peft.LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), **options
-    )
+    return peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, **options)
 
 
 def load_model(
@@ -123,7 +146,9 @@ def load_model(
         ValueError: an adapter whose config names no base model, and no `base_model=` given.
         OSError: an adapter whose base model cannot be loaded here (the message names it; pass `base_model=`).
         FileNotFoundError: a local folder with no model in it but training checkpoints (`checkpoint-N/`): the
-            message names the latest one to pass instead.
+            message names the latest one to pass instead. Or a folder that does not exist (a path, or a name
+            that is not in the Hub cache while the Hub cannot be reached): the message names the closest
+            existing folders (`clip_trl.models.locate.check_model_source`).
         ImportError: an adapter, and peft is not installed.
 
     Example:
@@ -146,6 +171,7 @@ def load_model(
     location = {key: kwargs.pop(key) for key in _LOCATION_KWARGS if key in kwargs}
     hub = {key: kwargs.pop(key) for key in _HUB_KWARGS if key in kwargs}
     model_kwargs = kwargs
+    check_model_source(id_or_path, hub.get("cache_dir"), bool(hub.get("local_files_only")))
     if os.path.isdir(id_or_path) and "subfolder" not in location:
         _check_not_only_checkpoints(id_or_path)
 
@@ -154,7 +180,7 @@ def load_model(
         # `load_pretrained`: AutoModel, keeping parameters clip_trl added (a sigmoid loss's `logit_bias`).
         model = modeling.load_pretrained(id_or_path, **location, **hub, **model_kwargs)
         processor = AutoProcessor.from_pretrained(id_or_path, **location, **hub)
-        return model.eval(), processor
+        return model.eval(), forget_loading_options(processor)
 
     import peft  # a dependency; imported on use to keep `import clip_trl` light
 
@@ -168,7 +194,9 @@ def load_model(
             "memory). Pass it: `load_model(..., base_model=<base model id or folder>)`."
         )
     try:
-        model = AutoModel.from_pretrained(base, **hub, **model_kwargs)
+        check_model_source(base, hub.get("cache_dir"), bool(hub.get("local_files_only")))
+        with modeling.quiet_weight_loading():
+            model = AutoModel.from_pretrained(base, **hub, **model_kwargs)
     except OSError as error:
         # transformers' message says the files are missing, not that they are the *base* of an adapter.
         reason = str(error).strip().splitlines()[0]
@@ -180,7 +208,8 @@ def load_model(
             "machine the adapter was trained on, or a repository you cannot reach, pass the base model yourself: "
             f"`load_model({id_or_path!r}, base_model=<Hub id or local folder of that model>)`."
         ) from error
-    model = peft.PeftModel.from_pretrained(model, id_or_path, **location, **hub)
+    with modeling.quiet_weight_loading():
+        model = peft.PeftModel.from_pretrained(model, id_or_path, **location, **hub)
     lora.load_added_parameters(model, id_or_path, **location, **hub)  # e.g. a sigmoid loss's `logit_bias`
     if merge:
         model = model.merge_and_unload()
@@ -193,7 +222,37 @@ def load_model(
         processor = processor_class.from_pretrained(id_or_path, config=model.config, **location, **hub)
     else:
         processor = AutoProcessor.from_pretrained(base, **hub)
-    return model.eval(), processor
+    return model.eval(), forget_loading_options(processor)
+
+
+# What transformers records in a loaded tokenizer's `init_kwargs` about *how* it was loaded; `save_pretrained`
+# would write them into `tokenizer_config.json`, where they describe this machine and this run, not the model.
+_LOADING_OPTIONS = ("local_files_only", "is_local")
+
+
+def forget_loading_options(processor: Any) -> Any:
+    """Drop the loading options (`local_files_only`, `is_local`) that transformers keeps in a loaded tokenizer's
+    `init_kwargs`, so that saving the processor does not write them to `tokenizer_config.json` (a processor or a
+    tokenizer; returned as given). The trainers call it before every save.
+
+    Example:
+
+    ```python
+    >>> from clip_trl.hub.loading import forget_loading_options
+    >>> from clip_trl.offline import build_clip
+    >>> _, processor = build_clip("tiny")
+    >>> processor.tokenizer.init_kwargs["local_files_only"] = True  # as a load under HF_HUB_OFFLINE=1 leaves it
+    >>> "local_files_only" in forget_loading_options(processor).tokenizer.init_kwargs
+    False
+
+    ```
+    """
+    for holder in (processor, getattr(processor, "tokenizer", None)):
+        init_kwargs = getattr(holder, "init_kwargs", None)
+        if isinstance(init_kwargs, dict):
+            for key in _LOADING_OPTIONS:
+                init_kwargs.pop(key, None)
+    return processor
 
 
 def _check_not_only_checkpoints(folder: str) -> None:
@@ -220,8 +279,8 @@ def warn_if_base_is_local(model: Any) -> str | None:
     Warn when `model` is a peft adapter whose recorded base model is a local path: saved or pushed, the adapter
     then names a base that nobody else can load (peft and [`load_model`] look for that path, and fail).
 
-    The trainers call this on every save and push. Returns the warning's text, or `None` when there is nothing
-    to warn about (a full model, or a base recorded by Hub id).
+    The trainers call this on every save and push; it warns once per model and base path. Returns the warning's
+    text, or `None` when there is nothing to warn about (a full model, or a base recorded by Hub id).
 
     Example:
 
@@ -229,7 +288,8 @@ def warn_if_base_is_local(model: Any) -> str | None:
     >>> from clip_trl.hub import default_lora_config, warn_if_base_is_local
     >>> from clip_trl.offline import build_clip
     >>> from peft import get_peft_model
-    >>> model = get_peft_model(build_clip("tiny")[0], default_lora_config(r=2))
+    >>> base = build_clip("tiny")[0]
+    >>> model = get_peft_model(base, default_lora_config(r=2, model=base))
     >>> model.peft_config["default"].base_model_name_or_path = "openai/clip-vit-base-patch32"
     >>> warn_if_base_is_local(model) is None
     True
@@ -255,7 +315,15 @@ def warn_if_base_is_local(model: Any) -> str | None:
             f'`model.peft_config[{name!r}].base_model_name_or_path = "<org>/<base model>"`; whoever loads this '
             "adapter can also pass `clip_trl.hub.load_model(..., base_model=<id or folder>)`."
         )
-        warnings.warn(message, UserWarning, stacklevel=2)
+        # Once per model and base: every checkpoint save calls this, and one warning says it all.
+        warned = getattr(model, "_clip_trl_warned_local_bases", None)
+        if warned is None:
+            warned = set()
+            with contextlib.suppress(AttributeError, TypeError):
+                object.__setattr__(model, "_clip_trl_warned_local_bases", warned)
+        if base not in warned:
+            warned.add(base)
+            warnings.warn(message, UserWarning, stacklevel=2)
         return message
     return None
 

@@ -15,8 +15,11 @@ of another, so:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from torch import nn
@@ -30,6 +33,7 @@ __all__ = [
     "DEFAULT_LORA_TARGET_MODULES",
     "default_lora_targets",
     "freeze_batch_norm_statistics",
+    "quiet_adapter_save",
     "tower_lora_targets",
     "warn_on_missed_towers",
     "with_default_targets",
@@ -199,6 +203,19 @@ def load_added_parameters(model: nn.Module, id_or_path: str, **file_kwargs: Any)
         )
         base.register_parameter(name, parameter)
     return sorted(load_file(path))
+
+
+@contextlib.contextmanager
+def quiet_adapter_save() -> Iterator[None]:
+    """Silence peft's "Could not find a config file in <base> - will assume that the vocabulary was not
+    modified" while an adapter is saved: peft looks the base model's config up to detect a resized vocabulary,
+    which clip_trl never resizes, so offline (or for a base that is not on the Hub yet) it warns on every save
+    about nothing."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"Could not find a config file in .* the vocabulary was not modified"
+        )
+        yield
 
 
 def prepare_peft_model(model: nn.Module, peft_config: Any) -> nn.Module:

@@ -35,7 +35,8 @@ def test_lora_scaling_equals_interpolating_the_merged_model():
     base, processor = build_clip("tiny", seed=0)
     from peft import get_peft_model
 
-    peft_model = get_peft_model(build_clip("tiny", seed=0)[0], default_lora_config(r=4))
+    adapted = build_clip("tiny", seed=0)[0]
+    peft_model = get_peft_model(adapted, default_lora_config(r=4, model=adapted))
     with torch.no_grad():  # a trained adapter: lora_B is no longer zero
         for name, parameter in peft_model.named_parameters():
             if "lora_B" in name:
@@ -175,7 +176,8 @@ def test_interpolate_command_scales_a_saved_adapter(tmp_path):
 
     base_dir, adapter_dir, out, merged_out = (tmp_path / n for n in ("base", "adapter", "mixed", "merged"))
     _, processor = build_clip("tiny", seed=0, output_dir=base_dir)
-    peft_model = get_peft_model(CLIPModel.from_pretrained(base_dir), default_lora_config(r=4))
+    base = CLIPModel.from_pretrained(base_dir)
+    peft_model = get_peft_model(base, default_lora_config(r=4, model=base))
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
             if "lora_B" in name:

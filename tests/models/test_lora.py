@@ -56,9 +56,11 @@ def test_default_lora_config_adapts_both_towers(tiny):
 
     config = default_lora_config()
     assert isinstance(config, LoraConfig)
-    assert sorted(config.target_modules) == ["q_proj", "v_proj"]
+    assert config.target_modules is None  # the trainers resolve it for the model they wrap
     assert (config.r, config.lora_alpha, config.lora_dropout) == (16, 32, 0.05)
-    model = get_peft_model(tiny[0], default_lora_config(r=4, dropout=0.0))
+    assert default_lora_config(target_modules=["q_proj", "k_proj"]).target_modules == {"q_proj", "k_proj"}
+    assert default_lora_config(target_modules=r".*\.q_proj").target_modules == r".*\.q_proj"  # peft's regex
+    model = get_peft_model(tiny[0], default_lora_config(r=4, dropout=0.0, model=tiny[0]))
     adapted = {name.split(".lora_A")[0] for name, _ in model.named_parameters() if ".lora_A." in name}
     assert any("vision_model" in name for name in adapted) and any("text_model" in name for name in adapted)
     assert all(name.endswith(("q_proj", "v_proj")) for name in adapted)
@@ -159,7 +161,7 @@ def test_peft_model_plus_peft_config_is_an_error(tmp_path, tiny, emoji):
     from peft import get_peft_model
 
     model, processor = tiny
-    wrapped = get_peft_model(model, default_lora_config())
+    wrapped = get_peft_model(model, default_lora_config(model=model))
     with pytest.raises(ValueError, match="already a PeftModel"):
         contrastive(tmp_path, wrapped, processor, emoji["train"], default_lora_config())
     # Without a config, a PeftModel trains its existing adapters.
