@@ -11,10 +11,11 @@ It is called once per RL step with one entry per scored action (query x sample).
 the chosen candidate; the keyword arguments are lists aligned with `completions` (`images`,
 `queries`, `candidates`, `chosen`, `candidate_texts`, `chosen_text`, `chosen_row`, `probs`,
 `ground_truth` and every other dataset column), except
-`trainer_state`, which is the single `TrainerState` of the run. A reward returns one float per action,
+`trainer_state`, which is the single `TrainerState` of the run, and TRL's `log_metric(name, value)` and
+`log_extra(column, values)` for rewards that take them (or `**kwargs`). A reward returns one float per action,
 or `None` where it does not apply (the trainer then leaves that action out of the baseline and the
 means). Built-ins accept and ignore keyword arguments they do not use, so that one call signature
-serves every reward.
+serves every reward. `async def` rewards are awaited, those of one step concurrently.
 
 Built-ins, also reachable by name (`reward_funcs=["correctness"]`, see [`get_reward_function`]):
 
@@ -22,9 +23,13 @@ Built-ins, also reachable by name (`reward_funcs=["correctness"]`, see [`get_rew
 - [`confidence_correctness`]: correctness x pi(chosen | x), the reward of the original CLIP_RL_FT project.
 - [`caption_similarity`]: partial credit, the word-overlap F1 between the choice and the ground truth.
 - [`ClipScoreReward`]: a frozen (typically larger) CLIP as a teacher, scoring CLIPScore of the text
-  the policy scored. It needs a model, so it is instantiated by the user rather than named.
+  the policy scored. Instantiated by the user, or named by the model's folder or hub id.
 - [`TeacherProbabilityReward`]: the teacher's softmax probability of the chosen candidate over the
-  candidate set — a calibrated teacher reward, for distillation on unlabeled images."""
+  candidate set — a calibrated teacher reward, for distillation on unlabeled images.
+
+A name that is no built-in may also be a dotted import path (`"my_rewards.short_caption"`). The modules:
+`builtin`, `graded`, `teachers` (the rewards), `registry` (names), `resolving` (what a name stands for),
+`scoring` ([`RewardSet`]) and `calling` (calling one reward: async, logging, checks)."""
 
 from __future__ import annotations
 
