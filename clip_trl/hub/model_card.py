@@ -12,7 +12,8 @@ Front matter decisions, for the Hub's benefit:
   expects for an adapter repository). `clip_trl` is a tag, not the library: nothing of clip_trl is needed
   to *use* the result.
 - `pipeline_tag` is `zero-shot-image-classification`, the Hub task of CLIP-style models.
-- `model-index` holds the final `eval_*` metrics under that task, each named as the trainer logs it.
+- `model-index` holds the final metrics under that task, each named as the trainer logs it, with its split:
+  `test` for the scripts' test evaluation (`test_*`), `validation` (or the eval set's name) for `eval_*`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from clip_trl.hub.card_snippet import _is_hub_id, quick_start
 from clip_trl.hub.citations import bibtex_entries
 from clip_trl.reporting.curves import TRAINING_CURVES_FILENAME
 
@@ -37,6 +39,7 @@ __all__ = [
     "final_eval_metrics",
     "final_training_metrics",
     "framework_versions",
+    "split_metrics",
 ]
 
 MODEL_CARD_TEMPLATE = os.path.join(os.path.dirname(__file__), "templates", "model_card.md")
@@ -57,9 +60,10 @@ _LORA_FIELDS = ("r", "lora_alpha", "lora_dropout", "target_modules", "use_dora")
 # ------------------------------------------------------------------------------------------- pieces
 
 
-def final_eval_metrics(log_history: Sequence[dict[str, Any]]) -> dict[str, float]:
+def final_eval_metrics(log_history: Sequence[dict[str, Any]], prefix: str = "eval") -> dict[str, float]:
     r"""
-    The last logged value of every evaluation metric (`eval_*` keys, without timing and sample counts).
+    The last logged value of every evaluation metric (`{prefix}_*` keys, without timing and sample counts):
+    `prefix="eval"` for the evaluations of `eval_dataset`, `"test"` for `evaluate(test, metric_key_prefix="test")`.
 
     Metrics of several evaluation sets (`eval_{name}_...`) may be logged in separate entries; each key keeps
     its own latest value.
@@ -83,7 +87,7 @@ def final_eval_metrics(log_history: Sequence[dict[str, Any]]) -> dict[str, float
     metrics: dict[str, float] = {}
     for entry in log_history:
         for key, value in entry.items():
-            if not key.startswith("eval_") or key.endswith(_BOOKKEEPING_SUFFIXES):
+            if not key.startswith(f"{prefix}_") or key.endswith(_BOOKKEEPING_SUFFIXES):
                 continue
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 metrics[key] = value
@@ -159,13 +163,6 @@ def citations(keys: Iterable[str] = (), adapter: bool = False) -> list[str]:
     return bibtex_entries(["clip", *keys, *(["lora"] if adapter else [])])
 
 
-def _is_hub_id(name: str | None) -> bool:
-    """A string that names a Hub repository rather than a local folder (only those go in `base_model`)."""
-    if not name or os.path.isabs(name) or os.path.exists(name) or name.startswith((".", "~")):
-        return False
-    return name.count("/") <= 1
-
-
 def _format_value(value: Any) -> str:
     if isinstance(value, enum.Enum):  # e.g. `SchedulerType.LINEAR` -> "linear"
         value = value.value
@@ -207,88 +204,43 @@ def _base_model_of(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _quick_start(repo: str, base_name: str | None, class_name: str, adapter: bool, labels: list[str]) -> str:
-    """The card's usage snippet: it must run as written once `repo` (and an adapter's base) can be reached."""
-    import transformers
-
-    from clip_trl.models.families import adapter_for_class
-
-    # Custom lookalike classes are not importable from transformers; AutoModel finds them by config.
-    import_name = class_name if hasattr(transformers, class_name) else "AutoModel"
-    family = adapter_for_class(class_name)
-    # SigLIP was trained on texts padded to the full length, and scores each label on its own (sigmoid).
-    max_length, sigmoid = family.text_padding == "max_length", family.logit_bias
-    lines = [
-        "import torch",
-        "from PIL import Image",
-        f"from transformers import AutoProcessor, {import_name}",
-    ]
-    if adapter:
-        if not base_name:
-            base_line = (
-                f'base = {import_name}.from_pretrained("<base model id or folder>")'
-                "  # the adapter config names none"
-            )
-        elif _is_hub_id(base_name):
-            base_line = f'base = {import_name}.from_pretrained("{base_name}")'
-        else:
-            base_line = (
-                f'base = {import_name}.from_pretrained("{base_name}")'
-                "  # a local folder where this was trained: use its Hub id elsewhere"
-            )
-        lines += [
-            "from peft import PeftModel",
-            "",
-            base_line,
-            f'model = PeftModel.from_pretrained(base, "{repo}").eval()',
-            "model = model.merge_and_unload()  # optional: plain transformers model, no adapter overhead",
-            # An adapter repository has no config.json, which AutoProcessor looks for (offline, it fails on
-            # that): the processor comes from the base model, whose preprocessing the adapter was trained with.
-            f'processor = AutoProcessor.from_pretrained("{base_name or "<base model id or folder>"}")',
-        ]
-    else:
-        lines += [
-            "",
-            f'model = {import_name}.from_pretrained("{repo}").eval()',
-            f'processor = AutoProcessor.from_pretrained("{repo}")',
-        ]
-    lines += [
-        "",
-        f"labels = {labels!r}",
-        'image = Image.open("photo.jpg").convert("RGB")',
-        'inputs = processor(text=labels, images=image, return_tensors="pt", '
-        + ('padding="max_length")' if max_length else "padding=True)"),
-        "with torch.no_grad():",
-    ]
-    if family.use_forward:
-        lines.append("    logits = model(**inputs).logits_per_image[0]")
-    else:
-        # FLAVA's forward runs its multimodal encoder and returns no `logits_per_image`: the towers' token 0,
-        # projected, is its contrastive embedding (what clip_trl trains).
-        pool = ".pooler_output[:, 0]" if family.pool_first_token else ".pooler_output"
-        lines += [
-            f'    image = model.get_image_features(pixel_values=inputs["pixel_values"]){pool}',
-            f'    text = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]){pool}',
-            "image, text = (torch.nn.functional.normalize(x, dim=-1) for x in (image, text))",
-            "logits = model.logit_scale.exp() * (image @ text.T)[0]",
-        ]
-    lines += [
-        "probs = torch.sigmoid(logits)" if sigmoid else "probs = logits.softmax(dim=-1)",
-        "print({label: round(p, 3) for label, p in zip(labels, probs.tolist())})",
-    ]
-    return "\n".join(lines)
+#: The split each metric prefix names in `model-index` and in the card: `evaluate()` during training reads
+#: `eval_dataset` (a validation set; a dict of named sets gives each set's name), the scripts' final
+#: `evaluate(test, metric_key_prefix="test")` the held-out test split.
+SPLITS = {"test": "test", "eval": "validation"}
 
 
-def _eval_results(
-    metrics: dict[str, float], eval_names: Sequence[str], dataset_name: str | None
-) -> list[EvalResult]:
+def split_metrics(
+    log_history: Sequence[dict[str, Any]], eval_names: Sequence[str] = ()
+) -> list[tuple[str, str, float]]:
+    r"""
+    `(split, metric, value)` of the final metrics, test split first: `test_*` keys name the split `test`,
+    `eval_*` keys `validation`, or the set's name for `eval_{name}_*` keys of a dict of eval sets.
+
+    Example:
+
+    ```python
+    >>> from clip_trl.hub.model_card import split_metrics
+    >>> split_metrics([{"eval_loss": 2.0, "step": 5}, {"test_image_to_text_recall@1": 0.5, "test_runtime": 1.0}])
+    [('test', 'image_to_text_recall@1', 0.5), ('validation', 'loss', 2.0)]
+
+    ```
+    """
+    rows = []
+    for prefix, split in SPLITS.items():
+        for key, value in final_eval_metrics(log_history, prefix).items():
+            name, named = key.removeprefix(f"{prefix}_"), split
+            for eval_name in eval_names if prefix == "eval" else ():  # `eval_{name}_metric` for named sets
+                if name.startswith(f"{eval_name}_"):
+                    name, named = name.removeprefix(f"{eval_name}_"), eval_name
+                    break
+            rows.append((named, name, value))
+    return rows
+
+
+def _eval_results(rows: Sequence[tuple[str, str, float]], dataset_name: str | None) -> list[EvalResult]:
     results = []
-    for key, value in metrics.items():
-        name, split = key.removeprefix("eval_"), None
-        for eval_name in eval_names:  # `eval_{name}_metric` for a dict of eval sets
-            if name.startswith(f"{eval_name}_"):
-                name, split = name.removeprefix(f"{eval_name}_"), eval_name
-                break
+    for split, name, value in rows:
         metric_type = "recall" if "recall" in name else "accuracy" if "accuracy" in name else name
         task = "Zero-shot image classification" if "zero_shot" in name else "Image-text retrieval"
         results.append(
@@ -296,7 +248,7 @@ def _eval_results(
                 task_type=PIPELINE_TAG,
                 task_name=task,
                 dataset_type=dataset_name or "custom",
-                dataset_name=dataset_name or "evaluation set",
+                dataset_name=dataset_name or "custom",
                 dataset_split=split,
                 metric_type=metric_type,
                 metric_name=name,
@@ -404,7 +356,7 @@ def build_model_card(
 
     eval_set = getattr(trainer, "_raw_eval_dataset", None)
     eval_names = sorted(eval_set, key=len, reverse=True) if isinstance(eval_set, dict) else []
-    metrics = final_eval_metrics(trainer.state.log_history)
+    metrics = split_metrics(trainer.state.log_history, eval_names)
     main_dataset = datasets_list[0] if datasets_list else None
     card_data = ModelCardData(
         base_model=base_repo,
@@ -415,7 +367,7 @@ def build_model_card(
         pipeline_tag=PIPELINE_TAG,
         tags=tag_list,
         model_name=model_name,
-        eval_results=_eval_results(metrics, eval_names, main_dataset) or None,
+        eval_results=_eval_results(metrics, main_dataset) or None,
     )
     if base_repo:
         card_data.base_model_relation = "adapter" if adapter else "finetune"
@@ -466,9 +418,10 @@ def build_model_card(
         hyperparameters=_hyperparameters(args, getattr(args, "world_size", 1), trainer.state.global_step),
         lora=lora_rows,
         rewards=rewards,
-        metrics=[(key.removeprefix("eval_"), f"{value:.4f}") for key, value in metrics.items()],
+        metrics=[(split, name, f"{value:.4f}") for split, name, value in metrics],
+        metric_splits=list(dict.fromkeys(split for split, _, _ in metrics)),
         training_metrics=final_training_metrics(trainer.state.log_history),
-        quick_start=_quick_start(
+        quick_start=quick_start(
             repo, named_base if adapter else base_repo, type(base).__name__, adapter, example_labels
         ),
         curves=TRAINING_CURVES_FILENAME

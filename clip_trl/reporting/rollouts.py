@@ -267,12 +267,23 @@ def from_records(records: Sequence[dict[str, Any]]) -> list[QueryRollout]:
     return [grouped[key] for key in sorted(grouped)]
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|#~])")
+
+
+def _markdown_text(text: str) -> str:
+    """Text as it reads, safe in a Markdown table cell: Markdown's and HTML's special characters are
+    backslash-escaped (`o'clock` stays `o'clock`, `<b>` shows as `<b>`, `|` does not end the cell), line breaks
+    become spaces. No HTML entities (`&#x27;`): TensorBoard's text panel and plain-text readers show them literally.
+    """
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text).replace("\r", " ").replace("\n", " ")
+
+
 def markdown_table(rollouts: Sequence[QueryRollout], image_prefix: str | None = None) -> str:
     """A Markdown table of the rollouts (TensorBoard's text panel, the model card). With `image_prefix`, each
     row shows its thumbnail from `image_prefix/image_file`."""
 
     def cell(text: Any) -> str:
-        return html.escape(str(text if text is not None else "–")).replace("|", "\\|").replace("\n", " ")
+        return _markdown_text(str(text if text is not None else "–"))
 
     image_column = image_prefix is not None
     query_column = any(rollout.query for rollout in rollouts)  # text_to_image: the caption that chose

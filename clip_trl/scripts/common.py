@@ -15,11 +15,6 @@ if TYPE_CHECKING:
     from trl import ModelConfig
 
 
-if TYPE_CHECKING:
-    import datasets
-    from trl import ModelConfig
-
-
 logger = logging.getLogger(__name__)
 
 
@@ -132,7 +127,9 @@ def save_trainer(trainer: Any, output_dir: str | None = None) -> str:
 def evaluate_on_test(
     trainer: Any, data: datasets.DatasetDict, script_args: ScriptArguments, metric_key_prefix: str = "test"
 ) -> dict[str, float]:
-    """Evaluate on the test split, log the metrics and write `<output_dir>/test_results.json` (main process).
+    """Evaluate on the test split, log the metrics, write `<output_dir>/test_results.json` and rewrite the model
+    card with them (main process): its Evaluation section and `model-index` then carry the test metrics, with
+    the split named `test`.
 
     Returns:
         `dict[str, float]`: `test_image_to_text_recall@1`, ..., `test_in_batch_accuracy`, `test_loss`, ...
@@ -140,7 +137,19 @@ def evaluate_on_test(
     metrics = trainer.evaluate(data[script_args.dataset_test_split], metric_key_prefix=metric_key_prefix)
     trainer.log_metrics(metric_key_prefix, metrics)
     trainer.save_metrics(metric_key_prefix, metrics, combined=False)
+    refresh_model_card(trainer)
     return metrics
+
+
+def refresh_model_card(trainer: Any) -> None:
+    """Rewrite `output_dir/README.md` from the trainer's log (which now holds the test metrics); never fails a
+    finished run (main process only)."""
+    if not trainer.is_world_process_zero() or not hasattr(trainer, "create_model_card"):
+        return
+    try:
+        trainer.create_model_card()
+    except Exception as error:  # a card is a nicety: never lose a finished training run over it
+        logger.warning("Could not rewrite the model card in %s: %s", trainer.args.output_dir, error)
 
 
 def print_metrics(metrics: dict[str, float], title: str) -> None:

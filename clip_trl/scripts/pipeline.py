@@ -259,6 +259,15 @@ def _trainer_kwargs(
     }
 
 
+def _card_with_test_metrics(trainer: Any, metrics: dict[str, float]) -> None:
+    """Log a stage's test metrics (`test_*`, as `Trainer.evaluate(metric_key_prefix="test")` names them) and
+    rewrite its model card, so that the card shows the numbers of `results.md`, split `test`."""
+    from clip_trl.scripts.common import refresh_model_card
+
+    trainer.log({f"test_{name}": value for name, value in metrics.items() if math.isfinite(value)})
+    refresh_model_card(trainer)
+
+
 def run_pipeline(args: PipelineArguments) -> dict[str, Any]:
     """Run the whole workflow (see the module docstring) and write its report; returns `results.json`'s content.
 
@@ -368,6 +377,7 @@ def run_pipeline(args: PipelineArguments) -> dict[str, Any]:
     )
     metrics["contrastive"].update(graded_metric(embeddings["contrastive"], test))
     timing["evaluation"] += time.perf_counter() - tick
+    _card_with_test_metrics(trainer, metrics["contrastive"])
     del trainer
 
     # ---- RL, from the saved contrastive model (a fresh load: the base model object was trained in place)
@@ -405,6 +415,7 @@ def run_pipeline(args: PipelineArguments) -> dict[str, Any]:
     )
     metrics["contrastive+rl"].update(graded_metric(embeddings["contrastive+rl"], test))
     timing["evaluation"] += time.perf_counter() - tick
+    _card_with_test_metrics(trainer, metrics["contrastive+rl"])
     is_main = trainer.is_world_process_zero()
     del trainer
 

@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import re
+import warnings
 
 import pytest
 import torch
@@ -110,8 +111,11 @@ def test_the_cards_python_blocks_run_as_written(pushed, arch, kind, tmp_path, mo
     image = emoji["test"][0]["image"].convert("RGB")
     image.save("photo.jpg")
     namespace = {}
-    with contextlib.redirect_stdout(io.StringIO()) as out:
+    with contextlib.redirect_stdout(io.StringIO()) as out, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         exec(compile(quick_start, "card quick start", "exec"), namespace)
+    # transformers warns "`max_length` is ignored when `padding`=`True`" for a processor that carries a max_length.
+    assert not [str(w.message) for w in caught if "max_length" in str(w.message)]
     printed = eval(out.getvalue().strip().splitlines()[-1])
     labels = namespace["labels"]
     assert list(printed) == labels
@@ -124,6 +128,7 @@ def test_the_cards_python_blocks_run_as_written(pushed, arch, kind, tmp_path, mo
         images=Image.open("photo.jpg").convert("RGB"),
         return_tensors="pt",
         padding="max_length" if arch == "siglip" else True,
+        truncation=True,
     )
     with torch.no_grad():
         logits = trained(**inputs).logits_per_image[0]
@@ -135,3 +140,19 @@ def test_the_cards_python_blocks_run_as_written(pushed, arch, kind, tmp_path, mo
     assert type(
         namespace["model"].get_base_model() if kind == "adapter" else namespace["model"]
     ).__name__ == ("SiglipModel" if arch == "siglip" else "CLIPModel")
+
+
+def test_the_snippets_composite_line_puts_transparency_on_white_as_the_processor_does():
+    from transformers.image_transforms import convert_to_rgb
+
+    from clip_trl.hub.card_snippet import COMPOSITE_ON_WHITE
+
+    image = Image.new("RGBA", (4, 4), (0, 0, 0, 0))  # fully transparent (black under the alpha)
+    image.putpixel((0, 0), (200, 10, 10, 255))
+    image.putpixel((1, 0), (0, 0, 200, 128))
+    namespace = {"Image": Image, "image": image}
+    exec(COMPOSITE_ON_WHITE, namespace)
+    composited = namespace["image"]
+    assert composited.mode == "RGB" and composited.getpixel((3, 3)) == (255, 255, 255)
+    assert list(composited.getdata()) == list(convert_to_rgb(image, return_numpy=False).getdata())
+    assert image.convert("RGB").getpixel((3, 3)) == (0, 0, 0)  # what a pipeline's plain convert gives

@@ -72,6 +72,8 @@ def test_model_index_holds_exactly_the_final_evaluation(trained):
     assert expected and "image_to_text_recall@1" in expected
     reported = {result.metric_name: result.metric_value for result in card.data.eval_results}
     assert reported == expected
+    assert {result.dataset_split for result in card.data.eval_results} == {"validation"}
+    assert f"| validation | image_to_text_recall@1 | {expected['image_to_text_recall@1']:.4f} |" in card.text
     assert all(result.task_type == "zero-shot-image-classification" for result in card.data.eval_results)
     assert final_eval_metrics(trainer.state.log_history) == {f"eval_{k}": v for k, v in expected.items()}
 
@@ -104,6 +106,40 @@ def test_checkpoints_get_a_card_too(trained):
     checkpoint = os.path.join(trainer.args.output_dir, "checkpoint-2")
     card = ModelCard.load(os.path.join(checkpoint, "README.md"))
     assert card.data.base_model == BASE and "contrastive" in card.data.tags
+
+
+def test_test_metrics_reach_the_card_with_their_split(trained, tmp_path, emoji):
+    """What `clip-trl rl|contrastive` do after training: `evaluate_on_test` writes test_results.json and the
+    card then carries the test metrics, split `test`, beside the validation ones."""
+    from clip_trl.scripts.arguments import ScriptArguments
+    from clip_trl.scripts.common import evaluate_on_test
+
+    trainer, _, _ = trained
+    history = list(trainer.state.log_history)
+    data = {"test": emoji["test"].select(range(16, 32))}
+    try:
+        metrics = evaluate_on_test(trainer, data, ScriptArguments(dataset_test_split="test"))
+        card = ModelCard.load(os.path.join(trainer.args.output_dir, "README.md"))
+    finally:  # the module's other tests read the run as it was
+        trainer.state.log_history[:] = history
+        trainer.create_model_card()
+    by_split = {}
+    for result in card.data.eval_results:
+        by_split.setdefault(result.dataset_split, {})[result.metric_name] = result.metric_value
+    assert by_split["test"]["image_to_text_recall@1"] == metrics["test_image_to_text_recall@1"]
+    assert set(by_split) == {"test", "validation"}
+    assert "test_runtime" not in card.text and "`test`, the held-out test split" in card.text
+    table = card.text.split("| split | metric | value |")[1]
+    assert table.index("| test |") < table.index("| validation |")  # the test split first
+
+
+def test_quick_start_says_photo_is_a_placeholder_and_composites_transparency(trained):
+    _, _, card = trained
+    assert 'Image.open("photo.jpg")  # a placeholder: the path of your own image' in card.text
+    assert 'Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))' in card.text
+    assert "turns transparent\npixels black" in card.text or "transparent pixels black" in card.text.replace(
+        "\n", " "
+    )
 
 
 def weighted(completions, scale, **kwargs):

@@ -418,3 +418,19 @@ def test_html_page_renders_in_headless_chromium_with_its_images(tmp_path):
         assert counts[colour] >= 90 * 90, (colour, counts)
     for colour in COLOURS[4:]:  # rows not logged (only the first 4 queries are)
         assert counts[colour] == 0, (colour, counts)
+
+
+def test_markdown_table_escapes_for_markdown_not_with_html_entities():
+    from clip_trl.reporting.rollouts import Choice, QueryRollout, markdown_table
+
+    rollout = QueryRollout(
+        query=None,
+        ground_truth="three o'clock",
+        candidates=["three o'clock", "a | b <i>"],
+        probs=[0.6, 0.4],
+        choices=[Choice(1, "a | b <i>", 1, 0.4, {}, 0.0, -1.0)],
+    )
+    table = markdown_table([rollout])
+    assert "three o'clock" in table and "&#x27;" not in table and "&" not in table
+    assert "a \\| b \\<i\\>" in table  # `|` cannot end the cell, `<i>` shows as typed
+    assert table.splitlines()[2].count(" | ") == 2  # three cells: the escaped `|` is not a column

@@ -53,6 +53,17 @@ def check_outputs(out, results):
             assert (out / picture).is_file() and picture in markdown
     with Image.open(out / "retrieval_examples.png") as image:
         assert image.width >= 600 and image.height >= 300
+    # Each stage's card carries the test metrics of results.md (split `test`) beside the validation ones.
+    from huggingface_hub import ModelCard
+
+    for folder, stage in (("clip_finetuned", "contrastive"), ("clip_rl_finetuned", "contrastive+rl")):
+        card = ModelCard.load(out / folder / "README.md")
+        test = {r.metric_name: r.metric_value for r in card.data.eval_results if r.dataset_split == "test"}
+        assert test["image_to_text_recall@1"] == results["stages"][stage]["image_to_text_recall@1"], folder
+        assert {r.dataset_split for r in card.data.eval_results} == {"test", "validation"}
+        value = results["stages"][stage]["in_batch_accuracy"]
+        assert f"| test | in_batch_accuracy | {value:.4f} |" in card.text
+        assert "`test`, the held-out test split" in card.text
 
 
 def test_quick_pipeline_on_the_offline_default(tmp_path, capsys):
