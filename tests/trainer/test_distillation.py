@@ -335,3 +335,37 @@ def test_cli_distill_runs_one_step(tmp_path):
     assert status == 0
     assert (tmp_path / "distilled" / "model.safetensors").is_file()
     assert "distillation" in (tmp_path / "distilled" / "README.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------------ two processes
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
+    from pathlib import Path
+
+    from test_distributed import run_script
+
+    script = Path(__file__).resolve().parents[1] / "launch_scripts" / "distill_runs.py"
+    runs = {}
+    for processes, batch in ((1, 8), (2, 4)):
+        out = tmp_path / f"{processes}.pt"
+        run_script(
+            script,
+            "--per_device_batch",
+            str(batch),
+            "--out",
+            str(out),
+            "--output_dir",
+            str(tmp_path / str(processes)),
+            processes=processes,
+        )
+        runs[processes] = torch.load(out)
+    initial = build_clip("tiny", seed=0)[0].state_dict()
+    for name, one in runs[1].items():
+        two = runs[2][name]
+        assert (one["world_size"], two["world_size"]) == (1, 2)
+        assert two["loss"] == pytest.approx(one["loss"], abs=1e-5), name
+        for key, weight in one["weights"].items():
+            torch.testing.assert_close(two["weights"][key], weight, atol=1e-5, rtol=0, msg=f"{name}: {key}")
+        assert any(not torch.equal(initial[k], v) for k, v in one["weights"].items()), name
