@@ -216,6 +216,48 @@ def test_an_unknown_repo_fails_offline_without_reaching_the_network(hub):
         load_model("clip-trl-test/not-in-the-cache")
 
 
+def test_saved_tokenizer_config_records_no_loading_options(hub):
+    """Loaded offline, transformers keeps `local_files_only=True` (and `is_local`) in the tokenizer's init
+    kwargs; a save must not write them into the repository's tokenizer_config.json."""
+    for name in ("full", "adapter"):
+        config = json.loads(Path(hub[name]["folder"], "tokenizer_config.json").read_text())
+        assert "local_files_only" not in config and "is_local" not in config, name
+    _, processor = load_model(FULL_REPO)
+    assert "local_files_only" not in processor.tokenizer.init_kwargs
+
+
+def test_adapter_saves_warn_once_and_show_no_loading_bars(hub, emoji, tmp_path, recwarn, capsys):
+    from clip_trl.hub import default_lora_config
+
+    args = ClipContrastiveConfig(
+        output_dir=str(tmp_path / "quiet"),
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=1,
+        per_device_train_batch_size=8,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = ClipContrastiveTrainer(
+        model=str(hub["root"] / "base"),  # a local base: each save warns that others cannot load it
+        args=args,
+        train_dataset=emoji["train"].select(range(16)),
+        peft_config=default_lora_config(r=2),
+    )
+    trainer.train()
+    trainer.save_model()
+    local = [w for w in recwarn if "names its base model by a local path" in str(w.message)]
+    assert len(local) == 1, [str(w.message)[:80] for w in local]  # two checkpoints and the final save
+    # Recorded by Hub id (as the docs advise), offline: peft cannot look the base's config up, and must not warn.
+    trainer.model.peft_config["default"].base_model_name_or_path = BASE_REPO
+    trainer.save_model()
+    assert not [w for w in recwarn if "Could not find a config file" in str(w.message)]
+    assert "Loading weights" not in capsys.readouterr().err
+    model, _ = load_model(args.output_dir)  # the adapter's base, by Hub id, from the cache
+    assert "Loading weights" not in capsys.readouterr().err
+
+
 def test_docstring_examples_run(tmp_path, monkeypatch):
     import doctest
 
