@@ -26,9 +26,9 @@ logger = logging.getLogger(__name__)
 def _contrastive_args_for(training_args: ClipRLConfig, output_dir: str) -> ClipContrastiveConfig:
     """The config of the contrastive run that [`run_rl`] makes when it has no model to start from.
 
-    Only run-wide settings are copied from the RL config (seed, device, columns, batch sizes, logging); the
+    Only run-wide settings are copied from the RL config (seed, device, columns, logging); the
     optimisation settings are the pipeline's contrastive defaults, since RL's learning rate and epochs suit a
-    different objective.
+    different objective; the eval batch is the contrastive training batch (the config's default).
     """
     from clip_trl.trainer import ClipBaseConfig, ClipContrastiveConfig
 
@@ -42,7 +42,6 @@ def _contrastive_args_for(training_args: ClipRLConfig, output_dir: str) -> ClipC
         "report_to",
         "logging_steps",
         "dataloader_num_workers",
-        "per_device_eval_batch_size",
         "image_column",
         "caption_column",
         "skip_bad_rows",
