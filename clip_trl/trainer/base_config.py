@@ -261,6 +261,10 @@ class ClipBaseConfig(TrainingArguments):
 
         check_image_processing_mode(self.image_processing)
         super().__post_init__()
+        from clip_trl.trainer.launch_check import pin_memory_useful
+
+        # Pinning helps copies to an accelerator only; without one the DataLoader warns at every epoch.
+        self.dataloader_pin_memory = self.dataloader_pin_memory and pin_memory_useful(self.use_cpu)
         if isinstance(self.model_init_kwargs, str):  # from the command line: a JSON string
             import json
 

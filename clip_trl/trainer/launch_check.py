@@ -129,3 +129,17 @@ def warn_if_fsdp_inactive(
         "GPUs for sharded training, or drop the FSDP setting to silence this."
     )
     return True
+
+
+def pin_memory_useful(use_cpu: bool) -> bool:
+    """Whether `dataloader_pin_memory=True` can do anything: pinned memory only speeds up copies to an accelerator.
+
+    Without one, or with `use_cpu=True`, PyTorch's DataLoader pins nothing and warns (`'pin_memory' argument is set
+    as true but no accelerator is found ...`) every time it starts iterating; the configs turn pinning off there.
+    """
+    if use_cpu:
+        return False
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)
+    return bool(accelerator.is_available()) if accelerator is not None else torch.cuda.is_available()
