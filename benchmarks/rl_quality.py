@@ -280,7 +280,7 @@ def rl(
     logs = [e for e in trainer.state.log_history if "entropy" in e]
     trainer.final_train_log = {
         "entropy": logs[-1]["entropy"] if logs else float("nan"),
-        "logit_scale": float(modeling.logit_scale(trainer.model).exp()),
+        "logit_scale": modeling.logit_scale(trainer.model).detach().exp().item(),
     }
     return trainer
 
