@@ -45,6 +45,8 @@ _REPO_ID = re.compile(r"^(?:[\w.\-]{1,96}/)?[\w.\-]{1,96}$")
 _PATH_PREFIXES = ("./", "../", "~", ".\\", "..\\")
 # Seconds one request to the Hub endpoint may take to say it is there (it is asked only for uncached names).
 HUB_PROBE_TIMEOUT = 3.0
+# The HTTP client's exceptions (httpx and its successors name them alike) that mean no connection was made.
+_NO_CONNECTION = {"ConnectError", "ConnectTimeout", "ProxyError", "OfflineModeIsEnabled"}
 
 
 def is_path_like(name: str) -> bool:
@@ -76,8 +78,12 @@ def _hub_unreachable() -> str | None:
 
     try:
         get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT)
-    except Exception as error:  # any failure to get an answer: the download would fail (after retries)
-        return f"the Hub at {constants.ENDPOINT} cannot be reached ({type(error).__name__}: {error})"
+    except Exception as error:
+        # Only "no connection" counts (refused, unknown host, connect timeout, offline mode): a slow answer is
+        # left to the loader, which may still get the files.
+        kinds = {cls.__name__ for cls in type(error).__mro__}
+        if isinstance(error, OSError) or kinds & _NO_CONNECTION:
+            return f"the Hub at {constants.ENDPOINT} cannot be reached ({type(error).__name__}: {error})"
     return None
 
 

@@ -98,11 +98,17 @@ def test_cached_hub_ids_and_existing_folders_pass(no_hub, tmp_path):
         check_model_source("someone/not-cached", cache_dir=str(tmp_path / "cache"), local_files_only=True)
 
 
-def test_an_uncached_hub_id_goes_on_when_the_hub_answers(monkeypatch, tmp_path):
-    """A Hub that answers (a server on the loopback interface): an uncached id is left to `from_pretrained`."""
+@pytest.mark.parametrize("delay", [0.0, 0.3])
+def test_an_uncached_hub_id_goes_on_when_the_hub_answers(monkeypatch, tmp_path, delay):
+    """A Hub that answers (a server on the loopback interface), even slower than the probe waits: an uncached id
+    is left to `from_pretrained`."""
+    from clip_trl.models import locate
+
+    monkeypatch.setattr(locate, "HUB_PROBE_TIMEOUT", 0.1)
 
     class Hub(http.server.BaseHTTPRequestHandler):
         def do_HEAD(self):  # noqa: N802 (http.server's naming)
+            time.sleep(delay)
             self.send_response(200)
             self.end_headers()
 
