@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from clip_trl.losses.ranking import plackett_luce_log_prob
+
 ADVANTAGES = ("grpo", "rloo", "exact")
 
 
@@ -176,7 +178,8 @@ def rl_loss(
 
     With `actions=None` the policy term is the exact expectation ([`exact_policy_loss`]) over `rewards`
     (`[B, K]`); otherwise `actions`, `advantages` and `rewards` are `[B, S]` and the mean runs over the
-    actions that have a reward (NaN rewards are excluded; their advantage is 0).
+    actions that have a reward (NaN rewards are excluded; their advantage is 0). `actions` `[B, S, k]` are
+    ranked lists (`ClipRLConfig.list_size`): `log π(a|x)` is then the list's Plackett–Luce log-probability.
 
     With `old_log_probs` (a rollout reused for several updates, `num_iterations > 1`) the policy term is
     [`clipped_policy_loss`] instead, and `clip_fraction` is filled in.
@@ -197,7 +200,10 @@ def rl_loss(
             raise ValueError("The exact policy loss needs the rewards of every candidate.")
         policy_term = exact_policy_loss(log_probs, rewards)
     else:
-        chosen = log_probs.gather(1, actions)
+        # `[B, S]` single candidates, or `[B, S, k]` ranked lists (their Plackett–Luce log-probability).
+        chosen = (
+            log_probs.gather(1, actions) if actions.dim() == 2 else plackett_luce_log_prob(log_probs, actions)
+        )
         # Mean over the actions that have a reward; excluded ones (NaN reward) have advantage 0.
         num_scored = (
             (~torch.isnan(rewards)).sum() if rewards is not None else torch.tensor(advantages.numel())

@@ -41,6 +41,13 @@ class ClipRLConfig(ClipBaseConfig):
             global batch; with one process it changes nothing.
         num_samples (`int`, defaults to `8`):
             Actions sampled per query (with replacement). At least 2 for `"grpo"`/`"rloo"`.
+        list_size (`int` or `None`, defaults to `None`):
+            Make each action a ranked list of this many distinct candidates instead of one candidate: lists are
+            drawn without replacement from the Plackett–Luce policy over π (Gumbel top-k), `num_samples` per
+            query, and the reward functions score each whole list (docs/rewards.md, "List rewards": they receive
+            one ranked list per entry). For rewards of a list or a set (NDCG@k, recall@k with several positives,
+            diversity) that no per-candidate score expresses. Needs `advantage="grpo"` or `"rloo"` and
+            `num_iterations=1`; `None`: one candidate per action.
         policy_temperature (`float`, defaults to `1.0`):
             τ: the policy divides CLIP logits by it. Higher explores more.
         advantage (`str`, defaults to `"grpo"`):
@@ -125,6 +132,10 @@ class ClipRLConfig(ClipBaseConfig):
         },
     )
     num_samples: int = field(default=8, metadata={"help": "Actions sampled per query (with replacement)."})
+    list_size: int | None = field(
+        default=None,
+        metadata={"help": "Each action is a ranked list of this many candidates (Plackett-Luce); None: one."},
+    )
     policy_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the policy."})
     advantage: str = field(
         default="grpo", metadata={"help": "Advantage estimator.", "choices": list(ADVANTAGES)}
@@ -196,6 +207,7 @@ class ClipRLConfig(ClipBaseConfig):
         "label_template",
         "advantage",
         "num_samples",
+        "list_size",
         "scale_rewards",
         "beta",
         "policy_temperature",
@@ -293,6 +305,8 @@ class ClipRLConfig(ClipBaseConfig):
                 f"`num_samples={self.num_samples}` gives advantage='{self.advantage}' no group to compare against; "
                 "set `num_samples` to 2 or more, or use `advantage='exact'`."
             )
+        if self.list_size is not None:
+            self._check_list_size()
         if self.policy_temperature <= 0:
             raise ValueError(f"`policy_temperature` must be positive, got {self.policy_temperature}.")
         if self.beta < 0 or self.entropy_coef < 0 or self.contrastive_coef < 0:
@@ -326,4 +340,31 @@ class ClipRLConfig(ClipBaseConfig):
             raise ValueError(
                 "In-batch candidates need `per_device_train_batch_size` of at least 2 (the batch is the "
                 "candidate set); raise it or use `candidate_column` / `candidate_labels`."
+            )
+
+    def _check_list_size(self) -> None:
+        """`list_size`: ranked lists need sampled advantages, one update per rollout and enough candidates."""
+        if isinstance(self.list_size, bool) or not isinstance(self.list_size, int) or self.list_size < 1:
+            raise ValueError(f"`list_size` must be a positive integer or None, got {self.list_size!r}.")
+        if self.advantage == "exact":
+            raise ValueError(
+                f"`list_size={self.list_size}` samples ranked lists, which `advantage='exact'` cannot enumerate; "
+                "use `advantage='grpo'` or `'rloo'`."
+            )
+        if self.num_iterations > 1:
+            raise ValueError(
+                f"`list_size` does not support `num_iterations={self.num_iterations}` (no clipped surrogate for "
+                "lists); set `num_iterations=1`."
+            )
+        if self.direction != "image_to_text":
+            raise ValueError("`list_size` ranks captions for an image; set `direction='image_to_text'`.")
+        available = {
+            "labels": len(set(self.candidate_labels or ())),
+            "retrieved": self.num_candidates,
+            "in_batch": self.per_device_train_batch_size,
+        }.get(self.candidates)
+        if available is not None and self.list_size > available:
+            raise ValueError(
+                f"`list_size={self.list_size}` exceeds the {available} candidates of `candidates="
+                f"{self.candidates!r}`; lower `list_size` or enlarge the candidate set."
             )

@@ -79,7 +79,8 @@ def step_metrics(
             if (~torch.isnan(column)).any():
                 metrics[f"rewards/{name}/expected"] = column.nanmean()
         if known.any():
-            metrics["accuracy"] = (rollout.actions[known] == targets[known, None]).float().mean()
+            top = rollout.actions if rollout.actions.dim() == 2 else rollout.actions[..., 0]  # a list's first
+            metrics["accuracy"] = (top[known] == targets[known, None]).float().mean()
     if "reward" in metrics:
         metrics["objective"] = metrics["reward"] - beta * out.kl + entropy_coef * out.entropy
     metrics.update(

@@ -30,6 +30,7 @@ from clip_trl.trainer.rl_candidates import (
 )
 from clip_trl.trainer.rl_config import ClipRLConfig
 from clip_trl.trainer.rl_data import ClipRLDataCollator, Rollout, _UniqueTexts
+from clip_trl.trainer.rl_lists import list_rollout
 from clip_trl.trainer.rl_metrics import step_metrics
 from clip_trl.trainer.rollout_logging import RolloutLoggingCallback
 
@@ -261,7 +262,7 @@ class ClipRLTrainer(ClipBaseTrainer):
             # Before the forward: every rank must join the same collectives in the same order.
             global_candidates = GlobalCandidates(inputs, args.direction, args.image_column)
             inputs.update(global_candidates.overrides)
-        image_embeds, text_embeds = modeling.encode_batch(model, inputs)
+        image_embeds, text_embeds = modeling.encode_batch(model, inputs, self._embedding_cache)
         scale = modeling.logit_scale(model)
         log_probs = self._policy_log_probs(image_embeds, text_embeds, scale, inputs, global_candidates)
 
@@ -331,6 +332,8 @@ class ClipRLTrainer(ClipBaseTrainer):
     def _make_rollout(self, inputs: dict[str, Any], log_probs: torch.Tensor) -> Rollout:
         """Actions (or every candidate, for `"exact"`), their rewards and advantages, and `log π_old`."""
         args = self.args
+        if args.list_size:  # a ranked list per action (trainer/rl_lists.py)
+            return list_rollout(self, inputs, log_probs)
         if args.advantage == "exact":
             sizes = (inputs["candidate_index"] >= 0).sum(dim=1).tolist()
             actions = None
