@@ -20,6 +20,11 @@ produces, and the resize then starts from that smaller image, resizing only the 
 (`resize(box=...)`). Other formats, and JPEGs too small to reduce, are decoded in full; the region-only resize
 applies to every image in this mode. `benchmarks/preprocess.py` measures the speed and the pixel difference, and
 `benchmarks/draft_quality.py` the effect on a trained model's held-out metrics.
+
+With the optional `fast-jpeg` extra installed (`simplejpeg` + `opencv-python-headless`), draft mode picks its SIMD
+backend by itself ([`clip_trl.data.simd_jpeg`]): libjpeg-turbo decodes the JPEG at the same reduced size straight
+into an array, and OpenCV's vectorised resize replaces Pillow's for those images only (`jpeg_backend="auto"`;
+`"pillow"` keeps Pillow, `"simd"` requires the extra). Other formats and CMYK JPEGs are handled as without it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clip_trl.data import simd_jpeg
 from clip_trl.data.rows import ProcessorImageTransform, load_image, processor_image_inputs, to_rgb
 
 logger = logging.getLogger(__name__)
@@ -129,6 +135,9 @@ class FastImageTransform:
             needs, then resize: several times faster on photos much larger than the model's input, no longer
             bitwise equal to the processor (see `docs/performance.md`). Applies where this transform decodes
             (bytes, paths, dataset cells) and in the collator and evaluation, which decode with `draft_size`.
+        jpeg_backend (`str`, defaults to `"auto"`): how draft mode decodes and resizes JPEGs: `"simd"`
+            (libjpeg-turbo through `simplejpeg`, OpenCV's resize: the `fast-jpeg` extra), `"pillow"`, or `"auto"`
+            (`"simd"` when the extra is installed, else `"pillow"`). Ignored without `draft`.
 
     Example:
 
@@ -146,10 +155,20 @@ class FastImageTransform:
     ```
     """
 
-    def __init__(self, image_processor: Any, verify: bool = True, draft: bool = False) -> None:
+    def __init__(
+        self, image_processor: Any, verify: bool = True, draft: bool = False, jpeg_backend: str = "auto"
+    ) -> None:
+        if jpeg_backend not in JPEG_BACKENDS:
+            raise ValueError(f"`jpeg_backend` must be one of {JPEG_BACKENDS}, got {jpeg_backend!r}.")
+        if jpeg_backend == "simd" and not simd_jpeg.simd_available():
+            raise ImportError(
+                f"`jpeg_backend='simd'` needs simplejpeg and OpenCV, which are not installed: "
+                f"{simd_jpeg.INSTALL_HINT}, or use jpeg_backend='auto' (Pillow without them)."
+            )
         self.image_processor = image_processor
         self.spec = ImageSpec.from_processor(image_processor)
         self.draft = draft
+        self.simd = jpeg_backend != "pillow" and simd_jpeg.simd_available()
         if self.spec is None:
             logger.info(
                 "%s has settings the fast image pipeline does not implement; using the processor itself.",
@@ -177,10 +196,20 @@ class FastImageTransform:
         return self.spec is not None
 
     @property
+    def jpeg_backend(self) -> str | None:
+        """What decodes JPEGs in draft mode: `"simd"` or `"pillow"`; `None` when draft decoding is off."""
+        if not (self.draft and self.spec is not None):
+            return None
+        return "simd" if self.simd else "pillow"
+
+    @property
     def draft_size(self) -> Any:
         """With `draft=True` on the fast path, `(width, height) -> smallest size to decode a JPEG at` (what
-        `clip_trl.data.rows.load_image(draft=...)` takes); otherwise `None`."""
-        return self._draft_size if self.draft and self.spec is not None else None
+        `clip_trl.data.rows.load_image(draft=...)` takes; with the SIMD backend it also has a `decode(cell)` that
+        `load_image` tries first); otherwise `None`."""
+        if not (self.draft and self.spec is not None):
+            return None
+        return _SimdDraft(self._draft_size) if self.simd else self._draft_size
 
     def _draft_size(self, width: int, height: int) -> tuple[int, int] | None:
         assert self.spec is not None
@@ -219,19 +248,27 @@ class FastImageTransform:
         width, height = image.size
         new_width, new_height = spec.resized_size(width, height)
         resized = (new_width, new_height) != (width, height)
+        simd = resized and image.info.get(simd_jpeg.SIMD_MARK, False)
         if spec.crop is None:
+            if simd:
+                return simd_jpeg.simd_resize(image, (new_width, new_height), spec.resample)
             return np.asarray(
                 image.resize((new_width, new_height), resample=spec.resample) if resized else image
             )
         crop_height, crop_width = spec.crop
         top, left = (new_height - crop_height) // 2, (new_width - crop_width) // 2
-        if self.draft and resized and top >= 0 and left >= 0:
+        if simd:  # decoded by the SIMD backend: OpenCV resizes it (not bitwise equal to Pillow's filter)
+            full = simd_jpeg.simd_resize(image, (new_width, new_height), spec.resample)
+        elif self.draft and resized and top >= 0 and left >= 0:
             # Not bitwise anyway: resize only the cropped region (the filter scale is the full resize's), a
             # quarter less work on 4:3 photos.
             sx, sy = width / new_width, height / new_height
             box = (left * sx, top * sy, (left + crop_width) * sx, (top + crop_height) * sy)
             return np.asarray(image.resize((crop_width, crop_height), resample=spec.resample, box=box))
-        full = np.asarray(image.resize((new_width, new_height), resample=spec.resample) if resized else image)
+        else:
+            full = np.asarray(
+                image.resize((new_width, new_height), resample=spec.resample) if resized else image
+            )
         if top < 0 or left < 0:
             return _center_crop_or_pad(full, crop_height, crop_width)
         return full[top : top + crop_height, left : left + crop_width]
@@ -284,6 +321,21 @@ def _center_crop_or_pad(array: np.ndarray, crop_height: int, crop_width: int) ->
 
 
 IMAGE_PROCESSING_MODES = ("fast", "processor", "draft")
+JPEG_BACKENDS = ("auto", "simd", "pillow")
+
+
+class _SimdDraft:
+    """`FastImageTransform.draft_size` with the SIMD backend: the same size rule, and `decode(cell)`, which
+    `load_image` tries before Pillow (it returns `None` for what it leaves to Pillow)."""
+
+    def __init__(self, size: Any) -> None:
+        self.size = size
+
+    def __call__(self, width: int, height: int) -> tuple[int, int] | None:
+        return self.size(width, height)
+
+    def decode(self, value: Any) -> Image.Image | None:
+        return simd_jpeg.decode_jpeg(value, self.size)
 
 
 def check_image_processing_mode(mode: str) -> None:

@@ -129,6 +129,10 @@ def load_image(
             have an image's shape or value range.
     """
     try:
+        # A SIMD draft decoder (`FastImageTransform(draft=True)` with the fast-jpeg extra) decodes JPEGs itself.
+        decoded = draft.decode(value) if hasattr(draft, "decode") else None
+        if decoded is not None:
+            return decoded
         if isinstance(value, Image.Image):
             image = value
         elif isinstance(value, dict):  # datasets.Image(decode=False): {"bytes": ..., "path": ...}
