@@ -180,9 +180,16 @@ def encode_pair(
     return F.normalize(image_embeds, dim=-1), F.normalize(text_embeds, dim=-1)
 
 
-def encode_batch(model: nn.Module, inputs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_batch(
+    model: nn.Module, inputs: Mapping[str, Any], cache: Any = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """[`encode_pair`] on a collated batch: its `pixel_values` (and the family's other image inputs),
-    `input_ids` and `attention_mask` (absent when the tokenizer returns none, as SigLIP's)."""
+    `input_ids` and `attention_mask` (absent when the tokenizer returns none, as SigLIP's).
+
+    With a `cache` (a [`~clip_trl.trainer.embedding_cache.FrozenEmbeddingCache`], the trainers' frozen-tower
+    cache), the frozen towers' embeddings are read from it and the other towers are called directly."""
+    if cache is not None:
+        return cache.encode_batch(model, inputs)
     extra = {k: v for k, v in image_inputs(model, inputs).items() if k != "pixel_values"}
     return encode_pair(
         model, inputs["pixel_values"], inputs["input_ids"], inputs.get("attention_mask"), **extra

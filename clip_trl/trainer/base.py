@@ -32,6 +32,7 @@ from clip_trl.trainer.base_config import ClipBaseConfig
 from clip_trl.trainer.cards import ModelCardMixin
 from clip_trl.trainer.checkpointing import CrashSafeCheckpointMixin
 from clip_trl.trainer.distributed import average_gradients, destroy_process_group_at_exit
+from clip_trl.trainer.embedding_cache import cache_for_trainer
 from clip_trl.trainer.eval_loop import RetrievalEvaluationMixin
 from clip_trl.trainer.optimizer import GuardedOptimizerMixin, LogitScaleClampCallback
 from clip_trl.trainer.step_metrics import StepMetricsMixin
@@ -133,6 +134,8 @@ class ClipBaseTrainer(
             optimizers=optimizers,
             **kwargs,
         )
+        # Frozen towers' embeddings computed once and reused (`cache_frozen_embeddings`; None when off).
+        self._embedding_cache = cache_for_trainer(self)
         if self.args.world_size > 1:
             destroy_process_group_at_exit()
         if self.args.process_index == 0:  # e.g. `accelerate launch --cpu --num_processes 2` without MPI
@@ -264,12 +267,16 @@ class ClipBaseTrainer(
         """Families whose towers are called directly rather than through `forward` (FLAVA, whose `forward` also
         runs its multimodal encoder) never enter DDP's forward, so DDP reduces none of their gradients and each
         process would step on its own. At each optimizer step's last micro-batch (before clipping) their
-        gradients are averaged here instead, as DDP would."""
+        gradients are averaged here instead, as DDP would; the same when the frozen-tower embedding cache called the
+        towers directly."""
         if (
             self.args.world_size > 1
             and self.accelerator.sync_gradients
             and isinstance(model, nn.parallel.DistributedDataParallel)
-            and not modeling.adapter(model).use_forward
+            and (
+                not modeling.adapter(model).use_forward
+                or getattr(self._embedding_cache, "bypassed_forward", False)
+            )
         ):
             average_gradients([p for p in model.parameters() if p.requires_grad])
 

@@ -93,6 +93,17 @@ class ClipBaseConfig(TrainingArguments):
             same, but JPEGs are decoded reduced (JPEG draft mode) to about the resize's size first — much faster on
             large photos, not bitwise equal (see the performance docs). `"processor"`: always call the model's
             image processor.
+        cache_frozen_embeddings (`str` or `bool`, defaults to `"auto"`):
+            Compute a frozen tower's embeddings once and reuse them (`freeze_vision`: each image's, the LiT
+            recipe; `freeze_text`: each caption's, label prompt's or candidate's), for the contrastive, RL and
+            distillation trainers. `"auto"`: on for every frozen tower where that gives exactly the uncached
+            values: the tower has no LoRA layers and no active dropout, and the image transform is clip_trl's own
+            (deterministic: no random augmentation); entries are dropped when the tower changes (unfrozen, other
+            dtype/device/weights, another transform). `True`: the same, and a custom image transform is trusted
+            to be deterministic. `False`: off. Logged as `cache/vision_hit_rate` and `cache/text_hit_rate`.
+        cache_frozen_embeddings_memory_mb (`float`, defaults to `1024`):
+            CPU memory per process and tower for cached embeddings; rows beyond it are written to memory-mapped
+            files under `output_dir/embedding_cache/` (deleted at the end of training).
 
     Speed options inherited from `TrainingArguments`, with the defaults clip_trl gives them:
 
@@ -166,6 +177,21 @@ class ClipBaseConfig(TrainingArguments):
             "help": "Image preprocessing: 'fast' (bitwise equal to the model's processor, faster), 'draft' (fast "
             "plus reduced JPEG decoding: faster on large photos, not bitwise equal) or 'processor'.",
             "choices": ["fast", "processor", "draft"],
+        },
+    )
+    cache_frozen_embeddings: str = field(
+        default="auto",
+        metadata={
+            "help": "Compute a frozen tower's embeddings once and reuse them: 'auto' (where exact: no LoRA or "
+            "dropout in the tower, a deterministic image transform), 'true' (also trust a custom image transform) "
+            "or 'false'.",
+        },
+    )
+    cache_frozen_embeddings_memory_mb: float = field(
+        default=1024.0,
+        metadata={
+            "help": "CPU memory (MB) per process and tower for cached embeddings; beyond it rows spill to files "
+            "under output_dir/embedding_cache/."
         },
     )
 
@@ -260,6 +286,14 @@ class ClipBaseConfig(TrainingArguments):
         from clip_trl.data.image_processing import check_image_processing_mode
 
         check_image_processing_mode(self.image_processing)
+        from clip_trl.trainer.embedding_cache import check_cache_mode
+
+        self.cache_frozen_embeddings = check_cache_mode(self.cache_frozen_embeddings)
+        if self.cache_frozen_embeddings_memory_mb < 0:
+            raise ValueError(
+                "`cache_frozen_embeddings_memory_mb` must be 0 or more (0: every cached row goes to disk), got "
+                f"{self.cache_frozen_embeddings_memory_mb}."
+            )
         super().__post_init__()
         from clip_trl.trainer.launch_check import pin_memory_useful
 

@@ -97,7 +97,7 @@ class ClipContrastiveTrainer(ClipBaseTrainer):
             return (loss, {}) if return_outputs else loss
         # Captions first, then hard negatives (if any): one text forward, as DDP expects one per backward.
         num_captions = inputs["pixel_values"].shape[0]
-        image_embeds, text_embeds = modeling.encode_batch(model, inputs)
+        image_embeds, text_embeds = modeling.encode_batch(model, inputs, self._embedding_cache)
         loss = self._loss_from_embeddings(model, inputs, image_embeds, text_embeds)
         if model.training:
             self._record(logit_scale=modeling.logit_scale(model).detach().exp())

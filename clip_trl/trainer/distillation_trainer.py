@@ -211,7 +211,7 @@ class ClipDistillationTrainer(ClipBaseTrainer):
         global_candidates = None
         if collective and args.candidates == "in_batch":
             global_candidates = GlobalCandidates(inputs, "image_to_text", args.image_column)
-        image_embeds, text_embeds = modeling.encode_batch(model, inputs)
+        image_embeds, text_embeds = modeling.encode_batch(model, inputs, self._embedding_cache)
         scale = modeling.logit_scale(model)
         teachers = self._teacher_embeddings(inputs)
 
