@@ -16,8 +16,9 @@ parameter), has no active dropout, its parameters are the same tensors on the sa
 unchanged in place (their version counters), under the same autocast, and — for images — the collator's image
 transform is the same. Anything else clears that tower's entries (logged) and computes it again.
 
-Memory: rows are kept on the CPU up to `cache_frozen_embeddings_memory_mb` per process (each rank caches the rows
-it sees), then spilled to memory-mapped files under `output_dir/embedding_cache/rank<r>/`, deleted at the end of
+Processes: each rank caches the rows it computes, and at the end of every epoch the ranks exchange what they
+computed (a shuffled sampler sends a row to another rank at the next epoch). Memory: rows are kept on the CPU up
+to `cache_frozen_embeddings_memory_mb` per process and tower, then spilled to memory-mapped files under `output_dir/embedding_cache/rank<r>/`, deleted at the end of
 training. A resumed run starts with an empty cache and rebuilds it as rows come back: the values are the same.
 
 When a cache is in use the towers are called directly rather than through the model's `forward` (which runs both
@@ -127,6 +128,14 @@ class EmbeddingStore:
 
     def __len__(self) -> int:
         return len(self.slots)
+
+    @property
+    def width(self) -> int | None:
+        return None if self._memory is None else self._memory.shape[1]
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return None if self._memory is None else self._memory.dtype
 
     @property
     def spilled_rows(self) -> int:
@@ -270,6 +279,7 @@ class FrozenEmbeddingCache:
         self._warn = warn
         self._signatures: dict[str, tuple | None] = dict.fromkeys(towers)
         self._reasons: dict[str, str | None] = dict.fromkeys(towers)
+        self._new: dict[str, list[int]] = {tower: [] for tower in towers}  # computed here, not yet shared
         self.hits = dict.fromkeys(towers, 0)
         self.lookups = dict.fromkeys(towers, 0)
         # Set at the first step that called the towers directly: DDP then reduced no gradient (the trainer does).
@@ -283,6 +293,44 @@ class FrozenEmbeddingCache:
             shutil.rmtree(self.spill_dir, ignore_errors=True)
             with _quiet_os_error():  # `embedding_cache/`, once every rank's folder is gone
                 os.rmdir(os.path.dirname(self.spill_dir))
+
+    def share(self, device: torch.device | str = "cpu", chunk_rows: int = 8192) -> None:
+        """Give every process the rows the others computed since the last call (a collective: every process calls
+        it, at the end of each epoch). With a shuffled sampler a row lands on another rank at the next epoch; without
+        this, a rank would find only about 1/world_size of its rows."""
+        import torch.distributed as dist
+
+        new, self._new = self._new, {tower: [] for tower in self.towers}
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        world, rank = dist.get_world_size(), dist.get_rank()
+        for tower in self.towers:
+            store, keys = self.stores[tower], new[tower]
+            meta = (len(keys), store.width, str(store.dtype), self._signatures[tower] is not None)
+            metas: list[Any] = [None] * world
+            dist.all_gather_object(metas, meta)
+            filled = [m for m in metas if m[0]]
+            if not filled or not all(m[3] for m in metas) or len({m[1:3] for m in filled}) > 1:
+                continue  # nothing new, or the tower is not cached everywhere (or differs): keep what each has
+            width, dtype = filled[0][1], getattr(torch, filled[0][2].removeprefix("torch."))
+            carrier = torch.float64 if dtype == torch.float64 else torch.float32  # lossless for 16-bit values
+            longest = max(m[0] for m in metas)
+            for start in range(0, longest, chunk_rows):
+                count = min(chunk_rows, longest - start)
+                mine = keys[start : start + count]
+                key_block = torch.full((count,), -1, dtype=torch.long, device=device)
+                value_block = torch.zeros((count, width), dtype=carrier, device=device)
+                if mine:
+                    key_block[: len(mine)] = torch.tensor(mine, device=device)
+                    value_block[: len(mine)] = store.get(mine).to(device=device, dtype=carrier)
+                key_blocks = [torch.empty_like(key_block) for _ in range(world)]
+                value_blocks = [torch.empty_like(value_block) for _ in range(world)]
+                dist.all_gather(key_blocks, key_block)
+                dist.all_gather(value_blocks, value_block)
+                for other, (their_keys, their_values) in enumerate(zip(key_blocks, value_blocks)):
+                    valid = their_keys >= 0
+                    if other != rank and bool(valid.any()):
+                        store.put(their_keys[valid].tolist(), their_values[valid].to(dtype))
 
     def _usable(self, model: nn.Module, tower: str, inputs: Mapping[str, Any]) -> EmbeddingStore | None:
         if tower not in self.stores:
@@ -299,6 +347,7 @@ class FrozenEmbeddingCache:
                 logger.info("Embedding cache: the %s tower changed (%s); its %d rows are dropped.", tower,
                             reason or "another dtype, device, weights or transform", len(store))  # fmt: skip
                 store.clear()
+                self._new[tower] = []
             self._signatures[tower] = signature if reason is None else None
         if reason != self._reasons[tower]:
             self._reasons[tower] = reason
@@ -348,6 +397,7 @@ class FrozenEmbeddingCache:
                     )
             new_keys = [keys[row] for row in rows.tolist()]
             store.put(new_keys, values)
+            self._new[tower].extend(key for key in new_keys if key in store.slots)
             computed = dict(zip(new_keys, values))
         self.lookups[tower] += len(keys)
         hits = len(keys) - len(missing)
@@ -409,10 +459,14 @@ def cache_for_trainer(trainer: Any) -> FrozenEmbeddingCache | None:
 
 
 class _CloseAtTrainEnd(TrainerCallback):
-    """Drops the entries and deletes the spill files when training ends (a later `train()` rebuilds them)."""
+    """Shares each epoch's new rows between processes; drops the entries and deletes the spill files when training
+    ends (a later `train()` rebuilds them)."""
 
     def __init__(self, cache: FrozenEmbeddingCache) -> None:
         self.cache = cache
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.cache.share(args.device)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.cache.close()

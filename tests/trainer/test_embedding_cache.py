@@ -3,6 +3,7 @@ losses and gradients as without it, dropped when the tower changes, spilled to d
 
 import copy
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -359,3 +360,35 @@ def test_resumed_run_with_the_cache_matches_an_uninterrupted_run(tmp_path, emoji
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
     # The resumed process starts with an empty cache: it rebuilds it in its first epoch.
     assert _hit_rates(resumed, "vision")[-2:] == [0.0, 0.0]
+
+
+# ------------------------------------------------------------------------------------------- processes
+
+
+@pytest.mark.slow
+def test_two_processes_with_the_cache_equal_one_process(tmp_path):
+    # Each rank caches the rows it sees; the gradients of the towers it calls directly are averaged by the trainer.
+    from test_distributed import run_script
+
+    script = Path(__file__).resolve().parents[1] / "launch_scripts" / "cache_runs.py"
+    runs = {}
+    for name, processes, batch, mode in (
+        ("one", 1, 8, "auto"),
+        ("two", 2, 4, "auto"),
+        ("plain", 1, 8, "false"),
+    ):
+        out = tmp_path / f"{name}.pt"
+        run_script(
+            script, "--per_device_batch", str(batch), "--out", str(out), "--output_dir", str(tmp_path / name),
+            "--cache", mode, processes=processes,
+        )  # fmt: skip
+        runs[name] = torch.load(out)
+    assert (runs["one"]["world_size"], runs["two"]["world_size"]) == (1, 2)
+    for run in ("lit", "rl_labels"):
+        one, two, plain = (runs[name][run] for name in ("one", "two", "plain"))
+        tower = "vision" if run == "lit" else "text"
+        assert [r[f"cache/{tower}_hit_rate"] for r in two["hit_rates"]][-1] == 1.0  # the cache was read
+        for other in (two, plain):
+            assert other["losses"] == pytest.approx(one["losses"], abs=1e-5)
+            for name, weight in one["weights"].items():
+                torch.testing.assert_close(other["weights"][name], weight, atol=1e-5, rtol=0, msg=name)
