@@ -1,4 +1,4 @@
-"""CPU threads on a shared machine: contrastive steps with 1 and with all threads, idle and beside a busy process.
+"""CPU threads on a shared machine: contrastive steps with 1 and with all threads, as found and beside a busy process.
 
 torch uses one OpenMP thread per core by default. When another process keeps a core busy, the OpenMP threads
 of a step wait for each other at every barrier while one of them is descheduled, and the step time can grow
@@ -81,7 +81,7 @@ def main() -> None:
         median = statistics.median(values)
         one = statistics.median(times[1, busy])
         print(
-            f"| {'beside a busy process' if busy else 'idle'} | {threads} | {median:.3f} | "
+            f"| {'+ one busy process' if busy else 'as found'} | {threads} | {median:.3f} | "
             f"{min(values):.3f}–{max(values):.3f} | {median / one:.2f}× |"
         )
 

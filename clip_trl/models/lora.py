@@ -241,7 +241,13 @@ def prepare_peft_model(model: nn.Module, peft_config: Any) -> nn.Module:
             "`peft_config`, or the PeftModel without it (to keep training its adapters)."
         )
     peft_config = with_default_targets(model, peft_config)
-    wrapped = get_peft_model(model, peft_config)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing` alias; the FutureWarning is about peft's
+        # code, not the user's, and would print on every LoRA run.
+        warnings.filterwarnings(
+            "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        wrapped = get_peft_model(model, peft_config)
     warn_on_missed_towers(wrapped)
     freeze_batch_norm_statistics(wrapped)
     return wrapped

@@ -290,8 +290,8 @@ ADDED_PARAMETERS = ("logit_bias",)
 
 @contextlib.contextmanager
 def quiet_weight_loading() -> Iterator[None]:
-    """Hide transformers' per-load "Loading weights" progress bar (a bar per model load is noise in a training
-    log); the Hub's download bars stay."""
+    """Hide transformers' per-model "Loading weights" and "Writing model shards" progress bars (a bar per load or
+    checkpoint is noise in a training log); the Hub's download bars stay."""
     from transformers.utils import logging as hf_logging
 
     if not hasattr(hf_logging, "_tqdm_active"):  # another transformers layout: leave its bars alone

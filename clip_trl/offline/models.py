@@ -197,7 +197,10 @@ def build_clip(
     )
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)
-        model.save_pretrained(output_dir)
+        from clip_trl.models.modeling import quiet_weight_loading
+
+        with quiet_weight_loading():
+            model.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
     return model, processor
 
@@ -254,6 +257,9 @@ def build_siglip(
     )
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)
-        model.save_pretrained(output_dir)
+        from clip_trl.models.modeling import quiet_weight_loading
+
+        with quiet_weight_loading():
+            model.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
     return model, processor

@@ -134,11 +134,11 @@ class ModelCardMixin:
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         from clip_trl.hub.loading import forget_loading_options
-        from clip_trl.models import lora
+        from clip_trl.models import lora, modeling
 
         # No `local_files_only` in the saved tokenizer_config.json; no peft warning about the base's config.
         forget_loading_options(self.processing_class)
-        with lora.quiet_adapter_save():
+        with lora.quiet_adapter_save(), modeling.quiet_weight_loading():
             super()._save(output_dir, state_dict=state_dict)
         # An adapter folder does not hold the base model's parameters: save those clip_trl added (`logit_bias`).
         lora.save_added_parameters(self.model, output_dir if output_dir is not None else self.args.output_dir)
