@@ -93,10 +93,12 @@ class ClipScoreReward:
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
         if isinstance(model, (str, os.PathLike)):
-            from transformers import AutoModel
+            # clip_trl's loader: a mistyped folder fails at once, and parameters clip_trl added (a sigmoid loss's
+            # `logit_bias`) are kept.
+            from clip_trl.models.modeling import load_pretrained
 
             name = os.fspath(model)
-            model = AutoModel.from_pretrained(name)
+            model = load_pretrained(name)
             if processor is None:
                 processor = name
             if device is None and torch.cuda.is_available():

@@ -286,9 +286,10 @@ def run_pipeline(args: PipelineArguments) -> dict[str, Any]:
 
     ```
     """
-    from transformers import AutoModel, AutoProcessor, set_seed
+    from transformers import AutoProcessor, set_seed
     from trl import ModelConfig
 
+    from clip_trl.models import modeling
     from clip_trl.scripts.arguments import ScriptArguments
     from clip_trl.scripts.common import dump_json, resolve_model, save_trainer
     from clip_trl.scripts.data import load_data
@@ -348,7 +349,7 @@ def run_pipeline(args: PipelineArguments) -> dict[str, Any]:
         ModelConfig(model_name_or_path=args.model),
         base_dir=os.path.join(out, "base_model"),
     )
-    base_model = AutoModel.from_pretrained(base)
+    base_model = modeling.load_pretrained(base)
     processor = AutoProcessor.from_pretrained(base)
     tick = time.perf_counter()
     metrics: dict[str, dict[str, float]] = {}

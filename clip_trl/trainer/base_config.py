@@ -55,7 +55,9 @@ class ClipBaseConfig(TrainingArguments):
             per training step and all count as positives in evaluation).
         skip_bad_rows (`bool`, defaults to `False`):
             Skip rows whose image cannot be decoded or whose caption is missing/empty (counted and logged as
-            `skipped_rows`) instead of raising an error naming the row.
+            `skipped_rows`) instead of raising an error naming the row. It is for a few bad rows: a batch that
+            loses every row, or more than half of the rows read (from the 64th on), stops training with an
+            error listing the first bad rows.
         max_length (`int` or `None`, defaults to `None`):
             Token limit for captions; `None` uses the tokenizer's `model_max_length` (77 for CLIP).
         freeze_vision (`bool`, defaults to `False`):
