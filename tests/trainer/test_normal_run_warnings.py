@@ -39,3 +39,42 @@ def test_a_cpu_run_does_not_warn_about_pin_memory(tmp_path, _tiny_once):
         warnings.simplefilter("always")
         trainer.train()
     assert not [str(w.message) for w in caught if "pin_memory" in str(w.message)]
+
+
+def test_a_normal_lora_run_with_checkpoints_prints_no_warning_and_no_bar(
+    tmp_path, _tiny_once, emoji, capfd, caplog
+):
+    """Contrastive with LoRA and a checkpoint, then RL, then `save_model`: no Python warning, no library log
+    warning, and no per-save/per-load progress bar on stderr (issue #24 item 8, #28 item 10)."""
+    from clip_trl import ClipContrastiveTrainer, ClipRLTrainer
+    from clip_trl.hub import default_lora_config
+
+    model, processor = copy.deepcopy(_tiny_once)
+    common = dict(
+        max_steps=2, per_device_train_batch_size=8, report_to="none", disable_tqdm=True, logging_steps=1
+    )
+    data = emoji["train"].select(range(16))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = ClipContrastiveTrainer(
+            model=model,
+            args=ClipContrastiveConfig(output_dir=str(tmp_path / "lora"), save_steps=1, **common),
+            train_dataset=data,
+            processing_class=processor,
+            peft_config=default_lora_config(r=4),
+        )
+        trainer.train()
+        trainer.save_model()
+        rl = ClipRLTrainer(
+            model=copy.deepcopy(_tiny_once[0]),
+            reward_funcs="correctness",
+            args=ClipRLConfig(output_dir=str(tmp_path / "rl"), save_strategy="no", **common),
+            train_dataset=data,
+            processing_class=processor,
+        )
+        rl.train()
+        rl.save_model()
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 30] == []
+    stderr = capfd.readouterr().err
+    assert "Writing model shards" not in stderr and "Loading weights" not in stderr, stderr[-2000:]
