@@ -21,6 +21,7 @@ from torch import nn
 from clip_trl.data.collator import _undecoded, check_columns
 from clip_trl.data.image_processing import FastImageTransform
 from clip_trl.data.rows import EVAL_HINT, BadRowError, caption_choices, load_image, split_processor
+from clip_trl.evaluation.positives import as_positive_pairs, dense_positives, index_caption_pairs
 from clip_trl.models import encoding
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,6 @@ def check_batch_size(value: int, name: str) -> None:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
 
-@dataclass
 class EmbeddingSet:
     """The embeddings of an evaluation set, from which every metric of this module is computed.
 
@@ -57,11 +57,19 @@ class EmbeddingSet:
             L2-normalised text embeddings, one per unique caption string (`captions[j]` is row `j`).
         captions (`list[str]`):
             The `M` unique captions, in order of first appearance in the dataset.
+        positive_pairs (`torch.LongTensor` of shape `[P, 2]`):
+            The (image, caption) index pairs that match, sorted: what the metrics use (`P` is about 5N for
+            COCO-style sets, where the dense mask would be N x 5N).
         positives (`torch.BoolTensor` of shape `[N, M]`):
             `positives[i, j]` is True when caption `j` is one of row `i`'s captions. A caption shared by
-            several rows is a single text whose positives are all those rows' images.
+            several rows is a single text whose positives are all those rows' images. Built from
+            `positive_pairs` on first use when the set was made from pairs (an `N x M` allocation: for small sets
+            and backward compatibility).
         first_caption (`torch.LongTensor` of shape `[N]`):
             Index into `captions` of each row's first caption (the one in-batch accuracy scores against).
+
+    `positives` may be given as the dense mask or as an index list (pairs, or per-image lists of caption indices:
+    see [`clip_trl.evaluation.positives.as_positive_pairs`]).
 
     Example:
 
@@ -74,21 +82,28 @@ class EmbeddingSet:
     >>> es = EmbeddingSet(torch.eye(3), torch.eye(3), captions, positives, first)
     >>> es.num_images, es.num_texts
     (3, 3)
+    >>> es.positive_pairs.tolist()
+    [[0, 0], [0, 1], [1, 2], [2, 0]]
 
     ```
     """
 
-    image_embeds: torch.Tensor
-    text_embeds: torch.Tensor
-    captions: list[str]
-    positives: torch.Tensor
-    first_caption: torch.Tensor
-
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        captions: list[str],
+        positives: Any,
+        first_caption: torch.Tensor,
+    ) -> None:
+        self.image_embeds = image_embeds
+        self.text_embeds = text_embeds
+        self.captions = captions
+        self.first_caption = first_caption
         # Catch hand-built sets with mismatched shapes here rather than as an opaque indexing error later.
-        n, m = self.image_embeds.shape[0], self.text_embeds.shape[0]
         if self.image_embeds.dim() != 2 or self.text_embeds.dim() != 2:
             raise ValueError("`image_embeds` and `text_embeds` must be 2-D tensors [count, dim].")
+        n, m = self.image_embeds.shape[0], self.text_embeds.shape[0]
         if self.image_embeds.shape[1] != self.text_embeds.shape[1]:
             raise ValueError(
                 f"Image and text embeddings have different widths ({self.image_embeds.shape[1]} vs "
@@ -96,10 +111,29 @@ class EmbeddingSet:
             )
         if len(self.captions) != m:
             raise ValueError(f"{len(self.captions)} captions for {m} text embeddings.")
-        if tuple(self.positives.shape) != (n, m):
-            raise ValueError(f"`positives` has shape {tuple(self.positives.shape)}, expected ({n}, {m}).")
+        dense = isinstance(positives, torch.Tensor) and positives.dtype == torch.bool
+        self.positive_pairs = as_positive_pairs(positives, n, m)
+        self._positives = positives if dense else None
         if tuple(self.first_caption.shape) != (n,):
             raise ValueError(f"`first_caption` has shape {tuple(self.first_caption.shape)}, expected ({n},).")
+
+    @property
+    def positives(self) -> torch.Tensor:
+        """The dense `[N, M]` boolean mask (built from `positive_pairs` on first use)."""
+        if self._positives is None:
+            self._positives = dense_positives(self.positive_pairs, self.num_images, self.num_texts)
+        return self._positives
+
+    @positives.setter
+    def positives(self, value: Any) -> None:
+        self.positive_pairs = as_positive_pairs(value, self.num_images, self.num_texts)
+        self._positives = value if isinstance(value, torch.Tensor) and value.dtype == torch.bool else None
+
+    def __repr__(self) -> str:
+        return (
+            f"EmbeddingSet(num_images={self.num_images}, num_texts={self.num_texts}, "
+            f"positive_pairs={len(self.positive_pairs)}, dim={self.image_embeds.shape[1]})"
+        )
 
     @property
     def num_images(self) -> int:
@@ -128,7 +162,8 @@ class EmbeddingSet:
         ```
         """
         scores = self.image_embeds.float() @ self.text_embeds.float().T
-        references = [row.nonzero().flatten().tolist() for row in self.positives]
+        counts = torch.bincount(self.positive_pairs[:, 0], minlength=self.num_images).tolist()
+        references = [texts.tolist() for texts in self.positive_pairs[:, 1].split(counts)]
         return {"predictions": scores.tolist(), "references": references}
 
 
@@ -157,21 +192,8 @@ def index_captions(
 
     ```
     """
-    ids: dict[str, int] = {}
-    rows: list[int] = []
-    columns: list[int] = []
-    first: list[int] = []
-    for i, value in enumerate(row_captions):
-        captions = [value] if isinstance(value, str) else list(value)
-        if not captions:
-            raise ValueError(f"Row {i} has no caption.")
-        for caption in captions:
-            rows.append(i)
-            columns.append(ids.setdefault(caption, len(ids)))
-        first.append(ids[captions[0]])
-    positives = torch.zeros(len(first), len(ids), dtype=torch.bool)
-    positives[torch.tensor(rows, dtype=torch.long), torch.tensor(columns, dtype=torch.long)] = True
-    return list(ids), positives, torch.tensor(first, dtype=torch.long)
+    captions, pairs, first = index_caption_pairs(row_captions)
+    return captions, dense_positives(pairs, len(first), len(captions)), first
 
 
 # ----------------------------------------------------------------------------------------- model plumbing
@@ -281,10 +303,10 @@ def embedding_set(
     """The [`EmbeddingSet`] of an [`encode_rows`] pass that collected captions: its unique captions embedded."""
     assert encoded.row_captions is not None
     _, tokenizer = split_processor(processor)
-    captions, positives, first = index_captions(encoded.row_captions)
+    captions, pairs, first = index_caption_pairs(encoded.row_captions)
     text_embeds = encoding.embed_texts(model, tokenizer, captions, batch_size, max_length)
     logger.info("Embedded %d unique captions.", len(captions))
-    return EmbeddingSet(encoded.image_embeds, text_embeds, captions, positives, first)
+    return EmbeddingSet(encoded.image_embeds, text_embeds, captions, pairs, first)
 
 
 def compute_embeddings(

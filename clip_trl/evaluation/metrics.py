@@ -128,7 +128,7 @@ def retrieval_metrics(
         batch_size=batch_size,
         image_transform=image_transform,
     )
-    return retrieval_scores(embeddings.image_embeds, embeddings.text_embeds, embeddings.positives, ks)
+    return retrieval_scores(embeddings.image_embeds, embeddings.text_embeds, embeddings.positive_pairs, ks)
 
 
 def in_batch_accuracy(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +16,16 @@ from clip_trl.evaluation.embeddings import (
     EmbeddingSet,
     check_batch_size,
 )
+from clip_trl.evaluation.faiss_ranking import use_faiss
+from clip_trl.evaluation.positives import (
+    as_positive_pairs,
+    check_every_query_has_positive,
+    pair_membership,
+)
+from clip_trl.evaluation.ranking import TILE_ELEMENTS, retrieval_ranks
 
 DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
+RETRIEVAL_BACKENDS = ("auto", "torch", "faiss")
 
 
 # Similarity blocks are computed this many scores at a time (64 MiB of float32), so that a large eval set
@@ -40,21 +49,14 @@ def _check_finite(tensor: torch.Tensor, name: str) -> None:
         raise ValueError(f"`{name}` contains NaN or infinite values.")
 
 
-def _check_has_positive(positives: torch.Tensor, query: str, candidate: str) -> None:
-    empty = (~positives.any(dim=1)).nonzero().flatten()
-    if len(empty):
-        raise ValueError(
-            f"{len(empty)} {query} quer{'y has' if len(empty) == 1 else 'ies have'} no positive {candidate} "
-            f"(first: {query} {int(empty[0])}); recall is undefined for them. Every {query} needs at "
-            "least one positive in `positives`."
-        )
-
-
 def retrieval_scores(
     image_embeds: torch.Tensor,
     text_embeds: torch.Tensor,
-    positives: torch.Tensor,
+    positives: Any,
     ks: Iterable[int] = DEFAULT_KS,
+    *,
+    backend: str = "auto",
+    tile_elements: int | None = None,
 ) -> dict[str, float]:
     """Recall@k in both directions over a whole evaluation set (the CLIP paper's convention).
 
@@ -68,10 +70,18 @@ def retrieval_scores(
             Image embeddings, L2-normalised (scores are plain dot products).
         text_embeds (`torch.Tensor` of shape `[M, d]`):
             Text embeddings, L2-normalised.
-        positives (`torch.BoolTensor` of shape `[N, M]`):
-            Which image-text pairs match. Every image and every text needs at least one positive.
+        positives:
+            Which image-text pairs match: a `torch.BoolTensor` of shape `[N, M]`, or, for large sets, an index
+            list — an integer `[P, 2]` tensor of (image, text) pairs, or one list of text indices per image (COCO
+            style); see [`clip_trl.evaluation.positives.as_positive_pairs`]. Every image and every text needs at
+            least one positive.
         ks (`Iterable[int]`, defaults to `(1, 5, 10)`):
             The cut-offs.
+        backend (`str`, defaults to `"auto"`): `"torch"` (blocked top-k, [`clip_trl.evaluation.ranking`]: one
+            pass over the similarity matrix in tiles, memory bounded by a tile), `"faiss"` (a FAISS flat
+            inner-product index: the `faiss` extra), or `"auto"` (FAISS on CPU for pools of at least
+            `FAISS_MIN_SCORES` scores when it is installed, else torch). Both are exact and follow the tie rule.
+        tile_elements (`int`, *optional*): the torch backend's tile size in scores (default 2^24, 64 MiB).
 
     Returns:
         `dict[str, float]`: `image_to_text_recall@{k}` and `text_to_image_recall@{k}` for each `k`.
@@ -92,55 +102,26 @@ def retrieval_scores(
     """
     ks = _check_ks(ks)
     n, m = image_embeds.shape[0], text_embeds.shape[0]
-    if tuple(positives.shape) != (n, m):
-        raise ValueError(f"`positives` has shape {tuple(positives.shape)}, expected ({n}, {m}).")
     if n == 0 or m == 0:
         raise ValueError("Retrieval needs at least one image and one text.")
+    pairs = as_positive_pairs(positives, n, m)
     _check_finite(image_embeds, "image_embeds")
     _check_finite(text_embeds, "text_embeds")
     device = image_embeds.device
     images = image_embeds.float()
     texts = text_embeds.to(device=device, dtype=torch.float32)
-    positives = positives.to(device=device, dtype=torch.bool)
-    _check_has_positive(positives, "image", "text")
-    _check_has_positive(positives.T, "text", "image")
+    pairs = pairs.to(device)
+    check_every_query_has_positive(pairs, n, m)
+    if backend not in RETRIEVAL_BACKENDS:
+        raise ValueError(f"`backend` must be one of {RETRIEVAL_BACKENDS}, got {backend!r}.")
+    if backend == "faiss" or (backend == "auto" and use_faiss(n, m, device)):
+        from clip_trl.evaluation.faiss_ranking import faiss_retrieval_ranks
 
-    # Both directions read the same image-major similarity blocks, so image->text and text->image see
-    # bit-identical scores (a separately computed texts @ images.T could differ in the last bit and break
-    # ties differently). Positives are few (a handful per image), so they are handled as an index list:
-    # their scores are gathered from the blocks, and each query's rank is
-    #   (candidates scoring >= its best positive) - (positives scoring >= it),
-    # which needs one compare-and-count per dense block instead of several masked copies of it.
-    pairs = positives.nonzero()  # row-major, so each block's pairs are one contiguous slice
-    pair_images, pair_texts = pairs[:, 0], pairs[:, 1]
-    pair_scores = torch.empty(len(pairs), device=device)
-    best_for_image = torch.full((n,), -math.inf, device=device)
-    best_for_text = torch.full((m,), -math.inf, device=device)
-    image_at_least = torch.empty(n, dtype=torch.long, device=device)
-    block = max(1, _SCORE_BLOCK_ELEMENTS // m)
-    starts = list(range(0, n, block))
-    bounds = torch.searchsorted(pair_images, torch.tensor([*starts, n], device=device)).tolist()
-    # Pass 1: every image's best positive is complete within its block; texts accumulate across blocks.
-    for b, start in enumerate(starts):
-        scores = images[start : start + block] @ texts.T
-        lo, hi = bounds[b], bounds[b + 1]
-        gathered = scores[pair_images[lo:hi] - start, pair_texts[lo:hi]]
-        pair_scores[lo:hi] = gathered
-        best_for_image.scatter_reduce_(0, pair_images[lo:hi], gathered, "amax")
-        best_for_text.scatter_reduce_(0, pair_texts[lo:hi], gathered, "amax")
-        best = best_for_image[start : start + block, None]
-        image_at_least[start : start + block] = (scores >= best).sum(dim=1, dtype=torch.int32)
-    # Pass 2: with every text's best positive known, count the images scoring at least as much.
-    text_at_least = torch.zeros(m, dtype=torch.long, device=device)
-    for start in starts:
-        scores = images[start : start + block] @ texts.T
-        text_at_least += (scores >= best_for_text).sum(dim=0, dtype=torch.int32)
-    image_ranks = image_at_least - torch.zeros_like(image_at_least).scatter_add_(
-        0, pair_images, (pair_scores >= best_for_image[pair_images]).long()
-    )
-    text_ranks = text_at_least - torch.zeros_like(text_at_least).scatter_add_(
-        0, pair_texts, (pair_scores >= best_for_text[pair_texts]).long()
-    )
+        image_ranks, text_ranks = faiss_retrieval_ranks(images, texts, pairs, max(ks))
+    else:
+        image_ranks, text_ranks = retrieval_ranks(
+            images, texts, pairs, max(ks), tile_elements=tile_elements or TILE_ELEMENTS
+        )
 
     results: dict[str, float] = {}
     for k in ks:
@@ -187,7 +168,7 @@ def in_batch_accuracy_from_embeddings(embeddings: EmbeddingSet, batch_size: int 
     if n == 0:
         raise ValueError("In-batch accuracy needs at least one image.")
     device = embeddings.image_embeds.device
-    positives = embeddings.positives.to(device)
+    pairs, m = embeddings.positive_pairs.to(device), embeddings.num_texts
     first = embeddings.first_caption.to(device)
     # Each row's candidate text, gathered once: batches are then plain slices (per-batch fancy indexing
     # into the full text matrix costs more than the scoring itself on a CPU).
@@ -196,7 +177,8 @@ def in_batch_accuracy_from_embeddings(embeddings: EmbeddingSet, batch_size: int 
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         scores = embeddings.image_embeds[start:stop].float() @ candidate_texts[start:stop].T
-        is_positive = positives[start:stop].index_select(1, first[start:stop])
+        rows = torch.arange(start, stop, device=device)
+        is_positive = pair_membership(pairs, m, rows[:, None], first[None, start:stop])
         hits += int(_strict_top1(scores, is_positive).sum())
     return hits / n
 
@@ -281,7 +263,7 @@ def scores_from_embeddings(
 
     ```
     """
-    results = retrieval_scores(embeddings.image_embeds, embeddings.text_embeds, embeddings.positives, ks)
+    results = retrieval_scores(embeddings.image_embeds, embeddings.text_embeds, embeddings.positive_pairs, ks)
     if in_batch_size is not None:
         results["in_batch_accuracy"] = in_batch_accuracy_from_embeddings(embeddings, in_batch_size)
     return results

@@ -1,0 +1,191 @@
+"""Retrieval at scale: positives as an index list, the blocked top-k (and FAISS) backends give the metrics the
+previous dense two-pass implementation gave (copied below as the reference), ties included."""
+
+import math
+import sys
+
+import pytest
+import torch
+
+from clip_trl.evaluation import (
+    EmbeddingSet,
+    faiss_ranking,
+    index_captions,
+    retrieval_scores,
+    scores_from_embeddings,
+)
+from clip_trl.evaluation.positives import as_positive_pairs, index_caption_pairs
+
+KS = (1, 2, 5, 10)
+
+
+def legacy_retrieval_scores(image_embeds, text_embeds, positives, ks):
+    """clip_trl's retrieval_scores before the index-list version (dense mask, two passes), checks removed."""
+    ks = list(dict.fromkeys(ks))
+    n, m = image_embeds.shape[0], text_embeds.shape[0]
+    if tuple(positives.shape) != (n, m):
+        raise ValueError(f"`positives` has shape {tuple(positives.shape)}, expected ({n}, {m}).")
+    if n == 0 or m == 0:
+        raise ValueError("Retrieval needs at least one image and one text.")
+    device = image_embeds.device
+    images = image_embeds.float()
+    texts = text_embeds.to(device=device, dtype=torch.float32)
+    positives = positives.to(device=device, dtype=torch.bool)
+
+    # Both directions read the same image-major similarity blocks, so image->text and text->image see
+    # bit-identical scores (a separately computed texts @ images.T could differ in the last bit and break
+    # ties differently). Positives are few (a handful per image), so they are handled as an index list:
+    # their scores are gathered from the blocks, and each query's rank is
+    #   (candidates scoring >= its best positive) - (positives scoring >= it),
+    # which needs one compare-and-count per dense block instead of several masked copies of it.
+    pairs = positives.nonzero()  # row-major, so each block's pairs are one contiguous slice
+    pair_images, pair_texts = pairs[:, 0], pairs[:, 1]
+    pair_scores = torch.empty(len(pairs), device=device)
+    best_for_image = torch.full((n,), -math.inf, device=device)
+    best_for_text = torch.full((m,), -math.inf, device=device)
+    image_at_least = torch.empty(n, dtype=torch.long, device=device)
+    block = max(1, (1 << 24) // m)
+    starts = list(range(0, n, block))
+    bounds = torch.searchsorted(pair_images, torch.tensor([*starts, n], device=device)).tolist()
+    # Pass 1: every image's best positive is complete within its block; texts accumulate across blocks.
+    for b, start in enumerate(starts):
+        scores = images[start : start + block] @ texts.T
+        lo, hi = bounds[b], bounds[b + 1]
+        gathered = scores[pair_images[lo:hi] - start, pair_texts[lo:hi]]
+        pair_scores[lo:hi] = gathered
+        best_for_image.scatter_reduce_(0, pair_images[lo:hi], gathered, "amax")
+        best_for_text.scatter_reduce_(0, pair_texts[lo:hi], gathered, "amax")
+        best = best_for_image[start : start + block, None]
+        image_at_least[start : start + block] = (scores >= best).sum(dim=1, dtype=torch.int32)
+    # Pass 2: with every text's best positive known, count the images scoring at least as much.
+    text_at_least = torch.zeros(m, dtype=torch.long, device=device)
+    for start in starts:
+        scores = images[start : start + block] @ texts.T
+        text_at_least += (scores >= best_for_text).sum(dim=0, dtype=torch.int32)
+    image_ranks = image_at_least - torch.zeros_like(image_at_least).scatter_add_(
+        0, pair_images, (pair_scores >= best_for_image[pair_images]).long()
+    )
+    text_ranks = text_at_least - torch.zeros_like(text_at_least).scatter_add_(
+        0, pair_texts, (pair_scores >= best_for_text[pair_texts]).long()
+    )
+
+    results: dict[str, float] = {}
+    for k in ks:
+        # Integer counts over a Python division, so 1 of 3 prints as 0.333... rather than a float32 round-off.
+        results[f"image_to_text_recall@{k}"] = int((image_ranks < k).sum()) / n
+    for k in ks:
+        results[f"text_to_image_recall@{k}"] = int((text_ranks < k).sum()) / m
+    return results
+
+
+def coco_like(num_images: int, dim: int = 8, seed: int = 0, quantised: bool = False):
+    """Random embeddings, 1-5 captions per image, some captions shared between images (so texts have several
+    positive images too), each text near one of its images; `quantised`: entries in {-1, 0, 1}, so many scores
+    tie, exactly (a tie between float scores could otherwise depend on how the matrix product is blocked)."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(num_images, dim, generator=generator)
+    row_captions = []
+    for i in range(num_images):
+        count = int(torch.randint(1, 6, (1,), generator=generator))
+        row_captions.append([f"c{i}-{j}" for j in range(count)] + ([f"shared{i % 3}"] if i % 4 == 0 else []))
+    captions, pairs, _ = index_caption_pairs(row_captions)
+    owner = torch.zeros(len(captions), dtype=torch.long).scatter_reduce_(
+        0, pairs[:, 1], pairs[:, 0], "amin", include_self=False
+    )
+    texts = images[owner] + 1.5 * torch.randn(
+        len(captions), dim, generator=generator
+    )  # near one positive image
+    if quantised:  # small integers: every score exact whatever the summation order, so ties are exact too
+        return images.round().clamp(-1, 1), texts.round().clamp(-1, 1), pairs
+    return torch.nn.functional.normalize(images, dim=1), torch.nn.functional.normalize(texts, dim=1), pairs
+
+
+BACKENDS = [
+    {"backend": "torch"},
+    {"backend": "torch", "tile_elements": 37},  # many tiles, ragged edges
+    pytest.param(
+        {"backend": "faiss"}, marks=pytest.mark.skipif(faiss_ranking.faiss_module() is None, reason="faiss")
+    ),
+]
+
+
+@pytest.mark.parametrize("quantised", [False, True], ids=["distinct", "many-ties"])
+@pytest.mark.parametrize("options", BACKENDS, ids=["torch", "torch-tiny-tiles", "faiss"])
+def test_equal_to_the_dense_two_pass_version_with_several_captions_per_image(options, quantised):
+    images, texts, pairs = coco_like(60, quantised=quantised)
+    dense = torch.zeros(len(images), len(texts), dtype=torch.bool)
+    dense[pairs[:, 0], pairs[:, 1]] = True
+    expected = legacy_retrieval_scores(images, texts, dense, KS)
+    assert 0 < expected["image_to_text_recall@1"] < 1
+    per_image = [pairs[pairs[:, 0] == i, 1].tolist() for i in range(len(images))]
+    for positives in (dense, pairs, per_image, pairs.flip(0)):
+        assert retrieval_scores(images, texts, positives, KS, **options) == expected
+
+
+@pytest.mark.parametrize("options", BACKENDS, ids=["torch", "torch-tiny-tiles", "faiss"])
+def test_ties_count_against_the_query(options):
+    # A degenerate model: every embedding the same, so every score ties; only k >= the candidate count hits.
+    images, texts = torch.ones(6, 4) / 2, torch.ones(9, 4) / 2
+    pairs = torch.tensor([[i, j] for i in range(6) for j in range(9) if j % 6 == i])
+    scores = retrieval_scores(images, texts, pairs, (1, 5, 9), **options)
+    assert scores["image_to_text_recall@1"] == scores["image_to_text_recall@5"] == 0.0
+    assert scores["image_to_text_recall@9"] == 1.0  # k >= 9 texts: clamped, always a hit
+    assert scores["text_to_image_recall@1"] == 0.0 and scores["text_to_image_recall@9"] == 1.0
+    # Ties between positives never hurt: two identical positive texts and one lower negative.
+    texts = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.6, 0.8]])
+    one = retrieval_scores(
+        torch.tensor([[1.0, 0.0]]), texts, torch.tensor([[0, 0], [0, 1], [0, 2]]), (1,), **options
+    )
+    assert one["image_to_text_recall@1"] == 1.0
+
+
+def test_blocked_equals_unblocked_on_a_larger_pool():
+    images, texts, pairs = coco_like(400, dim=16, seed=3)
+    whole = retrieval_scores(
+        images, texts, pairs, KS, backend="torch", tile_elements=len(images) * len(texts)
+    )
+    for tile in (1000, 4096, 12345):
+        assert retrieval_scores(images, texts, pairs, KS, backend="torch", tile_elements=tile) == whole
+
+
+def test_embedding_set_from_pairs_keeps_the_dense_api():
+    row_captions = [["a cat", "a kitten"], "a dog", "a cat", ["b", "c", "d", "e", "f"]]
+    captions, dense, first = index_captions(row_captions)
+    _, pairs, _ = index_caption_pairs(row_captions)
+    images, texts = torch.randn(4, 3), torch.randn(len(captions), 3)
+    images, texts = torch.nn.functional.normalize(images, dim=1), torch.nn.functional.normalize(texts, dim=1)
+    from_dense = EmbeddingSet(images, texts, captions, dense, first)
+    from_pairs = EmbeddingSet(images, texts, captions, pairs, first)
+    assert torch.equal(from_pairs.positive_pairs, from_dense.positive_pairs)
+    assert from_pairs._positives is None  # not built until asked for
+    assert torch.equal(from_pairs.positives, dense)
+    assert from_pairs.metric_inputs() == from_dense.metric_inputs()
+    assert scores_from_embeddings(from_pairs, ks=(1, 2), in_batch_size=2) == scores_from_embeddings(
+        from_dense, ks=(1, 2), in_batch_size=2
+    )
+
+
+def test_bad_index_lists_are_named():
+    with pytest.raises(ValueError, match=r"Positive pair 1 has text index 7, outside \[0, 3\) \(3 texts\)"):
+        as_positive_pairs(torch.tensor([[0, 0], [1, 7]]), 2, 3)
+    with pytest.raises(ValueError, match=r"`positives` has 1 lists of text indices for 2 images"):
+        as_positive_pairs([[0]], 2, 3)
+    with pytest.raises(ValueError, match=r"1 text query has no positive image \(first: text 2\)"):
+        retrieval_scores(torch.eye(3), torch.eye(3), [[0], [1]] + [[1]], (1,))
+    with pytest.raises(ValueError, match=r"`backend` must be one of \('auto', 'torch', 'faiss'\), got 'x'"):
+        retrieval_scores(torch.eye(2), torch.eye(2), torch.eye(2, dtype=torch.bool), (1,), backend="x")
+
+
+def test_without_faiss_auto_uses_torch_and_faiss_is_a_clear_error(monkeypatch):
+    images, texts, pairs = coco_like(30, seed=5)
+    expected = retrieval_scores(images, texts, pairs, KS, backend="torch")
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    faiss_ranking.faiss_module.cache_clear()
+    monkeypatch.setattr(faiss_ranking, "FAISS_MIN_SCORES", 1)  # auto would pick FAISS for any pool
+    try:
+        assert retrieval_scores(images, texts, pairs, KS) == expected
+        with pytest.raises(ImportError, match=r"`backend='faiss'` needs FAISS.*clip_trl\[faiss\]"):
+            retrieval_scores(images, texts, pairs, KS, backend="faiss")
+    finally:
+        monkeypatch.undo()
+        faiss_ranking.faiss_module.cache_clear()
