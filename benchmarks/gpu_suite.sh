@@ -11,7 +11,8 @@
 #     bf16 peak and the measured GEMM peak;  (c) the same for the RL trainer, exact and GRPO advantages;
 # (d) 16 DataLoader workers decoding 640x480 JPEG shards with the library's image pipeline ("fast" and
 #     "draft"): images/s produced against what the training step consumes;  (e) LiT with the frozen-tower
-#     embedding cache against the same recipe uncached and in a plain Trainer (samples/s of the second epoch).
+#     embedding cache against the same recipe uncached and in a plain Trainer (samples/s of the second epoch);
+# (f) JPEG decoding per core and through WORKERS loader workers, draft's SIMD backend beside Pillow's and the processor.
 # Environment: PYTHON (default: .venv/bin/python if present, else python), WORKERS (default 16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +42,7 @@ if [ "$dry_run" = 1 ]; then
     tests=(tests/trainer/test_cuda.py)
     train_args=(--dry-run)
     cache_args=(--dry-run)
+    jpeg_args=(--count 4 --repetitions 1 --sizes 640x480 --workers 0)
 else
     if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
         echo "gpu_suite.sh: no CUDA device visible to $PYTHON; use --dry-run to check the suite on CPU." >&2
@@ -50,6 +52,7 @@ else
     tests=(tests -m cuda)   # every cuda-marked test of the suite
     train_args=(--workers "${WORKERS:-16}")
     cache_args=(--rows 512 --batch 64 --repeats 3)
+    jpeg_args=(--workers "${WORKERS:-16}")
 fi
 
 # A failing part does not stop the others; the exit status says whether all passed.
@@ -61,5 +64,7 @@ echo "== (b) contrastive, (c) RL exact + GRPO, (d) JPEG-shard loader =="
     | grep -v -e "^{'train_runtime'" | tee "$out/train.log" || status=1
 echo "== (e) frozen-tower embedding cache: LiT, cached vs uncached vs a plain Trainer (benchmarks/frozen_tower_cache.py) =="
 "$PYTHON" benchmarks/frozen_tower_cache.py "${cache_args[@]}" 2>&1 | grep -v -e "^{'" | tee "$out/cache.log" || status=1
+echo "== (f) JPEG decoding per core and through DataLoader workers: processor, fast, draft (Pillow), draft (SIMD: simplejpeg + OpenCV when installed) (benchmarks/preprocess.py) =="
+"$PYTHON" benchmarks/preprocess.py "${jpeg_args[@]}" 2>&1 | tee "$out/jpeg.log" || status=1
 echo "== done in $((SECONDS - start)) s; logs and figures in $out/; $([ $status = 0 ] && echo 'all passed' || echo 'FAILURES above') =="
 exit $status
