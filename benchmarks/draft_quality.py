@@ -14,6 +14,7 @@ seed-to-seed spread.
     python benchmarks/draft_quality.py                 # 3 seeds, 512 training rows, 150 steps
     python benchmarks/draft_quality.py --image_size 224 --steps 100   # CLIP's input size: decoded at 1/2
     python benchmarks/draft_quality.py --quick         # 2 seeds, fewer rows and steps
+    python benchmarks/draft_quality.py --modes processor,draft   # the processor vs draft's SIMD backend
 """
 
 from __future__ import annotations
@@ -108,6 +109,12 @@ def main() -> None:
     parser.add_argument(
         "--image_size", type=int, default=64, help="model input: 64 (decoded at 1/4), 224 (1/2)"
     )
+    parser.add_argument(
+        "--modes",
+        default="fast,draft",
+        help="image_processing modes, the first is the reference: e.g. processor,draft (draft uses the SIMD "
+        "backend when the fast-jpeg extra is installed)",
+    )
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -123,7 +130,10 @@ def main() -> None:
     )
     print("| mode | seed | i2t R@1 | i2t R@5 | t2i R@1 | t2i R@5 | seconds |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    results: dict[str, list[dict[str, float]]] = {"fast": [], "draft": []}
+    from clip_trl.data.simd_jpeg import simd_available
+
+    print(f"draft JPEG backend: {'simd (simplejpeg + OpenCV)' if simd_available() else 'pillow'}\n")
+    results: dict[str, list[dict[str, float]]] = {mode: [] for mode in args.modes.split(",")}
     for seed in range(args.seeds):
         for mode in results:
             start = time.perf_counter()
@@ -138,23 +148,39 @@ def main() -> None:
             for k in runs[0]
         )
         print(f"| {mode} | mean ± std | {cells} | |")
-    keys = list(results["fast"][0])
-    gaps = {
-        k: statistics.mean(r[k] for r in results["draft"]) - statistics.mean(r[k] for r in results["fast"])
-        for k in keys
-    }
-    # The standard error of a difference of two means of n seeds each.
-    noise = {
-        k: (
-            statistics.variance([r[k] for r in results["fast"]]) / args.seeds
-            + statistics.variance([r[k] for r in results["draft"]]) / args.seeds
+    reference, *others = list(results)
+    keys = list(results[reference][0])
+    for other in others:
+        gaps = {
+            k: statistics.mean(r[k] for r in results[other])
+            - statistics.mean(r[k] for r in results[reference])
+            for k in keys
+        }
+        # The standard error of a difference of two means of n seeds each.
+        noise = {
+            k: (
+                statistics.variance([r[k] for r in results[reference]]) / args.seeds
+                + statistics.variance([r[k] for r in results[other]]) / args.seeds
+            )
+            ** 0.5
+            for k in keys
+        }
+        within = all(abs(gaps[k]) <= 2 * noise[k] for k in keys)
+        paired = {
+            k: [o[k] - r[k] for o, r in zip(results[other], results[reference])] for k in keys
+        }  # same seed: same initial weights and data order
+        print(
+            f"\npaired ({other} - {reference}, per seed): "
+            + ", ".join(
+                f"{k} {statistics.mean(v):+.1f} ± {statistics.stdev(v) if len(v) > 1 else 0:.1f}"
+                for k, v in paired.items()
+            )
         )
-        ** 0.5
-        for k in keys
-    }
-    within = all(abs(gaps[k]) <= 2 * noise[k] for k in keys)
-    print("\ndraft - fast: " + ", ".join(f"{k} {gaps[k]:+.1f} (2 s.e. {2 * noise[k]:.1f})" for k in keys))
-    print("verdict: " + ("within seed noise" if within else "OUTSIDE seed noise"))
+        print(
+            f"\n{other} - {reference}: "
+            + ", ".join(f"{k} {gaps[k]:+.1f} (2 s.e. {2 * noise[k]:.1f})" for k in keys)
+        )
+        print("verdict: " + ("within seed noise" if within else "OUTSIDE seed noise"))
 
 
 if __name__ == "__main__":

@@ -1,25 +1,28 @@
-"""Images per second per core: clip_trl's fast image pipeline vs transformers' PIL-backend CLIP image processor.
+"""Images per second per core: clip_trl's image pipelines vs transformers' PIL-backend CLIP image processor.
 
 The baseline is `CLIPImageProcessorPil`: transformers' PIL/NumPy image processor, the one `AutoImageProcessor`
 falls back to when torchvision is absent (as on the machines these figures come from). With torchvision
 installed, transformers' default is the torchvision-backed fast processor, which is not measured here.
 
-Both turn the same photos into 224 px CLIP `pixel_values` (OpenAI CLIP's settings: shortest edge 224,
-bicubic, center crop 224, normalise); the outputs are checked bitwise equal in the same run. One thread
-(`torch.set_num_threads(1)`, no DataLoader workers): the figure is per core, and a host feeds its
-accelerator with one worker process per core. The contenders alternate repetition by repetition, so a change
-in background load hits both; the best of the repetitions is reported.
+All turn the same photos into 224 px CLIP `pixel_values` (OpenAI CLIP's settings: shortest edge 224,
+bicubic, center crop 224, normalise). Per core = images per CPU-second of this process (`time.process_time`),
+which a busy shared machine disturbs far less than wall-clock time. One thread (`torch.set_num_threads(1)`, OpenCV at one thread, no DataLoader
+workers): the figure is per core, and a host feeds its accelerator with one worker process per core. The
+contenders alternate (order reversed every repetition), so a change in background load hits all; the best of the
+repetitions is reported, and each ratio's median [min-max] over the repetitions (paired, same repetition).
 
-Rows: the preprocessing alone (from decoded PIL images, what the collator hands over), and decoding +
-preprocessing from JPEG bytes (what a `datasets.Image` column holds), where `image_processing="draft"`
-(JPEG draft decoding, not bitwise equal) runs too; its largest difference from the processor's output is
-reported in 8-bit pixel levels (the normalised difference times std x 255).
+Contenders, from JPEG bytes (what a `datasets.Image` column holds): the processor after a Pillow decode;
+`fast` (`image_processing="fast"`, bitwise equal, checked in the run); `draft` with Pillow (`jpeg_backend="pillow"`:
+`Image.draft` reduced decode + Pillow resize of the crop's region); `simd` (`image_processing="draft"` with the
+`fast-jpeg` extra: libjpeg-turbo's reduced decode through simplejpeg + OpenCV's resize). The draft paths' largest
+and mean difference from the processor's output are in 8-bit pixel levels (the normalised difference x std x 255).
+A last table runs each through a DataLoader with 2 worker processes (images/s of the whole loader).
 
-Photos: `--photos real` (default) cuts 640x480 / 1280x960 views (random crops, flips, brightness) out of the one
-real photograph installed here, matplotlib's `grace_hopper.jpg` (512x600: the views are upscaled from it, so
-they are smoother than camera photos of that size); `--photos synthetic` uses generated gradients + texture.
+Photos: `--photos real` (default) cuts views (random crops, flips, brightness) out of the one real photograph
+installed here, matplotlib's `grace_hopper.jpg` (512x600: the larger views are upscaled from it, so they are
+smoother than camera photos of that size); `--photos synthetic` uses generated gradients + texture.
 
-    python benchmarks/preprocess.py            # 640x480 and 1280x960 photos, 64 each
+    python benchmarks/preprocess.py            # 320x240, 640x480 and 1280x960 photos, 64 each
     python benchmarks/preprocess.py --quick    # fewer images and repetitions
 """
 
@@ -29,6 +32,7 @@ import argparse
 import io
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 
@@ -41,6 +45,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 from clip_trl.data.image_processing import FastImageTransform  # noqa: E402
 from clip_trl.data.rows import load_image  # noqa: E402
+from clip_trl.data.simd_jpeg import INSTALL_HINT, simd_available, simd_modules  # noqa: E402
 
 
 def synthetic_photos(count: int, width: int, height: int) -> list[bytes]:
@@ -89,17 +94,40 @@ def real_photos(count: int, width: int, height: int) -> list[bytes]:
     return photos
 
 
-def best_rate(contenders: dict[str, Callable[[], object]], count: int, repetitions: int) -> dict[str, float]:
-    """Images/s of each contender: best of `repetitions`, contenders alternating every repetition."""
-    best = {name: float("inf") for name in contenders}
+def timed(contenders: dict[str, Callable[[], object]], repetitions: int) -> dict[str, list[float]]:
+    """CPU seconds of this process per repetition of each contender, contenders alternating (order reversed every
+    repetition). CPU time, not wall-clock: on a shared machine, time spent waiting for the core is not counted."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
     for repetition in range(repetitions + 1):  # repetition 0 warms up
         for name in list(contenders)[:: 1 if repetition % 2 else -1]:
-            start = time.perf_counter()
+            start = time.process_time()
             contenders[name]()
-            elapsed = time.perf_counter() - start
+            elapsed = time.process_time() - start
             if repetition:
-                best[name] = min(best[name], elapsed)
-    return {name: count / seconds for name, seconds in best.items()}
+                times[name].append(elapsed)
+    return times
+
+
+def ratio_cell(times: dict[str, list[float]], name: str, count: int) -> str:
+    """`rate | speed-up median [min-max]` of `name` against the processor, paired by repetition."""
+    ratios = sorted(b / a for a, b in zip(times[name], times["transformers"]))
+    return (
+        f"{count / min(times[name]):.0f} | {statistics.median(ratios):.2f}x "
+        f"[{ratios[0]:.2f}-{ratios[-1]:.2f}]"
+    )
+
+
+def loader_rate(collate: Callable[[list[bytes]], object], jpegs: list[bytes], workers: int) -> float:
+    """Images/s through a DataLoader with `workers` processes, batch 32, second pass (workers already started)."""
+    loader = torch.utils.data.DataLoader(
+        jpegs, batch_size=32, num_workers=workers, collate_fn=collate, persistent_workers=workers > 0
+    )
+    for _ in loader:  # warm-up pass: worker start-up is not counted
+        pass
+    start = time.perf_counter()
+    for _ in loader:
+        pass
+    return len(jpegs) / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -110,72 +138,100 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--photos", choices=["real", "synthetic"], default="real")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the last table")
+    parser.add_argument("--sizes", default="320x240,640x480,1280x960")
     args = parser.parse_args()
     if args.quick:
         args.count, args.repetitions = 16, 2
     torch.set_num_threads(1)
     processor = CLIPImageProcessorPil()
     fast = FastImageTransform(processor)
-    draft = FastImageTransform(processor, draft=True)
+    draft = FastImageTransform(processor, draft=True, jpeg_backend="pillow")
+    simd = FastImageTransform(processor, draft=True) if simd_available() else None
+    if simd is not None:
+        simd_modules()[1].setNumThreads(1)  # per core: OpenCV's own thread pool off
     assert fast.is_fast and draft.is_fast
     make_photos = real_photos if args.photos == "real" else synthetic_photos
     levels = 255 * torch.tensor(processor.image_std).view(1, 3, 1, 1)
+    sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
 
     print(
-        f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, one thread, "
-        f"{args.photos} photos\n"
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}, torch {torch.__version__}, one thread, {args.photos} photos, "
+        f"{args.count} per size, best of {args.repetitions}\n"
     )
+    if simd is None:
+        print(f"(SIMD backend not installed: {INSTALL_HINT}; its columns are empty)\n")
     print(
-        "| photos | input | transformers (images/s) | clip_trl fast (images/s) | speed-up | outputs "
-        "| clip_trl draft (images/s) | speed-up | max / mean pixel difference (0-255) |"
+        "| photos (from JPEG bytes) | transformers (images/s) | fast (images/s) | speed-up | outputs "
+        "| draft, Pillow (images/s) | speed-up | max / mean difference | draft, SIMD (images/s) | speed-up "
+        "| max / mean difference |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for width, height in ((640, 480), (1280, 960)):
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    loaders: dict[tuple[int, int], list[bytes]] = {}
+    for width, height in sizes:
         jpegs = make_photos(args.count, width, height)
-        decoded = [load_image(data) for data in jpegs]
-        expected = processor(images=decoded, return_tensors="pt")["pixel_values"]
-        equal = torch.equal(fast(decoded), expected)
-        drafted = draft(jpegs)  # bytes: decoded in draft mode
-        difference = ((drafted - expected) * levels).abs()
-        rows = {
-            "decoded PIL": {
-                "transformers": lambda decoded=decoded: processor(images=decoded, return_tensors="pt"),
-                "fast": lambda decoded=decoded: fast(decoded),
-            },
-            "JPEG bytes": {
-                "transformers": lambda jpegs=jpegs: processor(
-                    images=[load_image(d) for d in jpegs], return_tensors="pt"
-                ),
-                "fast": lambda jpegs=jpegs: fast([load_image(d) for d in jpegs]),
-                "draft": lambda jpegs=jpegs: draft(jpegs),
-            },
+        loaders[(width, height)] = jpegs
+        expected = processor(images=[load_image(d) for d in jpegs], return_tensors="pt")["pixel_values"]
+        equal = torch.equal(fast([load_image(d) for d in jpegs]), expected)
+        contenders = {
+            "transformers": lambda jpegs=jpegs: processor(
+                images=[load_image(d) for d in jpegs], return_tensors="pt"
+            ),
+            "fast": lambda jpegs=jpegs: fast([load_image(d) for d in jpegs]),
+            "draft": lambda jpegs=jpegs: draft(jpegs),
         }
-        for source, contenders in rows.items():
-            rates = best_rate(contenders, args.count, args.repetitions)
-            draft_cells = "| – | – | – |"
-            if "draft" in rates:
-                draft_cells = (
-                    f"| {rates['draft']:.0f} | {rates['draft'] / rates['transformers']:.2f}x | "
-                    f"{difference.max():.1f} / {difference.mean():.2f} |"
-                )
-            print(
-                f"| {width}x{height} | {source} | {rates['transformers']:.0f} | {rates['fast']:.0f} | "
-                f"{rates['fast'] / rates['transformers']:.2f}x | {'bitwise equal' if equal else 'DIFFERENT'} "
-                + draft_cells
-            )
+        if simd is not None:
+            contenders["simd"] = lambda jpegs=jpegs: simd(jpegs)
+        times = timed(contenders, args.repetitions)
+        cells = [f"{width}x{height}", f"{args.count / min(times['transformers']):.0f}"]
+        cells += [ratio_cell(times, "fast", args.count), "bitwise equal" if equal else "DIFFERENT"]
+        for name, transform in (("draft", draft), ("simd", simd)):
+            if transform is None:
+                cells += ["–", "–", "–"]
+                continue
+            difference = ((transform(jpegs) - expected) * levels).abs()
+            cells += [
+                ratio_cell(times, name, args.count),
+                f"{difference.max():.0f} / {difference.mean():.2f}",
+            ]
+        print("| " + " | ".join(cells) + " |", flush=True)
 
-    # Where the time goes: the resize (the same Pillow call in both, which bitwise equality requires) bounds
-    # the speed-up; show it so the ratio above can be read against it.
-    decoded = [load_image(d) for d in make_photos(args.count, 640, 480)]
-    resize = best_rate(
-        {"resize": lambda: [im.resize((298, 224), Image.Resampling.BICUBIC) for im in decoded]},
-        args.count,
-        args.repetitions,
-    )["resize"]
-    print(
-        f"\nPillow's bicubic resize alone, 640x480 -> 298x224: {resize:.0f} images/s (the ceiling of any "
-        "pipeline that must match the processor bitwise)"
-    )
+    print(f"\nDataLoader, {args.workers} workers, batch 32 (images/s of the loader; second pass):\n")
+    names = ["transformers", "fast", "draft"] + (["simd"] if simd is not None else [])
+    print("| photos | " + " | ".join(names) + " | simd / transformers |")
+    print("| --- |" + " --- |" * (len(names) + 1))
+    collates = {
+        "transformers": ProcessorCollate(processor),
+        "fast": DecodedCollate(fast),
+        "draft": draft,
+        "simd": simd,
+    }
+    for (width, height), jpegs in loaders.items():
+        data = jpegs * max(1, 256 // len(jpegs))
+        rates = {name: loader_rate(collates[name], data, args.workers) for name in names}
+        ratio = f"{rates['simd'] / rates['transformers']:.2f}x" if "simd" in rates else "–"
+        print(f"| {width}x{height} | " + " | ".join(f"{rates[n]:.0f}" for n in names) + f" | {ratio} |")
+
+
+class ProcessorCollate:
+    """A picklable DataLoader collate: Pillow decode + the processor."""
+
+    def __init__(self, processor) -> None:
+        self.processor = processor
+
+    def __call__(self, batch: list[bytes]) -> torch.Tensor:
+        return self.processor(images=[load_image(d) for d in batch], return_tensors="pt")["pixel_values"]
+
+
+class DecodedCollate:
+    """A picklable DataLoader collate: Pillow decode + a transform."""
+
+    def __init__(self, transform) -> None:
+        self.transform = transform
+
+    def __call__(self, batch: list[bytes]) -> torch.Tensor:
+        return self.transform([load_image(d) for d in batch])
 
 
 if __name__ == "__main__":

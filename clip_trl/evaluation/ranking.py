@@ -7,7 +7,8 @@ seen so far (`K` = the largest recall cut-off), and so does each text. After the
 number of its kept negatives that score at least as high as its best positive: exact below `K`, and `K` (a miss
 for every cut-off) when all `K` kept ones do, since then at least `K` negatives do. Both directions read the same
 tiles, so a positive and a negative that tie in the matrix tie in both directions (ties count against the query:
-see [`clip_trl.evaluation`]). One matrix multiplication per score, where the previous two-pass version took two.
+see [`clip_trl.evaluation`]). One matrix multiplication per score, where the previous two-pass version took two; a
+row (or column) of a tile is merged into its kept top-`K` only when its best score beats the `K`-th kept one.
 """
 
 from __future__ import annotations
@@ -64,11 +65,8 @@ def retrieval_ranks(
                 rows, columns = pair_images[lo:hi] - i0, pair_texts[lo:hi] - t0
                 pair_scores[lo:hi] = scores[rows, columns]
                 scores[rows, columns] = -math.inf  # negatives only from here on
-            kept = torch.cat([image_top[i0:i1], scores.topk(min(image_k, t1 - t0), dim=1).values], dim=1)
-            image_top[i0:i1] = kept.topk(image_k, dim=1).values
-            column_top = scores.T.contiguous().topk(min(text_k, i1 - i0), dim=1).values.T
-            kept = torch.cat([text_top[:, t0:t1], column_top], dim=0)
-            text_top[:, t0:t1] = kept.topk(text_k, dim=0).values
+            _merge_top(image_top[i0:i1], scores)
+            _merge_top(text_top[:, t0:t1].T, scores.T)
     best_image = torch.full((n,), -math.inf, device=device).scatter_reduce_(
         0, pair_images, pair_scores, "amax"
     )
@@ -76,3 +74,20 @@ def retrieval_ranks(
     image_ranks = (image_top >= best_image[:, None]).sum(dim=1)
     text_ranks = (text_top >= best_text[None, :]).sum(dim=0)
     return image_ranks, text_ranks
+
+
+def _merge_top(kept: torch.Tensor, scores: torch.Tensor) -> None:
+    """Merge each row of `scores` ([rows, columns], maybe a transposed view) into `kept` ([rows, K], in place: the K
+    highest values seen per row). Rows whose best score does not beat their K-th kept one are skipped (after the
+    first tiles, most are), which is what keeps the top-k bookkeeping well under the matrix product's cost."""
+    needed = scores.amax(dim=1) > kept.amin(dim=1)
+    if not bool(needed.any()):
+        return
+    k = kept.shape[1]
+    if bool(needed.all()):
+        rows, candidates = slice(None), scores
+    else:
+        rows = needed.nonzero().flatten()
+        candidates = scores[rows]
+    best = candidates.topk(min(k, candidates.shape[1]), dim=1, sorted=False).values
+    kept[rows] = torch.cat([kept[rows], best], dim=1).topk(k, dim=1, sorted=False).values
