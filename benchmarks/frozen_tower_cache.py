@@ -176,11 +176,12 @@ def main() -> None:
     )
     print(f"\nLiT at {'toy' if opts.dry_run else 'ViT-B/32'} shapes, batch {opts.batch}, {opts.rows} rows, "
           f"{opts.repeats} repeats, {device}\n")  # fmt: skip
-    print("| contender | samples/s, 2nd epoch: median (min-max) | vs plain: median (min-max) |")
-    print("| --- | --- | --- |")
+    print("| contender | samples/s, 2nd epoch: median (min-max) | vs plain: median (min-max) | vs uncached |")
+    print("| --- | --- | --- | --- |")
     for name in CONTENDERS:
         ratios = [a / b for a, b in zip(results[name], results["plain"])]
-        print(f"| {name} | {spread(results[name])} | {spread(ratios)}x |")
+        to_uncached = [a / b for a, b in zip(results[name], results["uncached"])]
+        print(f"| {name} | {spread(results[name])} | {spread(ratios)}x | {spread(to_uncached)}x |")
 
 
 if __name__ == "__main__":

@@ -136,6 +136,7 @@ class ClipBaseTrainer(
         )
         # Frozen towers' embeddings computed once and reused (`cache_frozen_embeddings`; None when off).
         self._embedding_cache = cache_for_trainer(self)
+        self._reference_cache = None  # the frozen reference model's, see `_create_reference_model`
         if self.args.world_size > 1:
             destroy_process_group_at_exit()
         if self.args.process_index == 0:  # e.g. `accelerate launch --cpu --num_processes 2` without MPI
@@ -226,6 +227,8 @@ class ClipBaseTrainer(
         if not self._uses_adapters:
             self.ref_model = copy.deepcopy(modeling.unwrap(self.model)).eval().requires_grad_(False)
             self.ref_model.to(self.args.device)
+            # It never trains: both towers' embeddings are cached (`cache_frozen_embeddings`).
+            self._reference_cache = cache_for_trainer(self, frozen_model="reference")
 
     @contextlib.contextmanager
     def _reference(self, model: nn.Module) -> Iterator[nn.Module]:

@@ -28,6 +28,7 @@ from clip_trl.trainer.distillation_data import (
     labelled_rows,
     load_teachers,
 )
+from clip_trl.trainer.embedding_cache import cache_for_trainer
 from clip_trl.trainer.rl_candidates import GlobalCandidates, RetrievedCandidates, resolve_candidate_pool
 from clip_trl.trainer.rl_data import _UniqueTexts
 
@@ -113,6 +114,8 @@ class ClipDistillationTrainer(ClipBaseTrainer):
         self.teacher_weights = normalized_weights(self.args.teacher_weights, len(self.teachers))
         self.args._card_teachers = list(zip(names, self.teacher_weights))  # what the model card names
         self._teacher_label_embeds: list[torch.Tensor] | None = None  # `candidates="labels"`: computed once
+        # Teachers never train: their embeddings are cached (`cache_frozen_embeddings`; None when off).
+        self._teacher_caches = [cache_for_trainer(self, f"teacher{j}") for j in range(len(self.teachers))]
         self.retrieved_candidates = None
         if self.args.candidates == "retrieved":
             pool = self.args.candidate_pool
@@ -175,9 +178,15 @@ class ClipDistillationTrainer(ClipBaseTrainer):
                 extra = {
                     k: v for k, v in modeling.image_inputs(teacher, inputs).items() if k != "pixel_values"
                 }
-                images = modeling.image_features(teacher, inputs["pixel_values"].to(dtype), **extra).float()
+                pixels, cache = inputs["pixel_values"].to(dtype), self._teacher_caches[j]
+                if cache is not None:
+                    images = cache.features(teacher, "vision", {**inputs, "pixel_values": pixels}).float()
+                else:
+                    images = modeling.image_features(teacher, pixels, **extra).float()
                 if self._teacher_label_embeds is not None:
                     texts = self._teacher_label_embeds[j]
+                elif cache is not None:
+                    texts = cache.features(teacher, "text", inputs)
                 else:
                     texts = modeling.text_features(teacher, inputs["input_ids"], inputs.get("attention_mask"))
                     texts = nn.functional.normalize(texts.float(), dim=-1)

@@ -41,6 +41,7 @@ from transformers import TrainerCallback
 
 from clip_trl.data.rows import content_key
 from clip_trl.models import modeling
+from clip_trl.trainer.embedding_store import EmbeddingStore, quiet_os_error
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,6 @@ CACHE_MODES = ("auto", "true", "false")
 # with a `deterministic = True` attribute (or be trusted with `cache_frozen_embeddings="true"`).
 DETERMINISTIC_TRANSFORMS = ("FastImageTransform", "ProcessorImageTransform")
 _STOCHASTIC_ATTRIBUTES = ("dropout", "attention_dropout", "dropout_p", "drop_path_rate", "drop_prob")
-SEGMENT_ROWS = 4096
 
 
 def check_cache_mode(value: Any) -> str:
@@ -93,105 +93,6 @@ def token_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> 
         return [content_key(row.tobytes()) for row in ids]
     mask = attention_mask.detach().cpu().numpy().astype(bool)
     return [content_key(row[keep].tobytes()) for row, keep in zip(ids, mask)]
-
-
-# ------------------------------------------------------------------------------------------------ store
-
-
-class EmbeddingStore:
-    """Rows of one tower's embeddings by key: on the CPU up to `memory_bytes`, then in memory-mapped files of
-    `segment_rows` rows under `spill_dir` (none: rows beyond the budget are not kept)."""
-
-    def __init__(
-        self, memory_bytes: int, spill_dir: str | None, name: str, segment_rows: int = SEGMENT_ROWS
-    ) -> None:
-        self.memory_bytes, self.spill_dir, self.name, self.segment_rows = (
-            memory_bytes,
-            spill_dir,
-            name,
-            segment_rows,
-        )
-        self.clear()
-
-    def clear(self) -> None:
-        self.slots: dict[int, int] = {}
-        self._memory: torch.Tensor | None = None
-        self._memory_rows = 0
-        self._segments: list[torch.Tensor] = []
-        self._remove_files()
-
-    def _remove_files(self) -> None:
-        for path in getattr(self, "_files", ()):
-            with _quiet_os_error():
-                os.remove(path)
-        self._files: list[str] = []
-
-    def __len__(self) -> int:
-        return len(self.slots)
-
-    @property
-    def width(self) -> int | None:
-        return None if self._memory is None else self._memory.shape[1]
-
-    @property
-    def dtype(self) -> torch.dtype | None:
-        return None if self._memory is None else self._memory.dtype
-
-    @property
-    def spilled_rows(self) -> int:
-        return max(len(self.slots) - self._memory_rows, 0) if self._memory is not None else 0
-
-    def put(self, keys: list[int], values: torch.Tensor) -> None:
-        """Store `values[i]` under `keys[i]` (keys already present keep their row)."""
-        values = values.detach().to("cpu")
-        if self._memory is None:
-            row_bytes = values.shape[1] * values.element_size()
-            self._memory_rows = int(self.memory_bytes // row_bytes)
-            self._memory = values.new_empty((min(self._memory_rows, max(len(keys), 64)), values.shape[1]))
-        for key, row in zip(keys, values):
-            if key in self.slots:
-                continue
-            slot = len(self.slots)
-            target = self._row(slot, create=True)
-            if target is None:  # over the budget, and nowhere to spill
-                return
-            target.copy_(row)
-            self.slots[key] = slot
-
-    def get(self, keys: list[int]) -> torch.Tensor:
-        return torch.stack([self._row(self.slots[key]) for key in keys])
-
-    def _row(self, slot: int, create: bool = False) -> torch.Tensor | None:
-        memory = self._memory
-        if slot < self._memory_rows:
-            if slot >= memory.shape[0]:  # grow by doubling, up to the budget
-                grown = memory.new_empty((min(self._memory_rows, 2 * memory.shape[0]), memory.shape[1]))
-                grown[: memory.shape[0]] = memory
-                self._memory = memory = grown
-            return memory[slot]
-        segment, offset = divmod(slot - self._memory_rows, self.segment_rows)
-        if segment >= len(self._segments):
-            if not create or self.spill_dir is None:
-                return None
-            self._segments.append(self._new_segment(memory.shape[1], memory.dtype))
-        return self._segments[segment][offset]
-
-    def _new_segment(self, width: int, dtype: torch.dtype) -> torch.Tensor:
-        os.makedirs(self.spill_dir, exist_ok=True)
-        path = os.path.join(self.spill_dir, f"{self.name}-{len(self._segments)}.bin")
-        size = self.segment_rows * width
-        with open(path, "wb") as file:
-            file.truncate(size * torch.empty((), dtype=dtype).element_size())
-        self._files.append(path)
-        return torch.from_file(path, shared=True, size=size, dtype=dtype).view(self.segment_rows, width)
-
-
-class _quiet_os_error:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, value: Any, traceback: Any) -> bool:
-        return kind is not None and issubclass(kind, OSError)
 
 
 # ----------------------------------------------------------------------------------------- tower state
@@ -254,8 +155,9 @@ class FrozenEmbeddingCache:
         memory_mb: CPU memory for each tower's rows; beyond it rows go to files under `spill_dir`.
         spill_dir: where rows beyond the budget are written (`None`: not kept).
         transform: returns the image transform in use (its fingerprint is part of the image entries' signature).
-        record: called with `cache/<tower>_hit_rate` metrics at every training step (the trainer's `_record`).
+        record: called with `<prefix><tower>_hit_rate` metrics at every training step (the trainer's `_record`).
         warn: log a warning (not an info line) when a tower cannot be cached.
+        prefix: the metrics' prefix (`"cache/"`; a reference model's cache: `"cache/reference_"`).
     """
 
     def __init__(
@@ -266,8 +168,12 @@ class FrozenEmbeddingCache:
         transform: Callable[[], Any] | None = None,
         record: Callable[..., None] | None = None,
         warn: bool = False,
+        prefix: str = "cache/",
     ) -> None:
         self.towers = tuple(towers)
+        self.prefix = prefix
+        # A model that never trains (a reference, a teacher) is always in eval mode: its hits count at every step.
+        self.frozen_model = prefix != "cache/"
         budget = int(memory_mb * 2**20)
         self.stores = {
             tower: EmbeddingStore(budget, spill_dir and os.path.join(spill_dir, tower), tower)
@@ -291,7 +197,7 @@ class FrozenEmbeddingCache:
             store.clear()
         if self.spill_dir is not None:
             shutil.rmtree(self.spill_dir, ignore_errors=True)
-            with _quiet_os_error():  # `embedding_cache/`, once every rank's folder is gone
+            with quiet_os_error():  # `embedding_cache/`, once every rank's folder is gone
                 os.rmdir(os.path.dirname(self.spill_dir))
 
     def share(self, device: torch.device | str = "cpu", chunk_rows: int = 8192) -> None:
@@ -360,15 +266,20 @@ class FrozenEmbeddingCache:
     def encode_batch(self, model: nn.Module, inputs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """L2-normalised image and text embeddings of a collated batch, the cached towers read from the cache."""
         self.bypassed_forward = True
-        extra = modeling.image_inputs(model, inputs)
-        images = self._lookup(model, "vision", inputs, extra)
-        if images is None:
-            pixels = extra.pop("pixel_values")
-            images = modeling.image_features(model, pixels, **extra)
-        texts = self._lookup(model, "text", inputs, extra)
-        if texts is None:
-            texts = modeling.text_features(model, inputs["input_ids"], inputs.get("attention_mask"))
+        images, texts = self.features(model, "vision", inputs), self.features(model, "text", inputs)
         return F.normalize(images, dim=-1), F.normalize(texts, dim=-1)
+
+    def features(self, model: nn.Module, tower: str, inputs: Mapping[str, Any]) -> torch.Tensor:
+        """One tower's projected (unnormalised) features of the batch: read from the cache where it applies,
+        else computed (with gradient when the tower trains)."""
+        extra = modeling.image_inputs(model, inputs)
+        cached = self._lookup(model, tower, inputs, extra)
+        if cached is not None:
+            return cached
+        if tower == "vision":
+            pixels = extra.pop("pixel_values")
+            return modeling.image_features(model, pixels, **extra)
+        return modeling.text_features(model, inputs["input_ids"], inputs.get("attention_mask"))
 
     def _lookup(
         self, model: nn.Module, tower: str, inputs: Mapping[str, Any], extra: dict[str, Any]
@@ -402,8 +313,8 @@ class FrozenEmbeddingCache:
         self.lookups[tower] += len(keys)
         hits = len(keys) - len(missing)
         self.hits[tower] += hits
-        if self._record is not None and model.training:
-            self._record(**{f"cache/{tower}_hit_rate": hits / max(len(keys), 1)})
+        if self._record is not None and (model.training or self.frozen_model):
+            self._record(**{f"{self.prefix}{tower}_hit_rate": hits / max(len(keys), 1)})
         if not computed:
             return store.get(keys).to(device, non_blocking=True)
         stored = [key for key in keys if key not in computed]
@@ -414,12 +325,15 @@ class FrozenEmbeddingCache:
 # ------------------------------------------------------------------------------------------ trainer glue
 
 
-def cache_for_trainer(trainer: Any) -> FrozenEmbeddingCache | None:
+def cache_for_trainer(trainer: Any, frozen_model: str | None = None) -> FrozenEmbeddingCache | None:
     """The cache a trainer's config asks for (`cache_frozen_embeddings`), or `None` (off, nothing frozen, or not
-    exact here: the reason is logged)."""
+    exact here: the reason is logged). `frozen_model` names a model that never trains (`"reference"`, the RL
+    trainer's frozen copy; `"teacher0"`, ...): both its towers are cached, under that name."""
     args = trainer.args
     mode = check_cache_mode(getattr(args, "cache_frozen_embeddings", "false"))
     towers = [t for t, frozen in (("vision", args.freeze_vision), ("text", args.freeze_text)) if frozen]
+    if frozen_model is not None:
+        towers = ["vision", "text"]
     if mode == "false" or not towers:
         return None
     say = logger.warning if mode == "true" else logger.info
@@ -444,7 +358,8 @@ def cache_for_trainer(trainer: Any) -> FrozenEmbeddingCache | None:
         towers.remove("vision")
     if not towers:
         return None
-    spill_dir = os.path.join(args.output_dir, "embedding_cache", f"rank{args.process_index}")
+    folder = f"rank{args.process_index}" + (f"-{frozen_model}" if frozen_model else "")
+    spill_dir = os.path.join(args.output_dir, "embedding_cache", folder)
     collator = trainer.data_collator
     cache = FrozenEmbeddingCache(
         tuple(towers),
@@ -453,6 +368,7 @@ def cache_for_trainer(trainer: Any) -> FrozenEmbeddingCache | None:
         transform=(lambda: getattr(collator, "image_transform", None)) if "vision" in towers else None,
         record=trainer._record,
         warn=mode == "true",
+        prefix=f"cache/{frozen_model}_" if frozen_model else "cache/",
     )
     trainer.add_callback(_CloseAtTrainEnd(cache))
     return cache

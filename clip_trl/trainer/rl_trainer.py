@@ -269,7 +269,7 @@ class ClipRLTrainer(ClipBaseTrainer):
         ref_log_probs = None
         if args.beta > 0:
             with torch.no_grad(), self._reference(model) as reference:
-                ref_images, ref_texts = modeling.encode_batch(reference, inputs)
+                ref_images, ref_texts = modeling.encode_batch(reference, inputs, self._reference_cache)
                 ref_log_probs = self._policy_log_probs(
                     ref_images, ref_texts, modeling.logit_scale(reference), inputs, global_candidates
                 )

@@ -18,7 +18,8 @@ from clip_trl import (
     ClipRLTrainer,
 )
 from clip_trl.data.image_processing import FastImageTransform
-from clip_trl.trainer.embedding_cache import EmbeddingStore, check_cache_mode
+from clip_trl.trainer.embedding_cache import check_cache_mode
+from clip_trl.trainer.embedding_store import EmbeddingStore
 
 COMMON = dict(
     per_device_train_batch_size=8,
@@ -51,8 +52,8 @@ def _rl(tmp_path, model, processor, data, name, **overrides):
         candidate_labels=labels,
         label_column="group",
         beta=0.0,
-        **overrides,
     )
+    settings.update(overrides)
     args = ClipRLConfig(output_dir=str(tmp_path / name), **{**COMMON, **settings})
     return ClipRLTrainer(
         model=model, reward_funcs="correctness", args=args, train_dataset=data, processing_class=processor
@@ -174,6 +175,7 @@ def test_distillation_cached_equals_uncached(tmp_path, tiny, emoji):
         runs.append(trainer)
     _assert_same_training(*runs)
     assert _hit_rates(runs[0], "text")[1:] == [1.0, 1.0, 1.0]
+    assert _hit_rates(runs[0], "teacher0_vision") == [0.0, 0.0, 1.0, 1.0]  # the teacher never trains: cached
 
 
 # --------------------------------------------------------------------------------------------- invalidation
@@ -392,3 +394,18 @@ def test_two_processes_with_the_cache_equal_one_process(tmp_path):
             assert other["losses"] == pytest.approx(one["losses"], abs=1e-5)
             for name, weight in one["weights"].items():
                 torch.testing.assert_close(other["weights"][name], weight, atol=1e-5, rtol=0, msg=name)
+
+
+def test_rl_reference_model_is_cached_and_training_is_unchanged(tmp_path, tiny, emoji):
+    # beta > 0: the reference is a frozen copy; both its towers are read back (the texts from the second step).
+    model, processor = tiny
+    data = _rows(emoji, 16)
+    cached = _rl(tmp_path, copy.deepcopy(model), processor, data, "cached", beta=0.1)
+    plain = _rl(tmp_path, model, processor, data, "plain", beta=0.1, cache_frozen_embeddings=False)
+    assert cached._embedding_cache is None and cached._reference_cache.towers == ("vision", "text")
+    cached.train()
+    plain.train()
+    _assert_same_training(cached, plain)
+    assert _hit_rates(cached, "reference_vision") == [0.0, 0.0, 1.0, 1.0]
+    assert _hit_rates(cached, "reference_text") == [0.0, 1.0, 1.0, 1.0]
+    assert plain._reference_cache is None
