@@ -1,4 +1,4 @@
-"""The `clip-trl` command: `clip-trl contrastive|rl|dpo|evaluate|interpolate|pipeline|env ...`.
+"""The `clip-trl` command: `clip-trl contrastive|rl|dpo|distill|adapt|evaluate|interpolate|pipeline|env ...`.
 
 Each training command takes the flags of its dataclasses (`clip-trl <command> --help` lists them) and, as in
 TRL, `--config file.yaml` whose keys are those flags' names; flags given on the command line win over the file.
@@ -11,6 +11,7 @@ clip-trl dpo --config examples/configs/dpo.yaml                # preference pair
 clip-trl interpolate --base clip_finetuned --tuned clip_dpo --alpha 0.5 --output_dir clip_wise_ft   # WiSE-FT
 clip-trl evaluate --model_name_or_path runs/emoji/clip_rl_finetuned
 accelerate launch -m clip_trl.cli rl --config examples/configs/rl.yaml   # several processes
+clip-trl adapt --model_name_or_path clip_finetuned --teacher_model_name_or_path big_clip --candidate_labels cat dog
 clip-trl env                                                 # versions, for bug reports
 ```
 
@@ -37,6 +38,7 @@ _COMMANDS = {
     "rl": "RL fine-tuning: CLIP as a policy choosing captions, with reward functions; evaluates on the test split.",
     "dpo": "Preference optimization (DPO / IPO): chosen vs rejected captions per image; evaluates on the test split.",
     "distill": "Knowledge distillation: a student matches frozen teachers' softmax over candidates; evaluates on test.",
+    "adapt": "Test-time adaptation (RLCF / TPT): adapt on unlabelled inputs with a teacher's reward, then predict.",
     "evaluate": "Retrieval recall@k, in-batch accuracy and greedy mean reward of a model on a split.",
     "interpolate": "WiSE-FT: write the model (1 - alpha)·base + alpha·tuned (full models or a LoRA adapter).",
     "pipeline": "Split, contrastive, RL, test: the whole workflow, with a results table and pictures.",
@@ -103,6 +105,11 @@ def _dataclass_types(command: str) -> tuple[type, ...]:
         from clip_trl.trainer import ClipDistillationConfig
 
         return DistillScriptArguments, ClipDistillationConfig, ModelConfig
+    if command == "adapt":
+        from clip_trl.adaptation.config import ClipTestTimeConfig
+        from clip_trl.scripts.adapt import AdaptScriptArguments
+
+        return AdaptScriptArguments, ClipTestTimeConfig
     if command == "interpolate":
         from clip_trl.models.wise_ft import InterpolateArguments
 
@@ -417,6 +424,10 @@ def _main(argv: list[str]) -> int:
         from clip_trl.scripts.distill import run_distill_command
 
         return run_distill_command(parsed)
+    if command == "adapt":
+        from clip_trl.scripts.adapt import run_adapt_command
+
+        return run_adapt_command(parsed)
     if command == "interpolate":
         from clip_trl.models.wise_ft import run_interpolate
 
