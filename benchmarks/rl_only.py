@@ -355,7 +355,12 @@ def summarize(per_seed: list[dict], setting: str) -> str:
         paired_std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
         threshold = 2 * max(b_std, r_std)
         guard_ok = gr >= gb - max(gb_std, gr_std)
-        verdict = "**RL wins**" if guard_ok and r_mean - b_mean > threshold else "no win"
+        if guard_ok and r_mean - b_mean > threshold:
+            verdict = "**RL wins**"
+        elif guard_ok and statistics.mean(diffs) > max(2 * paired_std, 0.0):
+            verdict = "RL wins on the paired rule only"  # every seed's start is shared by its arms
+        else:
+            verdict = "no win"
         lines.append(
             f"| {recipe} | {best.split(': ', 1)[1]}: {b_mean:.3f} ± {b_std:.3f} | {r_mean:.3f} ± {r_std:.3f} | "
             f"{r_mean - b_mean:+.3f} | {threshold:.3f} | {statistics.mean(diffs):+.3f} ± {paired_std:.3f} | "
