@@ -16,6 +16,8 @@ except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
 _import_structure = {
+    "adaptation.adapter": ["ClipTestTimeAdapter"],
+    "adaptation.config": ["ClipTestTimeConfig"],
     "trainer.base_config": ["ClipBaseConfig"],
     "trainer.contrastive_config": ["ClipContrastiveConfig"],
     "trainer.contrastive_trainer": ["ClipContrastiveTrainer"],
@@ -36,6 +38,8 @@ __all__ = [*_public, "__version__"]
 
 if TYPE_CHECKING:
     from clip_trl import evaluation, hub, offline, rewards
+    from clip_trl.adaptation.adapter import ClipTestTimeAdapter
+    from clip_trl.adaptation.config import ClipTestTimeConfig
     from clip_trl.hub import default_lora_config, load_model
     from clip_trl.inference.rerank import generate_candidates, rerank
     from clip_trl.models.wise_ft import wise_ft
