@@ -154,3 +154,10 @@ def test_truncated_jpeg_is_the_same_row_error(clip224):
             load_image(jpeg, draft=draft, row=3)
         errors.append(str(caught.value))
     assert errors[0] == errors[1] and errors[0].startswith("Row 3, column 'image': cannot decode the image")
+
+
+def test_the_exact_path_stays_exact_on_simd_decoded_images(clip224):
+    jpeg = encode(photo(480, 640, seed=8))
+    decoded = simd_jpeg.decode_jpeg(jpeg, lambda w, h: None)  # marked, full size
+    expected = clip224(images=[decoded], return_tensors="pt")["pixel_values"]
+    assert torch.equal(FastImageTransform(clip224)([decoded]), expected)  # "fast": Pillow's resize, bitwise
