@@ -140,11 +140,13 @@ def test_ties_count_against_the_query(options):
 
 
 def test_blocked_equals_unblocked_on_a_larger_pool():
-    images, texts, pairs = coco_like(400, dim=16, seed=3)
-    whole = retrieval_scores(
-        images, texts, pairs, KS, backend="torch", tile_elements=len(images) * len(texts)
-    )
-    for tile in (1000, 4096, 12345):
+    # 800 images: tall enough tiles for the grouped column top-k (clip_trl.evaluation.ranking.column_top_values).
+    images, texts, pairs = coco_like(800, dim=16, seed=3)
+    whole = retrieval_scores(images, texts, pairs, KS, backend="torch", tile_elements=len(images) * len(texts))
+    dense = torch.zeros(len(images), len(texts), dtype=torch.bool)
+    dense[pairs[:, 0], pairs[:, 1]] = True
+    assert whole == legacy_retrieval_scores(images, texts, dense, KS)
+    for tile in (1000, 4096, 123457):
         assert retrieval_scores(images, texts, pairs, KS, backend="torch", tile_elements=tile) == whole
 
 
@@ -189,3 +191,17 @@ def test_without_faiss_auto_uses_torch_and_faiss_is_a_clear_error(monkeypatch):
     finally:
         monkeypatch.undo()
         faiss_ranking.faiss_module.cache_clear()
+
+
+@pytest.mark.parametrize("shape", [(4096, 64), (1000, 333), (3000, 50), (700, 9)])
+def test_grouped_column_top_k_is_topk(shape):
+    from clip_trl.evaluation.ranking import column_top_values
+
+    generator = torch.Generator().manual_seed(shape[0])
+    for scores in (
+        torch.randn(shape, generator=generator),
+        torch.randint(0, 4, shape, generator=generator).float(),
+    ):
+        scores[::7, ::3] = -math.inf  # masked positives
+        expected = scores.topk(10, dim=0).values.sort(dim=0).values
+        assert torch.equal(column_top_values(scores, 10).sort(dim=0).values, expected)
