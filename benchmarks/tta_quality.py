@@ -169,7 +169,7 @@ def main() -> None:
     parser.add_argument("--teacher_epochs", type=float, default=6)
     parser.add_argument("--teacher_size", default="tiny")
     parser.add_argument("--lr", type=float, default=1e-3, help="Learning rate of the contrastive training.")
-    parser.add_argument("--tta_lr", type=float, default=1e-3, help="Learning rate of every test-time method.")
+    parser.add_argument("--tta_lr", type=float, default=1e-2, help="Learning rate of every test-time method.")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--n_views", type=int, default=8)
     parser.add_argument("--selection_fraction", type=float, default=0.25)
