@@ -4,12 +4,14 @@ The work splits in two layers:
 
 1. [`compute_embeddings`] (in `clip_trl.evaluation.embeddings`) runs the model once over a dataset and returns
    an [`EmbeddingSet`]: one L2-normalised embedding per image (dataset row), one per *unique* caption string,
-   and the boolean image-caption positive matrix. Every metric below is a cheap function of that set, so a
+   and the image-caption positives as an index list (`positive_pairs`, `clip_trl.evaluation.positives`; the dense
+   boolean matrix `positives` is built on demand). Every metric below is a cheap function of that set, so a
    trainer encodes its eval set once and derives all metrics from it ([`evaluate_all`],
    [`scores_from_embeddings`]).
 2. Pure functions on tensors ([`retrieval_scores`], [`in_batch_accuracy_from_embeddings`],
    [`zero_shot_scores`], in `clip_trl.evaluation.scores`) that tests and users can drive with hand-built
-   embeddings.
+   embeddings. Recall@k reads the similarity matrix once, in tiles, keeping each query's best negatives
+   (`clip_trl.evaluation.ranking`; memory bounded by a tile), or goes through FAISS (`faiss_ranking`, optional).
 
 The functions of a model on a dataset ([`retrieval_metrics`], [`in_batch_accuracy`], [`zero_shot_accuracy`],
 [`evaluate_all`]) are in `clip_trl.evaluation.metrics`; every public name is re-exported here.
