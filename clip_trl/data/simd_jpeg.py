@@ -71,10 +71,10 @@ def _jpeg_bytes(value: Any) -> bytes | None:
     return None
 
 
-def decode_jpeg(value: Any, needed: Callable[[int, int], tuple[int, int] | None]) -> Image.Image | None:
-    """Decode `value` (JPEG bytes, a dataset cell or a path) reduced to at least `needed(width, height)` (or in full
-    when that is `None`), as an RGB image marked with `SIMD_MARK`; `None` when it is not a JPEG this backend
-    decodes (not a JPEG, CMYK/YCCK, corrupt, or the backend is not installed): the caller then uses Pillow."""
+def decode_array(value: Any, needed: Callable[[int, int], tuple[int, int] | None]) -> np.ndarray | None:
+    """Decode `value` (JPEG bytes, a dataset cell or a path) to an (H, W, 3) uint8 RGB array, reduced to at least
+    `needed(width, height)` (in full when that is `None`); `None` when it is not a JPEG this backend decodes (not a
+    JPEG, CMYK/YCCK, corrupt, or the backend is not installed): the caller then uses Pillow."""
     modules = simd_modules()
     if modules is None:
         return None
@@ -87,23 +87,29 @@ def decode_jpeg(value: Any, needed: Callable[[int, int], tuple[int, int] | None]
         if colorspace not in _DECODED_HERE:
             return None
         scale = draft_scale(width, height, needed(width, height))
-        pixels = simplejpeg.decode_jpeg(
+        return simplejpeg.decode_jpeg(
             data, colorspace="RGB", min_width=-(-width // scale), min_height=-(-height // scale)
         )
     except (ValueError, RuntimeError):  # corrupt or truncated: Pillow decodes what it can, or names the error
+        return None
+
+
+def decode_jpeg(value: Any, needed: Callable[[int, int], tuple[int, int] | None]) -> Image.Image | None:
+    """[`decode_array`] as an RGB PIL image marked with `SIMD_MARK` (what `load_image` returns), or `None`."""
+    pixels = decode_array(value, needed)
+    if pixels is None:
         return None
     image = Image.fromarray(pixels)
     image.info[SIMD_MARK] = True
     return image
 
 
-def simd_resize(image: Image.Image, size: tuple[int, int], resample: int) -> np.ndarray:
-    """`image` resized to `size` (width, height) by OpenCV, with the interpolation closest to Pillow's `resample`;
-    shrinking by more than 2x in a direction uses area averaging (the others would alias)."""
+def simd_resize(array: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
+    """`array` (H, W, 3) resized to `size` (width, height) by OpenCV, with the interpolation closest to Pillow's
+    `resample`; shrinking by more than 2x in a direction uses area averaging (the others would alias)."""
     modules = simd_modules()
     assert modules is not None, INSTALL_HINT
     cv2 = modules[1]
-    array = np.asarray(image)
     if (array.shape[1], array.shape[0]) == size:
         return array
     if size[0] * 2 < array.shape[1] or size[1] * 2 < array.shape[0]:
