@@ -120,8 +120,8 @@ def test_online_moving_average_matches_a_hand_computation(tiny, teacher):
         )
 
 
-def test_teacher_tables_score_as_the_reward_callables_do(_tiny_once):
-    model, processor = _tiny_once
+def test_teacher_tables_score_as_the_reward_callables_do(tiny):
+    model, processor = tiny  # a copy: a teacher reward freezes the model it is given
     texts = [f"a photo of a {label}." for label in LABELS]
     image = images(1)[0]
     mask = torch.tensor([[True, False, True, True]])
