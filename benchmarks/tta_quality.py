@@ -21,7 +21,8 @@ Each adapts the image tower's LayerNorms with AdamW for `--steps` steps on `--n_
 differences of test-time RL with the unadapted model and TPT, and the cost per adapted input (seconds on this
 machine, reward calls: reward-function calls plus teacher image passes).
 
-    python benchmarks/tta_quality.py --json tta_quality.json          # the default run (~15 min on 2 CPUs)
+    python benchmarks/tta_quality.py --json tta_quality.json          # 3 shifts x 300 images: long on 2 busy CPUs
+    python benchmarks/tta_quality.py --num_test 100 --shifts gaussian_noise   # the recorded run (~8 min)
 """
 
 from __future__ import annotations
