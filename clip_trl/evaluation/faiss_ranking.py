@@ -5,8 +5,9 @@ candidates; a query's rank is the number of negatives among them scoring at leas
 there, and a miss (`max_k`) when no positive is among them — then at least `max_k` negatives score at least as high.
 The scores are FAISS's own (all of one query's list from the same search), so ties count against the query as in
 [`clip_trl.evaluation.ranking`]; the two backends can differ only where two scores differ in the last bit.
-`retrieval_scores(backend="auto")` uses FAISS on CPU for pools of at least `FAISS_MIN_SCORES` image-text scores,
-the size above which `benchmarks/retrieval_scale.py` measured it faster than the torch backend.
+`retrieval_scores(backend="auto")` uses FAISS on CPU for pools of at least `FAISS_MIN_SCORES` image-text scores:
+`benchmarks/retrieval_scale.py` measured it slower than the torch backend below 5e8 scores and at parity (within
+5%, one thread) from there to 2e9 (docs/benchmarks/retrieval.md).
 """
 
 from __future__ import annotations

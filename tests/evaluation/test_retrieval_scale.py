@@ -142,7 +142,9 @@ def test_ties_count_against_the_query(options):
 def test_blocked_equals_unblocked_on_a_larger_pool():
     # 800 images: tall enough tiles for the grouped column top-k (clip_trl.evaluation.ranking.column_top_values).
     images, texts, pairs = coco_like(800, dim=16, seed=3)
-    whole = retrieval_scores(images, texts, pairs, KS, backend="torch", tile_elements=len(images) * len(texts))
+    whole = retrieval_scores(
+        images, texts, pairs, KS, backend="torch", tile_elements=len(images) * len(texts)
+    )
     dense = torch.zeros(len(images), len(texts), dtype=torch.bool)
     dense[pairs[:, 0], pairs[:, 1]] = True
     assert whole == legacy_retrieval_scores(images, texts, dense, KS)
