@@ -108,7 +108,7 @@ def test_the_cards_python_blocks_run_as_written(pushed, arch, kind, tmp_path, mo
         assert 'padding="max_length"' in quick_start
 
     monkeypatch.chdir(tmp_path)
-    image = emoji["test"][0]["image"].convert("RGB")
+    image = emoji["test"][0]["image"].convert("RGBA").convert("RGB")  # via RGBA: no PIL palette warning
     image.save("photo.jpg")
     namespace = {}
     with contextlib.redirect_stdout(io.StringIO()) as out, warnings.catch_warnings(record=True) as caught:

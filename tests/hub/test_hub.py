@@ -64,7 +64,7 @@ def hub(tmp_path_factory, emoji):
 
 
 def logits(model, processor, images):
-    inputs = processor(text=CAPTIONS, images=images, return_tensors="pt", padding=True)
+    inputs = processor(text=CAPTIONS, images=images, return_tensors="pt", padding=True, truncation=True)
     with torch.no_grad():
         return model(**inputs).logits_per_image
 

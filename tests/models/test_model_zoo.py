@@ -99,7 +99,7 @@ def test_caption_embedding_does_not_depend_on_its_batch(name, rows):
     padding = "max_length" if encoding.text_padding(model) == "max_length" else True
 
     def card(texts: list[str]) -> torch.Tensor:
-        inputs = processor(text=texts, padding=padding, return_tensors="pt")
+        inputs = processor(text=texts, padding=padding, truncation=True, return_tensors="pt")
         with torch.no_grad():
             features = modeling.text_features(model, inputs["input_ids"], inputs.get("attention_mask"))
         return torch.nn.functional.normalize(features, dim=-1)[0]

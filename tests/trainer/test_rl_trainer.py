@@ -132,7 +132,10 @@ def expected_correctness(model, processor, dataset):
     rows = [dataset[i] for i in range(16)]
     captions = [r["caption"] for r in rows]
     inputs = processor(
-        text=captions, images=[r["image"].convert("RGB") for r in rows], return_tensors="pt", padding=True
+        text=captions,
+        images=[r["image"].convert("RGBA").convert("RGB") for r in rows],
+        return_tensors="pt",
+        padding=True,
     )
     with torch.no_grad():
         images, texts = encode_pair(
