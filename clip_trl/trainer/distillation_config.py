@@ -67,10 +67,15 @@ class ClipDistillationConfig(ClipBaseConfig):
             run; `text_to_image` on labels always gathers the images.
         contrastive_coef (`float`, defaults to `0.0`):
             Weight of the contrastive (InfoNCE) loss over the rows that have a caption.
-        num_candidates (`int`, defaults to `16`), candidate_pool (`list[str]`, `str` or `None`, defaults to
-        `None`), candidate_refresh_steps (`int`, defaults to `50`), include_ground_truth (`bool`, defaults to
-        `True`):
-            `candidates="retrieved"`, as in [`ClipRLConfig`]; a pool from a column skips its missing captions.
+        num_candidates (`int`, defaults to `16`):
+            `candidates="retrieved"`: the size of each image's retrieved candidate set, as in [`ClipRLConfig`].
+        candidate_pool (`list[str]`, `str` or `None`, defaults to `None`):
+            `candidates="retrieved"`: the texts to retrieve from (a list, a column name, or `None` for the
+            captions); a pool from a column skips its missing captions.
+        candidate_refresh_steps (`int`, defaults to `50`):
+            `candidates="retrieved"`: re-embed the pool every this many steps.
+        include_ground_truth (`bool`, defaults to `True`):
+            `candidates="retrieved"`: keep the row's caption in its candidate set.
 
     Example:
 
