@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from clip_trl.losses.distillation import TARGETS, normalized_weights
 from clip_trl.trainer.base_config import ClipBaseConfig
-from clip_trl.trainer.rl_config import CANDIDATE_SETS
+from clip_trl.trainer.rl_config import resolve_candidate_set
 
 DISTILLATION_DIRECTIONS = ("image_to_text", "text_to_image", "both")
 
@@ -215,26 +215,10 @@ class ClipDistillationConfig(ClipBaseConfig):
             import json
 
             self.teacher_model_init_kwargs = json.loads(self.teacher_model_init_kwargs)
-        if isinstance(self.candidate_pool, (list, tuple)) and len(self.candidate_pool) == 1:
-            self.candidate_pool = self.candidate_pool[0]  # `--candidate_pool name`: a column
-        if self.candidates is None:
-            if self.candidate_column is not None:
-                self.candidates = "column"
-            elif self.candidate_labels:
-                self.candidates = "labels"
-            else:
-                self.candidates = "in_batch"
-        if self.candidates not in CANDIDATE_SETS:
-            raise ValueError(f"`candidates` must be one of {CANDIDATE_SETS}, got {self.candidates!r}.")
-        if self.candidates == "column" and not self.candidate_column:
-            raise ValueError(
-                "`candidates='column'` needs `candidate_column`, the column holding candidate lists."
-            )
-        if self.candidates == "labels" and (not self.candidate_labels or len(set(self.candidate_labels)) < 2):
-            raise ValueError(
-                f"`candidates='labels'` needs `candidate_labels` with at least 2 distinct labels, got "
-                f"{self.candidate_labels!r}: a softmax over fewer than 2 candidates carries no information."
-            )
+        resolve_candidate_set(
+            self,
+            f", got {self.candidate_labels!r}: a softmax over fewer than 2 candidates carries no information.",
+        )
         if self.target not in TARGETS:
             raise ValueError(f"`target` must be one of {TARGETS}, got {self.target!r}.")
         if self.direction not in DISTILLATION_DIRECTIONS:

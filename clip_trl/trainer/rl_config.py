@@ -9,6 +9,38 @@ from clip_trl.losses.policy import ADVANTAGES
 from clip_trl.trainer.base_config import ClipBaseConfig
 
 CANDIDATE_SETS = ("in_batch", "column", "labels", "retrieved")
+
+
+def resolve_candidate_set(config: Any, labels_detail: str = ".") -> None:
+    """Fill in and check a config's candidate-set fields (shared by the RL and distillation configs).
+
+    `--candidate_pool name` from the command line becomes the column name; `candidates=None` becomes `"column"`
+    when `candidate_column` is set, `"labels"` when `candidate_labels` is, else `"in_batch"`. `labels_detail`
+    ends the message for a label set of fewer than 2 distinct labels.
+    """
+    if isinstance(config.candidate_pool, (list, tuple)) and len(config.candidate_pool) == 1:
+        config.candidate_pool = config.candidate_pool[0]  # `--candidate_pool name`: a column
+    if config.candidates is None:
+        if config.candidate_column is not None:
+            config.candidates = "column"
+        elif config.candidate_labels:
+            config.candidates = "labels"
+        else:
+            config.candidates = "in_batch"
+    if config.candidates not in CANDIDATE_SETS:
+        raise ValueError(f"`candidates` must be one of {CANDIDATE_SETS}, got {config.candidates!r}.")
+    if config.candidates == "column" and not config.candidate_column:
+        raise ValueError(
+            "`candidates='column'` needs `candidate_column`, the column holding candidate lists."
+        )
+    if config.candidates == "labels" and (
+        not config.candidate_labels or len(set(config.candidate_labels)) < 2
+    ):
+        raise ValueError(
+            f"`candidates='labels'` needs `candidate_labels` with at least 2 distinct labels{labels_detail}"
+        )
+
+
 DIRECTIONS = ("image_to_text", "text_to_image")
 
 
@@ -267,25 +299,7 @@ class ClipRLConfig(ClipBaseConfig):
         super().__post_init__()
         if self.epsilon_high is None:
             self.epsilon_high = self.epsilon
-        if isinstance(self.candidate_pool, (list, tuple)) and len(self.candidate_pool) == 1:
-            self.candidate_pool = self.candidate_pool[0]  # `--candidate_pool name`: a column
-        if self.candidates is None:
-            if self.candidate_column is not None:
-                self.candidates = "column"
-            elif self.candidate_labels:
-                self.candidates = "labels"
-            else:
-                self.candidates = "in_batch"
-        if self.candidates not in CANDIDATE_SETS:
-            raise ValueError(f"`candidates` must be one of {CANDIDATE_SETS}, got {self.candidates!r}.")
-        if self.candidates == "column" and not self.candidate_column:
-            raise ValueError(
-                "`candidates='column'` needs `candidate_column`, the column holding candidate lists."
-            )
-        if self.candidates == "labels" and (not self.candidate_labels or len(set(self.candidate_labels)) < 2):
-            raise ValueError(
-                "`candidates='labels'` needs `candidate_labels` with at least 2 distinct labels."
-            )
+        resolve_candidate_set(self)
         if self.direction not in DIRECTIONS:
             raise ValueError(f"`direction` must be one of {DIRECTIONS}, got {self.direction!r}.")
         if self.direction == "text_to_image" and self.candidates != "in_batch":
