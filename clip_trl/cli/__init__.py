@@ -185,13 +185,17 @@ def parse_dataclasses(parser: Any, args: Sequence[str] | None = None) -> tuple[A
 
 def _run_training(command: str, parsed: tuple[Any, ...]) -> int:
     from clip_trl.scripts.common import evaluate_on_test
-    from clip_trl.scripts.contrastive import run_contrastive
     from clip_trl.scripts.data import load_data
-    from clip_trl.scripts.rl import run_rl
+
+    if command == "contrastive":
+        from clip_trl.scripts.contrastive import run_contrastive as run
+    elif command == "rl":
+        from clip_trl.scripts.rl import run_rl as run
+    else:
+        from clip_trl.scripts.distill import run_distill as run
 
     script_args, training_args, model_args = parsed
     data = load_data(script_args)
-    run = run_contrastive if command == "contrastive" else run_rl
     trainer = run(script_args, training_args, model_args, data=data)
     evaluate_on_test(trainer, data, script_args)  # prints the test metrics (once) and writes them
     if trainer.is_world_process_zero():
@@ -414,16 +418,12 @@ def _main(argv: list[str]) -> int:
         return 0
     parser = make_parser(command)
     parsed = parse_dataclasses(parser, rest)
-    if command in ("contrastive", "rl"):
+    if command in ("contrastive", "rl", "distill"):
         return _run_training(command, parsed)
     if command == "evaluate":
         return _run_evaluate(parsed, parser)
     if command == "dpo":
         return _run_dpo(parsed, parser)
-    if command == "distill":
-        from clip_trl.scripts.distill import run_distill_command
-
-        return run_distill_command(parsed)
     if command == "adapt":
         from clip_trl.scripts.adapt import run_adapt_command
 

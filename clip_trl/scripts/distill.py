@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from clip_trl.trainer import ClipDistillationConfig, ClipDistillationTrainer
 
-__all__ = ["DistillScriptArguments", "run_distill", "run_distill_command"]
+__all__ = ["DistillScriptArguments", "run_distill"]
 
 
 @dataclass
@@ -105,20 +105,3 @@ def run_distill(
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     save_trainer(trainer)
     return trainer
-
-
-def run_distill_command(parsed: tuple[DistillScriptArguments, ClipDistillationConfig, ModelConfig]) -> int:
-    """`clip-trl distill`: [`run_distill`], then the test split's metrics (printed once, and written to
-    `<output_dir>/test_results.json`). Returns the exit status."""
-    from clip_trl.scripts.common import evaluate_on_test
-
-    script_args, training_args, model_args = parsed
-    data = load_data(script_args)
-    trainer = run_distill(script_args, training_args, model_args, data=data)
-    evaluate_on_test(trainer, data, script_args)  # prints the test metrics (once) and writes them
-    if trainer.is_world_process_zero():
-        print(
-            f"Test split: {len(data[script_args.dataset_test_split])} rows. Model saved to "
-            f"{training_args.output_dir}; test metrics in test_results.json there."
-        )
-    return 0
