@@ -36,7 +36,6 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -56,6 +55,7 @@ from rl_quality import (  # noqa: E402  (the data and the contrastive runs are r
     contrastive,
     load_emoji,
     load_fashion,
+    run_seeds,
 )
 
 from clip_trl import ClipRLConfig, ClipRLTrainer, evaluation  # noqa: E402
@@ -411,14 +411,7 @@ def main() -> None:
         data = load_fashion(settings.num_train, settings.num_test)
     print(f"{settings.setting}: {len(data['train'])} train / {len(data['test'])} held-out rows", flush=True)
     run = run_budget if settings.setting == "budget" else run_shortlist
-    per_seed = []
-    with tempfile.TemporaryDirectory() as workdir:
-        for seed in settings.seeds:
-            per_seed.append(run(seed, data, settings, workdir))
-            print(f"seed {seed} done after {time.time() - start:.0f} s", flush=True)
-            if settings.json:
-                with open(settings.json, "w") as handle:
-                    json.dump({"settings": vars(settings), "results": per_seed}, handle, indent=2)
+    per_seed = run_seeds(run, data, settings, start)
     print(
         f"\n{settings.setting}, held-out rows, seeds {settings.seeds}, mean ± std; every arm: "
         f"{settings.steps} steps × {settings.batch} rows, lr {settings.rl_lr}, from the same checkpoint.\n"

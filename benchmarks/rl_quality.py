@@ -620,6 +620,22 @@ def summarize(per_seed: list[dict[str, dict[str, float]]], dataset: str) -> str:
     return "\n".join(lines)
 
 
+def run_seeds(
+    run: Any, data: dict[str, datasets.Dataset], settings: argparse.Namespace, start: float
+) -> list:
+    """`run(seed, data, settings, workdir)` for every seed, in a temporary folder; with `settings.json`, the results
+    are written after every seed, so a stopped run still leaves its numbers."""
+    per_seed = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for seed in settings.seeds:
+            per_seed.append(run(seed, data, settings, workdir))
+            print(f"seed {seed} done after {time.time() - start:.0f} s", flush=True)
+            if settings.json:
+                with open(settings.json, "w") as handle:
+                    json.dump({"settings": vars(settings), "results": per_seed}, handle, indent=2)
+    return per_seed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -670,14 +686,7 @@ def main() -> None:
         f"{torch.get_num_threads()} threads",
         flush=True,
     )
-    per_seed = []
-    with tempfile.TemporaryDirectory() as workdir:
-        for seed in settings.seeds:
-            per_seed.append(run_seed(seed, data, settings, workdir))
-            print(f"seed {seed} done after {time.time() - start:.0f} s", flush=True)
-            if settings.json:  # after every seed, so a stopped run still leaves its numbers
-                with open(settings.json, "w") as handle:
-                    json.dump({"settings": vars(settings), "results": per_seed}, handle, indent=2)
+    per_seed = run_seeds(run_seed, data, settings, start)
     print(
         f"\n{settings.dataset}, held-out rows, seeds {settings.seeds}, mean ± std; every recipe and baseline: "
         f"{settings.steps} steps × {settings.batch} rows from the same checkpoint.\n"
